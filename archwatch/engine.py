@@ -1,0 +1,417 @@
+"""Shard logic of the dataflow's stateful steps: pure Python, no Bytewax, no I/O.
+
+Each class holds the state of one *shard* of a key space (cases, archive numbers,
+receivers, event ids) and turns a batch of inputs into a list of outputs. Bytewax keys
+its stateful steps by shard (coarse keys leave room for real work: per-key overhead
+dominates in Bytewax) and calls these objects; tests call them directly.
+
+Deadlines follow event time, not Bytewax's system-clock timers: each shard keeps a heap
+of ``(deadline, case)`` and a watermark; deadlines fire when the watermark passes them.
+The watermark of a shard is the later of its own ``max occurredAt - lateness`` and the
+last :class:`Watermark` broadcast by the clock step (which in live mode follows the wall
+clock, and at the end of a replay jumps to ``--as-of``). A shard may lag the global
+watermark; that only delays firing, never changes the answer (contract §3).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from archwatch.kpi import KpiAcc
+from archwatch.models import Envelope, ReceiverHeartbeat
+from archwatch.receivers import ReceiverFacts, Registration, gap_ids, gaps
+from archwatch.rules import (
+    CLASS_OF_CODE,
+    Anomaly,
+    CaseFacts,
+    CaseRow,
+    KpiKey,
+    KpiPart,
+    ReceiptFact,
+    Sla,
+    case_attrs,
+    evaluate,
+    evaluate_archive_no,
+)
+from archwatch.settings import shard_of
+from archwatch.timeutil import ch_time
+
+MIN_TIME = -(2**62)
+
+
+# ---------------------------------------------------------------------------
+# Messages between steps
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Broadcast by the clock step: every deadline strictly before ``at`` may fire."""
+
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One row for the store; ``table`` names the relation, ``row`` its columns."""
+
+    table: str
+    row: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """A tally for the replay report (duplicate, afterAsOf)."""
+
+    kind: str
+
+
+class VersionClock:
+    """Row versions that only grow, across restarts too: ``max(last + 1, wall-clock ns)``.
+
+    ReplacingMergeTree keeps the highest version, so a row re-emitted after a crash
+    (recomputed from the same facts, so with the same content) simply wins again.
+    """
+
+    def __init__(self, now_ns: Callable[[], int] = time.time_ns) -> None:
+        self._now_ns = now_ns
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, self._now_ns())
+        return self._last
+
+
+# ---------------------------------------------------------------------------
+# Row shapes (column names are the auditor tables' of contract §6)
+
+
+def _t(ms: int | None) -> str | None:
+    return None if ms is None else ch_time(ms)
+
+
+def anomaly_row(a: Anomaly, src: str, version: int, deleted: bool = False) -> dict[str, Any]:
+    return {
+        "anomaly_id": a.anomaly_id, "code": a.code, "class": CLASS_OF_CODE[a.code],
+        "case_no": a.case_no, "archive_no": a.archive_no, "receiver_id": a.receiver_id,
+        "qym": a.qym, "dept_code": a.dept_code, "system_code": a.system_code,
+        "task_code": a.task_code, "opened_at": ch_time(a.opened_at),
+        "resolved_at": _t(a.resolved_at), "detail": a.detail, "src": src,
+        "version": version, "is_deleted": int(deleted),
+    }
+
+
+def case_row(r: CaseRow, src: str, version: int, deleted: bool = False) -> dict[str, Any]:
+    return {
+        "case_no": r.case_no, "task_id": r.task_id, "task_code": r.task_code,
+        "task_name": r.task_name, "dept_code": r.dept_code, "dept_name": r.dept_name,
+        "qym": r.qym, "area": r.area, "system_code": r.system_code,
+        "system_name": r.system_name, "system_level": r.system_level,
+        "completed_at": ch_time(r.completed_at), "first_received_at": _t(r.first_received_at),
+        "archive_count": r.archive_count, "status": r.status, "year": r.year, "src": src,
+        "version": version, "is_deleted": int(deleted),
+    }
+
+
+def _case_sort_key(r: CaseRow) -> tuple[Any, ...]:
+    # must mirror case_state's ORDER BY: a changed key needs a tombstone under the old key
+    return (r.year, r.qym, r.dept_code, r.task_id, r.case_no)
+
+
+def diff_anomalies(
+    prev: dict[str, Anomaly], new: dict[str, Anomaly], src: str, clock: VersionClock
+) -> list[Write]:
+    """Rows that turn what was stored (``prev``) into ``new``: upserts and withdrawals."""
+    out: list[Write] = []
+    for aid, a in new.items():
+        if prev.get(aid) != a:
+            out.append(Write("anomaly", anomaly_row(a, src, clock.next())))
+    for aid, a in prev.items():
+        if aid not in new:
+            out.append(Write("anomaly", anomaly_row(a, src, clock.next(), deleted=True)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Event-id shard: redelivery vs producer fault
+
+
+class DedupShard:
+    """Remembers a digest per eventId: same payload → redelivery, other payload → reject."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, bytes] = {}
+
+    def classify(self, env: Envelope) -> str:
+        eid = env.event.eventId
+        digest = self.seen.get(eid)
+        if digest is None:
+            self.seen[eid] = env.digest
+            return "new"
+        return "duplicate" if digest == env.digest else "reused"
+
+
+# ---------------------------------------------------------------------------
+# Case shard
+
+
+@dataclass(slots=True)
+class CaseState:
+    facts: CaseFacts
+    anomalies: dict[str, Anomaly] = field(default_factory=dict)  # as last written
+    row: CaseRow | None = None
+    kpi: KpiPart | None = None
+    attrs: tuple[str, str, str, str] = ("", "", "", "")  # as last sent to archive stage
+    next_deadline: int | None = None
+
+
+class CaseShard:
+    """All cases of one shard: facts, emitted results, deadline heap, KPI partials."""
+
+    def __init__(self, shards: int, sla: Sla, clock: VersionClock, wall_ms: Callable[[], int]):
+        self.shards = shards
+        self.src = ""  # "c<shard>", learnt from the first case (Bytewax builders get no key)
+        self.sla = sla
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.cases: dict[str, CaseState] = {}
+        self.heap: list[tuple[int, str]] = []
+        self.kpi: dict[KpiKey, KpiAcc] = {}
+        self.kpi_written: dict[KpiKey, tuple[Any, ...]] = {}
+        self.max_seen = MIN_TIME
+        self.external_wm = MIN_TIME
+
+    @property
+    def watermark(self) -> int:
+        return max(self.max_seen - self.sla.lateness, self.external_wm)
+
+    def on_batch(self, items: Iterable[Any]) -> list[Any]:
+        touched: set[str] = set()
+        new_receipts: dict[str, int] = {}
+        for item in items:
+            if isinstance(item, Watermark):
+                self.external_wm = max(self.external_wm, item.at)
+                continue
+            ev = item.event if isinstance(item, Envelope) else item
+            self.max_seen = max(self.max_seen, ev.occurredAt)
+            st = self.cases.get(ev.caseNo)
+            if st is None:
+                st = self.cases[ev.caseNo] = CaseState(CaseFacts(ev.caseNo))
+                if not self.src:
+                    self.src = "c" + shard_of(ev.caseNo, self.shards)
+            if st.facts.add(ev):
+                touched.add(ev.caseNo)
+                if ev.type == "archive.received":
+                    new_receipts[ev.caseNo] = new_receipts.get(ev.caseNo, 0) + 1
+        wm = self.watermark
+        heap = self.heap
+        while heap and heap[0][0] < wm:
+            deadline, case_no = heapq.heappop(heap)
+            st = self.cases.get(case_no)
+            if st is not None and st.next_deadline == deadline:
+                touched.add(case_no)
+        out: list[Any] = []
+        dirty: set[KpiKey] = set()
+        for case_no in touched:
+            self._reevaluate(self.cases[case_no], wm, new_receipts.get(case_no, 0), out, dirty)
+        out.extend(self._kpi_rows(dirty))
+        return out
+
+    def _reevaluate(
+        self, st: CaseState, wm: int, n_new_receipts: int, out: list[Any], dirty: set[KpiKey]
+    ) -> None:
+        res = evaluate(st.facts, wm, self.sla)
+        out.extend(diff_anomalies(st.anomalies, res.anomalies, self.src, self.clock))
+        st.anomalies = res.anomalies
+        if res.row != st.row:
+            if st.row is not None and (
+                res.row is None or _case_sort_key(st.row) != _case_sort_key(res.row)
+            ):
+                out.append(Write("case_state", case_row(st.row, self.src, self.clock.next(), True)))
+            if res.row is not None:
+                out.append(Write("case_state", case_row(res.row, self.src, self.clock.next())))
+            st.row = res.row
+        if res.kpi != st.kpi:
+            if st.kpi is not None:
+                self.kpi[st.kpi.key].apply(st.kpi, -1)
+                dirty.add(st.kpi.key)
+            if res.kpi is not None:
+                acc = self.kpi.get(res.kpi.key)
+                if acc is None:
+                    acc = self.kpi[res.kpi.key] = KpiAcc()
+                acc.apply(res.kpi, +1)
+                dirty.add(res.kpi.key)
+            st.kpi = res.kpi
+        # receipts travel on to the archive-number stage (ARCHIVE_NO_CONFLICT)
+        attrs = case_attrs(st.facts.completion)
+        receipts = st.facts.receipts
+        if attrs != st.attrs:
+            st.attrs = attrs
+            sent = receipts
+        else:
+            sent = receipts[len(receipts) - n_new_receipts:] if n_new_receipts else []
+        for r in sent:
+            out.append(ReceiptFact(r.archive_no, r.event_id, r.at, st.facts.case_no, attrs))
+        if res.next_deadline is not None and res.next_deadline != st.next_deadline:
+            heapq.heappush(self.heap, (res.next_deadline, st.facts.case_no))
+        st.next_deadline = res.next_deadline
+
+    def _kpi_rows(self, dirty: set[KpiKey]) -> list[Write]:
+        out = []
+        for key in dirty:
+            acc = self.kpi[key]
+            numbers = (acc.kpi, acc.archived, acc.succ, acc.fail, acc.cycle_ms_sum,
+                       acc.last_receive)
+            if self.kpi_written.get(key) == numbers:
+                continue
+            deleted = acc.empty
+            if deleted:
+                del self.kpi[key]
+                if self.kpi_written.pop(key, None) is None:
+                    continue  # never written: nothing to withdraw
+            else:
+                self.kpi_written[key] = numbers
+            out.append(Write("kpi_task", {
+                "year": key.year, "qym": key.qym, "dept_code": key.dept_code,
+                "system_code": key.system_code, "task_id": key.task_id,
+                "system_level": key.system_level, "src": self.src,
+                "kpi": acc.kpi, "archived": acc.archived, "archived_succ": acc.succ,
+                "archived_fail": acc.fail, "cycle_ms_sum": acc.cycle_ms_sum,
+                "last_receive": _t(acc.last_receive), "last_update": self.wall_ms() // 1000,
+                "version": self.clock.next(), "is_deleted": int(deleted),
+            }))
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Archive-number shard (joins receipts across cases)
+
+
+class ArchiveNoShard:
+    """Receipts grouped by archiveNo, from every case: finds ARCHIVE_NO_CONFLICT."""
+
+    def __init__(self, shards: int, clock: VersionClock) -> None:
+        self.shards = shards
+        self.src = ""
+        self.clock = clock
+        self.facts: dict[str, dict[str, ReceiptFact]] = {}
+        self.anomalies: dict[str, dict[str, Anomaly]] = {}
+
+    def on_batch(self, items: Iterable[ReceiptFact]) -> list[Write]:
+        touched: set[str] = set()
+        for f in items:
+            if not self.src:
+                self.src = "a" + shard_of(f.archive_no, self.shards)
+            per = self.facts.setdefault(f.archive_no, {})
+            if per.get(f.event_id) != f:
+                per[f.event_id] = f
+                touched.add(f.archive_no)
+        out: list[Write] = []
+        for archive_no in touched:
+            new = evaluate_archive_no(self.facts[archive_no])
+            prev = self.anomalies.get(archive_no, {})
+            out.extend(diff_anomalies(prev, new, self.src, self.clock))
+            if new:
+                self.anomalies[archive_no] = new
+            else:
+                self.anomalies.pop(archive_no, None)
+        return out
+
+
+# ---------------------------------------------------------------------------
+# Receiver shard (heartbeat gaps)
+
+
+@dataclass(slots=True)
+class ReceiverState:
+    facts: ReceiverFacts
+    anomalies: dict[str, Anomaly] = field(default_factory=dict)
+    qym: str = ""
+    status_row: tuple[Any, ...] | None = None
+
+
+class ReceiverShard:
+    """Heartbeats of the receivers of one shard; RECEIVER_DOWN for registered ones."""
+
+    def __init__(
+        self, shards: int, sla: Sla, clock: VersionClock, registrations: dict[str, Registration]
+    ) -> None:
+        self.shards = shards
+        self.src = ""
+        self.sla = sla
+        self.clock = clock
+        self.regs = registrations
+        self.receivers: dict[str, ReceiverState] = {}
+        self.max_seen = MIN_TIME
+        self.external_wm = MIN_TIME
+        self.last_wm = MIN_TIME
+        self.pending: dict[str, int] = {}  # receiver -> next deadline
+
+    @property
+    def watermark(self) -> int:
+        return max(self.max_seen - self.sla.lateness, self.external_wm)
+
+    def on_batch(self, items: Iterable[Any]) -> list[Write]:
+        changed: dict[str, int] = {}
+        for item in items:
+            if isinstance(item, Watermark):
+                self.external_wm = max(self.external_wm, item.at)
+                continue
+            ev = item.event if isinstance(item, Envelope) else item
+            self.max_seen = max(self.max_seen, ev.occurredAt)
+            st = self.receivers.get(ev.receiverId)
+            if st is None:
+                st = self.receivers[ev.receiverId] = ReceiverState(ReceiverFacts(ev.receiverId))
+                if not self.src:
+                    self.src = "r" + shard_of(ev.receiverId, self.shards)
+            st.qym = ev.qym
+            if isinstance(ev, ReceiverHeartbeat):
+                i = st.facts.add(ev.occurredAt, ev.eventId)
+                changed[ev.receiverId] = min(i, changed.get(ev.receiverId, i))
+        wm = self.watermark
+        if wm > self.last_wm:
+            for rid, deadline in list(self.pending.items()):
+                if deadline < wm:
+                    st = self.receivers[rid]
+                    start = st.facts.first_unsettled(self.last_wm, self.regs[rid])
+                    changed[rid] = min(start, changed.get(rid, start))
+        out: list[Write] = []
+        for rid, start in changed.items():
+            st = self.receivers[rid]
+            reg = self.regs.get(rid)
+            if reg is not None:
+                start = min(start, st.facts.first_unsettled(self.last_wm, reg))
+                new, pending = gaps(st.facts, reg, wm, start)
+                candidates = gap_ids(st.facts, start)
+                prev = {k: v for k, v in st.anomalies.items() if k in candidates}
+                out.extend(diff_anomalies(prev, new, self.src, self.clock))
+                for k in prev:
+                    st.anomalies.pop(k)
+                st.anomalies.update(new)
+                if pending is None:
+                    self.pending.pop(rid, None)
+                else:
+                    self.pending[rid] = pending
+            out.extend(self._status(rid, st, reg, wm))
+        self.last_wm = max(self.last_wm, wm)
+        return out
+
+    def _status(
+        self, rid: str, st: ReceiverState, reg: Registration | None, wm: int
+    ) -> list[Write]:
+        last = st.facts.beats[-1][0] if st.facts.beats else None
+        down = any(a.resolved_at is None for a in st.anomalies.values())
+        state = "unregistered" if reg is None else "new" if last is None else (
+            "down" if down else "up")
+        row = (reg.qym if reg else st.qym, last, len(st.facts.beats), state)
+        if row == st.status_row:
+            return []
+        st.status_row = row
+        return [Write("receiver_status", {
+            "receiver_id": rid, "qym": row[0], "registered": int(reg is not None),
+            "last_beat_at": _t(last), "beats": row[2], "state": state, "src": self.src,
+            "version": self.clock.next(),
+        })]

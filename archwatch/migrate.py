@@ -1,0 +1,80 @@
+"""Apply the numbered SQL migrations in ``clickhouse/migrations`` exactly once each.
+
+A landed migration is never edited: its SHA-256 is recorded, and a changed file stops
+the run with a clear error instead of silently diverging from what the store holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from archwatch.store import Store
+
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        body = "\n".join(
+            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def load_migrations() -> list[Migration]:
+    root = resources.files("archwatch.clickhouse").joinpath("migrations")
+    out = []
+    for entry in root.iterdir():
+        m = _NAME.match(entry.name)
+        if m:
+            out.append(Migration(int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    out.sort(key=lambda m: m.version)
+    versions = [m.version for m in out]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration numbers: {versions}")
+    return out
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def migrate(store: Store) -> list[str]:
+    """Bring the store's schema up to date; returns the names of migrations applied now."""
+    store.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
+        "checksum String, applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+    )
+    applied = {
+        r["version"]: r for r in store.query("SELECT version, name, checksum FROM schema_migrations")
+    }
+    done = []
+    for mig in load_migrations():
+        seen = applied.get(mig.version)
+        if seen is not None:
+            if seen["checksum"] != mig.checksum:
+                raise MigrationError(
+                    f"migration {mig.name} changed after it was applied; add a new migration "
+                    "instead of editing a landed one"
+                )
+            continue
+        for stmt in mig.statements():
+            store.command(stmt)
+        store.insert(
+            "schema_migrations",
+            [{"version": mig.version, "name": mig.name, "checksum": mig.checksum}],
+        )
+        done.append(mig.name)
+    return done

@@ -1,0 +1,442 @@
+"""The reconciliation rules of one case: pure functions, no Bytewax, no I/O.
+
+Design: per case we keep the *set* of facts seen (compact records of its events) and
+evaluate the contract's rules over that set at a watermark ``wm``. The result is the
+batch answer for that case, so it cannot depend on the order in which the facts
+arrived (contract §3); the engine only diffs successive results to emit changes.
+A case has ~7 events, so re-evaluating it whole on every change is cheap and removes
+a whole class of incremental-update bugs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from archwatch.timeutil import DAY_MS, parse_duration, parse_ts, shanghai_year
+
+# ---------------------------------------------------------------------------
+# Anomaly codes and their classes (§4)
+
+CLASS_OF_CODE: dict[str, str] = {
+    "MISSING_ARCHIVE": "漏",
+    "LATE_ARCHIVE": "漏",
+    "PUSH_NOT_RECEIVED": "漏",
+    "NOT_CHECKED": "漏",
+    "NOT_BACKED_UP": "漏",
+    "NOT_DISTRIBUTED": "漏",
+    "DISTRIBUTION_FAILED": "漏",
+    "CHECK_FAILED": "错",
+    "METADATA_MISMATCH": "错",
+    "INVALID_ARCHIVE_NO": "错",
+    "ORPHAN_ARCHIVE": "错",
+    "BACKUP_HASH_MISMATCH": "错",
+    "DUPLICATE_ARCHIVE": "重",
+    "DUPLICATE_RECEIPT": "重",
+    "ARCHIVE_NO_CONFLICT": "重",
+    "RECEIVER_DOWN": "link",
+}
+ERROR_CODES = frozenset(c for c, k in CLASS_OF_CODE.items() if k == "错")
+
+ARCHIVE_NO_RE = re.compile(r"^\d{6}-\d{2}-\d{5}-\d{3}-(\d{4})-(?:Y|D\d{2,3})-\d{7}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Sla:
+    """Deadlines in milliseconds (§3 table); build with :meth:`from_iso`."""
+
+    archive: int = 30 * DAY_MS
+    push: int = 2 * DAY_MS
+    check: int = 6 * 3_600_000
+    backup: int = DAY_MS
+    distribution: int = DAY_MS
+    orphan: int = DAY_MS
+    lateness: int = 5 * 60_000
+
+    @classmethod
+    def from_iso(cls, **durations: str | None) -> Sla:
+        """``Sla.from_iso(archiveSla="P30D", lateness="PT5M", ...)``; None keeps a default."""
+        names = {
+            "archiveSla": "archive", "pushSla": "push", "checkSla": "check",
+            "backupSla": "backup", "distributionSla": "distribution",
+            "orphanGrace": "orphan", "lateness": "lateness",
+        }
+        kwargs = {}
+        for key, value in durations.items():
+            if key not in names:
+                raise ValueError(f"unknown SLA setting {key!r}")
+            if value is not None:
+                kwargs[names[key]] = parse_duration(value)
+        return cls(**kwargs)
+
+
+def anomaly_id(code: str, case_no: str, archive_no: str, receiver_id: str, disc: str) -> str:
+    """Stable id: a hash of the code, its keys and the discriminator (§4)."""
+    text = "\x1f".join((code, case_no, archive_no, receiver_id, disc))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Facts kept per case (compact; what the rules need and nothing else)
+
+
+@dataclass(slots=True)
+class Completion:
+    event_id: str
+    at: int
+    completed_at: int
+    task_id: str
+    task_code: str
+    task_name: str
+    dept_code: str
+    dept_name: str
+    qym: str
+    area: str
+    system_code: str
+    system_name: str
+    system_level: str
+
+    def order(self) -> tuple[int, str]:
+        return (self.at, self.event_id)
+
+
+@dataclass(slots=True)
+class Receipt:
+    event_id: str
+    at: int
+    archive_no: str
+    package_sha: str
+    meta: tuple[Any, Any, Any, Any]  # taskCode, deptCode, qym, completedAt as the package states
+
+
+@dataclass(slots=True)
+class Step:
+    """A check, backup or distribution report: ``flag`` is passed / backupId / status."""
+
+    event_id: str
+    at: int
+    key: str  # "" for checks, backupId, distributionNo
+    value: Any  # passed (bool), sha256 (str), status (str)
+
+
+@dataclass(slots=True)
+class CaseFacts:
+    case_no: str
+    completion: Completion | None = None
+    pushes: dict[str, tuple[int, str]] = field(default_factory=dict)  # batchNo -> earliest
+    receipts: list[Receipt] = field(default_factory=list)
+    checks: dict[str, list[Step]] = field(default_factory=dict)  # archiveNo -> checks
+    backups: dict[str, list[Step]] = field(default_factory=dict)
+    dists: dict[str, list[Step]] = field(default_factory=dict)
+
+    def add(self, ev: Any) -> bool:
+        """Add one validated event's facts; returns False when it cannot change anything."""
+        t = ev.type
+        if t == "case.completed":
+            c = Completion(
+                ev.eventId, ev.occurredAt, ev.completedAt, ev.taskId, ev.taskCode, ev.taskName,
+                ev.deptCode, ev.deptName, ev.qym, ev.area, ev.systemCode, ev.systemName,
+                ev.systemLevel,
+            )
+            # The case is defined by its earliest completion; later ones change nothing.
+            if self.completion is not None and self.completion.order() <= c.order():
+                return False
+            self.completion = c
+        elif t == "province.pushed":
+            cur = self.pushes.get(ev.batchNo)
+            new = (ev.occurredAt, ev.eventId)
+            if cur is not None and cur <= new:
+                return False
+            self.pushes[ev.batchNo] = new
+        elif t == "archive.received":
+            m = ev.meta
+            self.receipts.append(
+                Receipt(
+                    ev.eventId, ev.occurredAt, ev.archiveNo, ev.packageSha256,
+                    (m.get("taskCode"), m.get("deptCode"), m.get("qym"), m.get("completedAt")),
+                )
+            )
+        elif t == "archive.checked":
+            self.checks.setdefault(ev.archiveNo, []).append(
+                Step(ev.eventId, ev.occurredAt, "", ev.passed)
+            )
+        elif t == "archive.backedUp":
+            self.backups.setdefault(ev.archiveNo, []).append(
+                Step(ev.eventId, ev.occurredAt, ev.backupId, ev.sha256)
+            )
+        elif t == "archive.distributed":
+            self.dists.setdefault(ev.archiveNo, []).append(
+                Step(ev.eventId, ev.occurredAt, ev.distributionNo, ev.status)
+            )
+        else:  # pragma: no cover - routed elsewhere
+            raise ValueError(f"not a case event: {t}")
+        return True
+
+
+# ---------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    anomaly_id: str
+    code: str
+    case_no: str
+    archive_no: str
+    receiver_id: str
+    qym: str
+    dept_code: str
+    system_code: str
+    task_code: str
+    opened_at: int
+    resolved_at: int | None
+    detail: str
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRow:
+    case_no: str
+    task_id: str
+    task_code: str
+    task_name: str
+    dept_code: str
+    dept_name: str
+    qym: str
+    area: str
+    system_code: str
+    system_name: str
+    system_level: str
+    completed_at: int
+    first_received_at: int | None
+    archive_count: int
+    status: str
+    year: int
+
+
+@dataclass(frozen=True, slots=True)
+class KpiKey:
+    year: int
+    qym: str
+    dept_code: str
+    system_code: str
+    task_id: str
+    system_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class KpiPart:
+    """One case's contribution to its KPI group (§5)."""
+
+    key: KpiKey
+    archived: int
+    succ: int
+    fail: int
+    cycle_ms: int
+    first_received_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptFact:
+    """What the archive-number stage needs of one receipt to find ARCHIVE_NO_CONFLICT."""
+
+    archive_no: str
+    event_id: str
+    at: int
+    case_no: str
+    attrs: tuple[str, str, str, str]  # qym, deptCode, systemCode, taskCode ("" if unknown)
+
+
+@dataclass(slots=True)
+class CaseResult:
+    anomalies: dict[str, Anomaly]
+    row: CaseRow | None
+    kpi: KpiPart | None
+    next_deadline: int | None  # earliest deadline >= wm whose passing would change the answer
+
+
+def _meta_mismatch(meta: tuple[Any, Any, Any, Any], c: Completion) -> bool:
+    task_code, dept_code, qym, completed_at = meta
+    if task_code != c.task_code or dept_code != c.dept_code or qym != c.qym:
+        return True
+    if not isinstance(completed_at, str):
+        return True
+    try:
+        return parse_ts(completed_at) != c.completed_at
+    except ValueError:
+        return True
+
+
+def case_attrs(c: Completion | None) -> tuple[str, str, str, str]:
+    if c is None:
+        return ("", "", "", "")
+    return (c.qym, c.dept_code, c.system_code, c.task_code)
+
+
+def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
+    """The batch answer for one case at watermark ``wm`` (deadline D fires iff D < wm)."""
+    case_no = f.case_no
+    c = f.completion
+    qym, dept, system, task = case_attrs(c)
+    out: dict[str, Anomaly] = {}
+    pending: list[int] = []
+
+    def add(code: str, archive_no: str, disc: str, opened: int, resolved: int | None) -> None:
+        aid = anomaly_id(code, case_no, archive_no, "", disc)
+        out[aid] = Anomaly(
+            aid, code, case_no, archive_no, "", qym, dept, system, task, opened, resolved, disc
+        )
+
+    def fired(deadline: int) -> bool:
+        if deadline < wm:
+            return True
+        pending.append(deadline)
+        return False
+
+    receipts = sorted(f.receipts, key=lambda r: (r.at, r.event_id))
+    first_at = receipts[0].at if receipts else None
+
+    # 重: walk receipts in (occurredAt, eventId) order.
+    archives: dict[str, Receipt] = {}
+    for r in receipts:
+        if r.archive_no in archives:
+            add("DUPLICATE_RECEIPT", r.archive_no, r.event_id, r.at, None)
+        else:
+            if archives:
+                add("DUPLICATE_ARCHIVE", r.archive_no, r.event_id, r.at, None)
+            archives[r.archive_no] = r
+
+    # 漏: the case's archive deadline.
+    if c is not None:
+        deadline = c.completed_at + sla.archive
+        if first_at is None or first_at > deadline:
+            if fired(deadline):
+                add("MISSING_ARCHIVE", "", "", deadline, first_at)
+            if first_at is not None:
+                add("LATE_ARCHIVE", "", "", first_at, None)
+
+    for batch_no, (pushed_at, _eid) in f.pushes.items():
+        deadline = pushed_at + sla.push
+        if (first_at is None or first_at > deadline) and fired(deadline):
+            add("PUSH_NOT_RECEIVED", "", batch_no, deadline, first_at)
+
+    # 错: orphan receipts.
+    if first_at is not None:
+        deadline = first_at + sla.orphan
+        if (c is None or c.at > deadline) and fired(deadline):
+            add("ORPHAN_ARCHIVE", "", "", deadline, None if c is None else c.at)
+
+    if c is not None:
+        for r in receipts:
+            if _meta_mismatch(r.meta, c):
+                add("METADATA_MISMATCH", r.archive_no, r.event_id, max(r.at, c.at), None)
+
+    all_checked_ok = True
+    for archive_no, first in archives.items():
+        received = first.at
+        m = ARCHIVE_NO_RE.match(archive_no)
+        if m is None:
+            add("INVALID_ARCHIVE_NO", archive_no, "", received, None)
+        elif c is not None and int(m.group(1)) != shanghai_year(c.completed_at):
+            add("INVALID_ARCHIVE_NO", archive_no, "", max(received, c.at), None)
+
+        checks = sorted(f.checks.get(archive_no, ()), key=lambda s: (s.at, s.event_id))
+        deadline = received + sla.check
+        first_check = checks[0].at if checks else None
+        if (first_check is None or first_check > deadline) and fired(deadline):
+            add("NOT_CHECKED", archive_no, "", deadline, first_check)
+        run: Step | None = None
+        for s in checks:
+            if not s.value:
+                if run is None:
+                    run = s
+            elif run is not None:
+                add("CHECK_FAILED", archive_no, run.event_id, run.at, s.at)
+                run = None
+        if run is not None:
+            add("CHECK_FAILED", archive_no, run.event_id, run.at, None)
+        if not checks or not checks[-1].value:
+            all_checked_ok = False
+
+        backups = f.backups.get(archive_no, ())
+        first_backup = min((b.at for b in backups), default=None)
+        deadline = received + sla.backup
+        if (first_backup is None or first_backup > deadline) and fired(deadline):
+            add("NOT_BACKED_UP", archive_no, "", deadline, first_backup)
+        earliest: dict[str, Step] = {}
+        for b in backups:  # one per backupId, from its earliest event
+            cur = earliest.get(b.key)
+            if cur is None or (b.at, b.event_id) < (cur.at, cur.event_id):
+                earliest[b.key] = b
+        for backup_id, b in earliest.items():
+            if b.value != first.package_sha:
+                add("BACKUP_HASH_MISMATCH", archive_no, backup_id, max(b.at, received), None)
+
+        dists = sorted(f.dists.get(archive_no, ()), key=lambda s: (s.at, s.event_id))
+        if first_backup is not None:
+            first_ack = min((d.at for d in dists if d.value == "acked"), default=None)
+            deadline = first_backup + sla.distribution
+            if (first_ack is None or first_ack > deadline) and fired(deadline):
+                add("NOT_DISTRIBUTED", archive_no, "", deadline, first_ack)
+        runs: dict[str, Step] = {}
+        for d in dists:
+            if d.value == "failed":
+                runs.setdefault(d.key, d)
+            elif d.value == "acked" and d.key in runs:
+                s = runs.pop(d.key)
+                add("DISTRIBUTION_FAILED", archive_no, f"{d.key}/{s.event_id}", s.at, d.at)
+        for dist_no, s in runs.items():
+            add("DISTRIBUTION_FAILED", archive_no, f"{dist_no}/{s.event_id}", s.at, None)
+
+    row = kpi = None
+    if c is not None:
+        archived = first_at is not None
+        fail = archived and any(a.code in ERROR_CODES and a.is_open for a in out.values())
+        succ = archived and not fail and all_checked_ok
+        if not archived:
+            deadline = c.completed_at + sla.archive
+            status = "MISSING" if deadline < wm else "PENDING"
+        else:
+            status = "ARCHIVED_FAIL" if fail else "ARCHIVED_OK" if succ else "ARCHIVED_UNCHECKED"
+        year = shanghai_year(c.completed_at)
+        row = CaseRow(
+            case_no, c.task_id, c.task_code, c.task_name, c.dept_code, c.dept_name, c.qym,
+            c.area, c.system_code, c.system_name, c.system_level, c.completed_at, first_at,
+            len(archives), status, year,
+        )
+        kpi = KpiPart(
+            KpiKey(year, c.qym, c.dept_code, c.system_code, c.task_id, c.system_level),
+            int(archived), int(succ), int(fail),
+            (first_at - c.completed_at) if first_at is not None else 0,
+            first_at,
+        )
+    return CaseResult(out, row, kpi, min(pending) if pending else None)
+
+
+def receipt_facts(f: CaseFacts) -> list[ReceiptFact]:
+    """Every receipt of the case, with the case's attributes, for the archive-number stage."""
+    attrs = case_attrs(f.completion)
+    return [ReceiptFact(r.archive_no, r.event_id, r.at, f.case_no, attrs) for r in f.receipts]
+
+
+def evaluate_archive_no(facts: dict[str, ReceiptFact]) -> dict[str, Anomaly]:
+    """ARCHIVE_NO_CONFLICT for one archiveNo: every receipt under a case other than the
+    case of its earliest receipt (by occurredAt, ties by eventId)."""
+    if not facts:
+        return {}
+    owner = min(facts.values(), key=lambda r: (r.at, r.event_id)).case_no
+    out: dict[str, Anomaly] = {}
+    for r in facts.values():
+        if r.case_no != owner:
+            aid = anomaly_id("ARCHIVE_NO_CONFLICT", r.case_no, r.archive_no, "", r.event_id)
+            qym, dept, system, task = r.attrs
+            out[aid] = Anomaly(
+                aid, "ARCHIVE_NO_CONFLICT", r.case_no, r.archive_no, "", qym, dept, system,
+                task, r.at, None, r.event_id,
+            )
+    return out

@@ -1,0 +1,29 @@
+"""Engine settings shared by replay and the live pipeline (one object, validated once)."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+from archwatch.receivers import Registration
+from archwatch.rules import Sla
+
+DEFAULT_SHARDS = 32
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    sla: Sla = field(default_factory=Sla)
+    shards: int = DEFAULT_SHARDS
+    as_of: int | None = None  # replay: the moment the answer describes (epoch ms)
+    receivers: dict[str, Registration] = field(default_factory=dict)
+    live: bool = False  # live: the watermark also follows the wall clock
+
+
+def shard_of(key: str, shards: int) -> str:
+    """Stable shard of a key (crc32, not Python's per-process salted ``hash``)."""
+    return f"{zlib.crc32(key.encode()) % shards:03d}"
+
+
+def all_shards(shards: int) -> list[str]:
+    return [f"{i:03d}" for i in range(shards)]

@@ -1,0 +1,157 @@
+"""One small storage interface, two backends: embedded chDB (default) and a ClickHouse
+server through clickhouse-connect. The SQL is the same; only transport differs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+# JSON output of Int64/UInt64 as numbers, not strings, so rows read back as Python ints.
+_READ_SETTINGS = {"output_format_json_quote_64bit_integers": 0}
+
+
+class StoreError(RuntimeError):
+    """A query or insert the store refused; the message is ClickHouse's own."""
+
+
+class Store(ABC):
+    """What archwatch needs of ClickHouse."""
+
+    @abstractmethod
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        """Run a statement that returns nothing of interest (DDL, INSERT ... SELECT)."""
+
+    @abstractmethod
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
+        """Run a query; the result as text in format ``fmt`` (unless the SQL names one)."""
+
+    @abstractmethod
+    def insert_json_rows(self, table: str, lines: list[str]) -> None:
+        """Insert rows given as JSONEachRow lines (one block, one part)."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends
+        """Release the backend."""
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT; rows as dicts."""
+        text = self.query_text(sql, "JSONEachRow", params)
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    def insert(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in rows]
+        if lines:
+            self.insert_json_rows(table, lines)
+
+
+class ChdbStore(Store):
+    """The embedded store: a chDB directory, owned by exactly one process.
+
+    chDB refuses a second process on the same directory ("Cannot lock file"), so the
+    dataflow, the API and ``archwatch sql`` must share this object within one process;
+    connections and cursors are safe to use from several threads.
+    """
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        import chdb
+
+        self.path = str(Path(path).resolve())
+        Path(self.path).mkdir(parents=True, exist_ok=True)
+        dsn = f"file:{self.path}?output_format_json_quote_64bit_integers=0"
+        if read_only:
+            dsn += "&mode=ro"
+        try:
+            self._conn = chdb.connect(dsn)
+        except Exception as exc:  # chdb raises RuntimeError subclasses
+            raise StoreError(_clean(exc)) from None
+        self._lock = threading.Lock()  # serialises inserts: one part per block, in order
+
+    def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> str:
+        try:
+            res = self._conn.query(sql, fmt, params=dict(params or {}))
+        except Exception as exc:
+            raise StoreError(_clean(exc)) from None
+        return res.data() if hasattr(res, "data") else str(res)
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self._run(sql, "CSV", params)
+
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
+        return self._run(sql, fmt, params)
+
+    def insert_json_rows(self, table: str, lines: list[str]) -> None:
+        sql = f"INSERT INTO {table} FORMAT JSONEachRow\n" + "\n".join(lines)
+        with self._lock:
+            self._run(sql, "CSV", None)
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # pragma: no cover - closing twice is harmless
+            pass
+
+
+class ServerStore(Store):
+    """A ClickHouse server via clickhouse-connect: one client per thread, since a
+    clickhouse-connect client is bound to one session and must not be shared."""
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        self.url = url
+        self._kwargs = kwargs
+        self._local = threading.local()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import clickhouse_connect
+
+            client = clickhouse_connect.get_client(
+                dsn=self.url, autogenerate_session_id=False, **self._kwargs
+            )
+            self._local.client = client
+        return client
+
+    def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        try:
+            self._client().command(sql, parameters=dict(params or {}) or None)
+        except Exception as exc:
+            raise StoreError(_clean(exc)) from None
+
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
+        try:
+            raw = self._client().raw_query(
+                sql, parameters=dict(params or {}) or None, fmt=fmt, settings=_READ_SETTINGS
+            )
+        except Exception as exc:
+            raise StoreError(_clean(exc)) from None
+        return raw.decode("utf-8")
+
+    def insert_json_rows(self, table: str, lines: list[str]) -> None:
+        data = ("\n".join(lines) + "\n").encode()
+        try:
+            self._client().raw_insert(table, insert_block=data, fmt="JSONEachRow")
+        except Exception as exc:
+            raise StoreError(_clean(exc)) from None
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        if client is not None:
+            client.close()
+
+
+def _clean(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.split("\nStack trace")[0]
+
+
+def open_store(db: str | Path | None = None, url: str | None = None,
+               read_only: bool = False) -> Store:
+    """The embedded store at ``db``, or a server at ``url`` (``http://user:pw@host:8123/db``)."""
+    if url:
+        return ServerStore(url)
+    if db is None:
+        raise ValueError("either a --db directory or a --url is needed")
+    return ChdbStore(db, read_only=read_only)

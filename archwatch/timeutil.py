@@ -1,0 +1,111 @@
+"""Time helpers: RFC 3339 parsing to epoch milliseconds, ISO 8601 durations, Asia/Shanghai.
+
+Everything inside the engine is an ``int`` of milliseconds since the Unix epoch (UTC):
+comparisons and heaps over ints are cheap and exact, and the contract keeps timestamps
+to the millisecond ("finer digits are dropped").
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
+_SH_OFFSET_MS = 8 * 3600 * 1000
+DAY_MS = 86_400_000
+
+# RFC 3339 date-time with a mandatory offset ("Z" or ±hh:mm); fraction of any length.
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+class TimeFormatError(ValueError):
+    """A timestamp or duration that the contract does not accept."""
+
+
+def parse_ts(text: str) -> int:
+    """Parse an RFC 3339 timestamp with offset into epoch milliseconds (sub-ms digits dropped)."""
+    m = _RFC3339.match(text)
+    if m is None:
+        raise TimeFormatError(f"not an RFC 3339 timestamp with offset: {text!r}")
+    y, mo, d, h, mi, s, frac, off = m.groups()
+    try:
+        if off in ("Z", "z"):
+            tz = UTC
+        else:
+            sign = 1 if off[0] == "+" else -1
+            oh, om = int(off[1:3]), int(off[4:6])
+            if oh > 23 or om > 59:
+                raise ValueError("offset out of range")
+            tz = timezone(sign * timedelta(hours=oh, minutes=om))
+        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=tz)
+    except ValueError as exc:
+        raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
+    ms = int(frac[:3].ljust(3, "0")) if frac else 0
+    return int(dt.timestamp()) * 1000 + ms
+
+
+def to_iso_utc(ms: int | None) -> str | None:
+    """Epoch ms → ``YYYY-MM-DDTHH:MM:SS[.fff]Z`` (the golden files' spelling)."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    if ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_shanghai_text(ms: int | None) -> str | None:
+    """Epoch ms → ``YYYY-MM-DD HH:MM:SS`` in Asia/Shanghai (the seed API's format)."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms // 1000, SHANGHAI).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def shanghai_year(ms: int) -> int:
+    """Calendar year of an instant in Asia/Shanghai."""
+    return datetime.fromtimestamp((ms + _SH_OFFSET_MS) // 1000, UTC).year
+
+
+def ch_time(ms: int) -> str:
+    """Epoch ms → the decimal-seconds text ClickHouse reads exactly into DateTime64(3)."""
+    return f"{ms // 1000}.{ms % 1000:03d}"
+
+
+def now_ms() -> int:
+    """Wall clock in epoch ms; the only wall-clock read outside injected clocks."""
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+_DURATION = re.compile(
+    r"^P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d{1,3})?)S)?)?$"
+)
+
+
+def parse_duration(text: str) -> int:
+    """Parse an ISO 8601 duration (weeks, days, hours, minutes, seconds) into milliseconds.
+
+    Years and months are refused: they have no fixed length, and an SLA must be exact.
+    """
+    m = _DURATION.match(text.strip().upper()) if text else None
+    if m is None or text.strip().upper() in ("P", "PT") or text.strip().upper().endswith("T"):
+        raise TimeFormatError(
+            f"not an ISO 8601 duration of weeks/days/hours/minutes/seconds: {text!r}"
+        )
+    w, d, h, mi, s = m.groups()
+    total = (int(w or 0) * 7 + int(d or 0)) * DAY_MS
+    total += int(h or 0) * 3_600_000 + int(mi or 0) * 60_000
+    total += round(float(s or 0) * 1000)
+    return total
+
+
+def format_duration(ms: int) -> str:
+    """Milliseconds → a canonical ISO 8601 duration (inverse of :func:`parse_duration`)."""
+    days, rest = divmod(ms, DAY_MS)
+    h, rest = divmod(rest, 3_600_000)
+    mi, rest = divmod(rest, 60_000)
+    s = rest / 1000
+    out = "P" + (f"{days}D" if days else "")
+    t = (f"{h}H" if h else "") + (f"{mi}M" if mi else "") + (f"{s:g}S" if s else "")
+    return out + ("T" + t if t else ("" if days else "T0S"))

@@ -1,0 +1,1 @@
+"""Thin sources and sinks: files, Kafka, the store."""

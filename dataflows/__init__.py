@@ -1,0 +1,1 @@
+"""Bytewax dataflow definitions."""
