@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -183,8 +184,8 @@ class Reject:
 
 def payload_digest(obj: dict[str, Any]) -> bytes:
     """Digest of the parsed JSON object, insensitive to key order and whitespace."""
-    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=12).digest()
+    return hashlib.blake2b(orjson.dumps(obj, option=orjson.OPT_SORT_KEYS),
+                           digest_size=12).digest()
 
 
 def _reason(exc: ValidationError) -> str:
@@ -206,9 +207,9 @@ def parse_record(raw: str | bytes, pos: str) -> Envelope | Reject:
     else:
         text = raw
     try:
-        obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        return Reject(f"not valid JSON: {exc.msg if hasattr(exc, 'msg') else exc}", text, pos)
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return Reject(f"not valid JSON: {exc.msg}", text, pos)
     if not isinstance(obj, dict):
         return Reject(f"not a JSON object: {type(obj).__name__}", text, pos)
     etype = obj.get("type")

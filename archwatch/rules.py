@@ -108,7 +108,9 @@ class Receipt:
     at: int
     archive_no: str
     package_sha: str
-    meta: tuple[Any, Any, Any, Any]  # taskCode, deptCode, qym, completedAt as the package states
+    # taskCode, deptCode, qym as the package states them, and its completedAt in epoch ms
+    # (None when absent or unreadable: that disagrees with any case)
+    meta: tuple[Any, Any, Any, int | None]
 
 
 @dataclass(slots=True)
@@ -155,7 +157,8 @@ class CaseFacts:
             self.receipts.append(
                 Receipt(
                     ev.eventId, ev.occurredAt, ev.archiveNo, ev.packageSha256,
-                    (m.get("taskCode"), m.get("deptCode"), m.get("qym"), m.get("completedAt")),
+                    (m.get("taskCode"), m.get("deptCode"), m.get("qym"),
+                     _instant(m.get("completedAt"))),
                 )
             )
         elif t == "archive.checked":
@@ -260,16 +263,20 @@ class CaseResult:
     next_deadline: int | None  # earliest deadline >= wm whose passing would change the answer
 
 
-def _meta_mismatch(meta: tuple[Any, Any, Any, Any], c: Completion) -> bool:
-    task_code, dept_code, qym, completed_at = meta
-    if task_code != c.task_code or dept_code != c.dept_code or qym != c.qym:
-        return True
-    if not isinstance(completed_at, str):
-        return True
+def _instant(value: Any) -> int | None:
+    if not isinstance(value, str):
+        return None
     try:
-        return parse_ts(completed_at) != c.completed_at
+        return parse_ts(value)
     except ValueError:
-        return True
+        return None
+
+
+def _meta_mismatch(meta: tuple[Any, Any, Any, int | None], c: Completion) -> bool:
+    """The package's own metadata against the case; instants compare across offsets."""
+    task_code, dept_code, qym, completed_at = meta
+    return (task_code != c.task_code or dept_code != c.dept_code or qym != c.qym
+            or completed_at is None or completed_at != c.completed_at)
 
 
 def case_attrs(c: Completion | None) -> tuple[str, str, str, str]:

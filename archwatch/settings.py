@@ -18,6 +18,7 @@ class EngineSettings:
     as_of: int | None = None  # replay: the moment the answer describes (epoch ms)
     receivers: dict[str, Registration] = field(default_factory=dict)
     live: bool = False  # live: the watermark also follows the wall clock
+    recovery: bool = False  # Bytewax recovery on: shards must snapshot their state
 
 
 def shard_of(key: str, shards: int) -> str:

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 # JSON output of Int64/UInt64 as numbers, not strings, so rows read back as Python ints.
 _READ_SETTINGS = {"output_format_json_quote_64bit_integers": 0}
 
@@ -42,7 +44,7 @@ class Store(ABC):
         return [json.loads(line) for line in text.splitlines() if line]
 
     def insert(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
-        lines = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in rows]
+        lines = [orjson.dumps(r).decode() for r in rows]
         if lines:
             self.insert_json_rows(table, lines)
 

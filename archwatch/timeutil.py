@@ -8,11 +8,13 @@ to the millisecond ("finer digits are dropped").
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from functools import lru_cache
 
 SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")  # no DST since 1991
 _SH_OFFSET_MS = 8 * 3600 * 1000
 DAY_MS = 86_400_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 
 # RFC 3339 date-time with a mandatory offset ("Z" or ±hh:mm); fraction of any length.
 _RFC3339 = re.compile(
@@ -24,26 +26,41 @@ class TimeFormatError(ValueError):
     """A timestamp or duration that the contract does not accept."""
 
 
+@lru_cache(maxsize=4096)
+def _epoch_day(y: int, mo: int, d: int) -> int:
+    return date(y, mo, d).toordinal() - _EPOCH_ORDINAL
+
+
+@lru_cache(maxsize=256)
+def _offset_ms(off: str) -> int:
+    if off in ("Z", "z"):
+        return 0
+    oh, om = int(off[1:3]), int(off[4:6])
+    if oh > 23 or om > 59:
+        raise ValueError("offset out of range")
+    return (1 if off[0] == "+" else -1) * (oh * 60 + om) * 60_000
+
+
 def parse_ts(text: str) -> int:
-    """Parse an RFC 3339 timestamp with offset into epoch milliseconds (sub-ms digits dropped)."""
+    """Parse an RFC 3339 timestamp with offset into epoch milliseconds (sub-ms digits dropped).
+
+    Plain integer arithmetic on the matched fields (with the calendar day cached): this
+    runs for every timestamp of every event, and ``datetime.timestamp()`` is slow.
+    """
     m = _RFC3339.match(text)
     if m is None:
         raise TimeFormatError(f"not an RFC 3339 timestamp with offset: {text!r}")
     y, mo, d, h, mi, s, frac, off = m.groups()
+    hh, mm, ss = int(h), int(mi), int(s)
     try:
-        if off in ("Z", "z"):
-            tz = UTC
-        else:
-            sign = 1 if off[0] == "+" else -1
-            oh, om = int(off[1:3]), int(off[4:6])
-            if oh > 23 or om > 59:
-                raise ValueError("offset out of range")
-            tz = timezone(sign * timedelta(hours=oh, minutes=om))
-        dt = datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), tzinfo=tz)
+        if hh > 23 or mm > 59 or ss > 60:
+            raise ValueError("time out of range")
+        day = _epoch_day(int(y), int(mo), int(d))
+        offset = _offset_ms(off)
     except ValueError as exc:
         raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
     ms = int(frac[:3].ljust(3, "0")) if frac else 0
-    return int(dt.timestamp()) * 1000 + ms
+    return (((day * 24 + hh) * 60 + mm) * 60 + min(ss, 59)) * 1000 + ms - offset
 
 
 def to_iso_utc(ms: int | None) -> str | None:
@@ -65,7 +82,7 @@ def to_shanghai_text(ms: int | None) -> str | None:
 
 def shanghai_year(ms: int) -> int:
     """Calendar year of an instant in Asia/Shanghai."""
-    return datetime.fromtimestamp((ms + _SH_OFFSET_MS) // 1000, UTC).year
+    return date.fromordinal((ms + _SH_OFFSET_MS) // DAY_MS + _EPOCH_ORDINAL).year
 
 
 def ch_time(ms: int) -> str:

@@ -21,7 +21,7 @@ timers follow the system clock, which the contract's event-time deadlines must n
 
 from __future__ import annotations
 
-import copy
+import pickle
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -54,13 +54,26 @@ RECEIVER_TYPES = frozenset({"receiver.heartbeat", "interface.error"})
 class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """Adapter: Bytewax calls ``on_batch``; the pure shard object does the work.
 
-    The shard object is the state; ``snapshot`` deep-copies it because Bytewax requires
-    an immutable snapshot while the shard keeps changing.
+    The shard object is the state. Bytewax asks for a snapshot at every epoch even
+    without recovery, and requires it to be immutable while the shard keeps changing:
+    so the snapshot is the pickled shard (bytes are immutable, and pickling is ~10x
+    cheaper than ``deepcopy``), and nothing at all when recovery is off.
     """
 
-    def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None) -> None:
+    def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None,
+                 recovery: bool = False) -> None:
         self.shard = shard
         self._eof = eof
+        self._recovery = recovery
+
+    @classmethod
+    def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
+                recovery: bool = False) -> Callable[[bytes | None], _ShardLogic]:
+        def build(resume: bytes | None) -> _ShardLogic:
+            shard = pickle.loads(resume) if resume is not None else make()
+            return cls(shard, eof, recovery)
+
+        return build
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         return self.shard.on_batch(values), StatefulBatchLogic.RETAIN
@@ -70,8 +83,10 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
             return (), StatefulBatchLogic.RETAIN
         return self._eof(self.shard), StatefulBatchLogic.RETAIN
 
-    def snapshot(self) -> Any:
-        return copy.deepcopy(self.shard)
+    def snapshot(self) -> bytes | None:
+        if not self._recovery:
+            return None
+        return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _Dedup:
@@ -162,7 +177,9 @@ def build_flow(
     parsed = op.map("parse", records, lambda rp: parse_record(rp[0], rp[1]))
     valid = op.branch("valid", parsed, lambda x: isinstance(x, Envelope))
     by_eid = op.key_on("key_event_id", valid.trues, lambda e: shard_of(e.event.eventId, n))
-    classified = op.stateful_batch("dedup", by_eid, lambda _s: _ShardLogic(_Dedup()))
+    rec = settings.recovery
+    classified = op.stateful_batch(
+        "dedup", by_eid, _ShardLogic.builder(_Dedup, recovery=rec))
     routed = op.flat_map("route", op.key_rm("dedup_out", classified), _route(settings))
     is_applied = op.branch("applied", routed, lambda x: isinstance(x, Envelope))
     applied = is_applied.trues
@@ -182,7 +199,7 @@ def build_flow(
         clock_in = op.merge("clock_in", maxima, wall)
     marks = op.key_rm("clock_out", op.stateful_batch(
         "clock", clock_in,
-        lambda _s: _ShardLogic(_Clock(settings), eof=lambda c: c.end()),
+        _ShardLogic.builder(lambda: _Clock(settings), eof=lambda c: c.end(), recovery=rec),
     ))
     broadcast = op.flat_map("broadcast", marks, lambda w: [(k, w) for k in shard_keys])
 
@@ -195,13 +212,13 @@ def build_flow(
     )
     case_out = op.key_rm("cases_out", op.stateful_batch(
         "cases", case_in,
-        lambda _s: _ShardLogic(CaseShard(n, settings.sla, versions, wall_ms)),
+        _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms), recovery=rec),
     ))
     facts = op.branch("is_fact", case_out, lambda x: isinstance(x, ReceiptFact))
     archive_rows = op.key_rm("archive_nos_out", op.stateful_batch(
         "archive_nos",
         op.key_on("key_archive_no", facts.trues, lambda f: shard_of(f.archive_no, n)),
-        lambda _s: _ShardLogic(ArchiveNoShard(n, versions)),
+        _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec),
     ))
 
     # --- receivers
@@ -212,14 +229,15 @@ def build_flow(
     )
     recv_rows = op.key_rm("receivers_out", op.stateful_batch(
         "receivers", recv_in,
-        lambda _s: _ShardLogic(ReceiverShard(n, settings.sla, versions, settings.receivers)),
+        _ShardLogic.builder(
+            lambda: ReceiverShard(n, settings.sla, versions, settings.receivers), recovery=rec),
     ))
 
     everything = op.merge(
         "all_out", valid.falses, is_applied.falses, event_log, facts.falses, archive_rows,
         recv_rows,
     )
-    op.output("store", everything, sink)
+    op.output("store", op.map("to_sink", everything, lambda x: ("store", x)), sink)
     return flow
 
 

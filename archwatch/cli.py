@@ -1,0 +1,179 @@
+"""The ``archwatch`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from archwatch.timeutil import TimeFormatError, parse_duration, parse_ts
+
+SLA_FLAGS = {
+    "archive_sla": ("--archive-sla", "archiveSla", "P30D"),
+    "push_sla": ("--push-sla", "pushSla", "P2D"),
+    "check_sla": ("--check-sla", "checkSla", "PT6H"),
+    "backup_sla": ("--backup-sla", "backupSla", "P1D"),
+    "distribution_sla": ("--distribution-sla", "distributionSla", "P1D"),
+    "orphan_grace": ("--orphan-grace", "orphanGrace", "P1D"),
+    "lateness": ("--lateness", "lateness", "PT5M"),
+}
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2, never a traceback."""
+
+
+def _duration(text: str) -> str:
+    try:
+        parse_duration(text)
+    except TimeFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _timestamp(text: str) -> int:
+    try:
+        return parse_ts(text)
+    except TimeFormatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("deadlines (ISO 8601 durations)")
+    for dest, (flag, key, default) in SLA_FLAGS.items():
+        g.add_argument(flag, dest=dest, type=_duration, default=None,
+                       help=f"{key} (default {default})")
+    p.add_argument("--receivers", type=Path, help="JSON file of registered receivers")
+    p.add_argument("--shards", type=int, default=None,
+                   help="key shards of each stateful step (default 32)")
+
+
+def _engine_settings(args: argparse.Namespace, as_of: int | None, live: bool = False):
+    from archwatch.receivers import load_registrations
+    from archwatch.rules import Sla
+    from archwatch.settings import DEFAULT_SHARDS, EngineSettings
+
+    sla = Sla.from_iso(**{key: getattr(args, dest) for dest, (_f, key, _d) in SLA_FLAGS.items()})
+    regs = {}
+    if args.receivers is not None:
+        try:
+            regs = load_registrations(args.receivers)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--receivers: {exc}") from None
+    shards = args.shards or DEFAULT_SHARDS
+    if shards < 1:
+        raise CliError("--shards must be at least 1")
+    return EngineSettings(sla=sla, shards=shards, as_of=as_of, receivers=regs, live=live)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from archwatch.replay import replay
+    from archwatch.store import open_store
+
+    settings = _engine_settings(args, args.as_of)
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        raise CliError(f"no such file: {', '.join(map(str, missing))}")
+    store = open_store(args.db, args.url)
+    rejects = args.rejects or (Path(args.db) / "rejects.jsonl" if args.db else Path("rejects.jsonl"))
+    try:
+        result = replay(args.files, store, settings, rejects)
+    finally:
+        store.close()
+    print(json.dumps(result.report()))
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from archwatch.store import StoreError, open_store
+
+    try:
+        store = open_store(args.db, args.url, read_only=True)
+        text = store.query_text(args.query, args.format or "PrettyCompact",
+                                {} if args.url is None else None)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    sys.stdout.write(text)
+    if text and not text.endswith("\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from archwatch.generate import GenerateOptions, generate
+
+    opts = GenerateOptions(cases=args.cases, seed=args.seed, anomaly_rate=args.anomaly_rate,
+                           redelivery_rate=args.redelivery_rate, disorder=args.disorder,
+                           split_sources=args.split_sources)
+    truth = generate(Path(args.out), opts, progress=sys.stderr.isatty())
+    print(json.dumps({"out": str(args.out), "events": truth["events"], "cases": args.cases,
+                      "files": truth["files"]}, ensure_ascii=False))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from archwatch.demo import run_demo
+
+    return run_demo(Path(args.dir), cases=args.cases, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="archwatch", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("replay", help="feed JSONL event files through the dataflow into a store")
+    r.add_argument("files", nargs="+", type=Path)
+    r.add_argument("--db", type=Path, help="embedded (chDB) store directory")
+    r.add_argument("--url", help="ClickHouse server URL instead of --db")
+    r.add_argument("--as-of", dest="as_of", type=_timestamp,
+                   help="RFC 3339 moment the answer describes (default: latest occurredAt)")
+    r.add_argument("--rejects", type=Path, help="rejects file (default DIR/rejects.jsonl)")
+    _add_engine_flags(r)
+    r.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("sql", help="run read-only SQL against a store")
+    s.add_argument("query")
+    s.add_argument("--db", type=Path)
+    s.add_argument("--url")
+    s.add_argument("--format", help="output format when the query names none (PrettyCompact)")
+    s.set_defaults(func=cmd_sql)
+
+    g = sub.add_parser("generate", help="write a synthetic Hangzhou-shaped workload")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--cases", type=int, default=10_000)
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--anomaly-rate", dest="anomaly_rate", type=float, default=0.05)
+    g.add_argument("--redelivery-rate", dest="redelivery_rate", type=float, default=0.01)
+    g.add_argument("--disorder", type=_duration, default="PT2M",
+                   help="bound of out-of-order delivery (within the default lateness)")
+    g.add_argument("--split-sources", action="store_true",
+                   help="also write one file per source (cases, pushes, receipts, ...)")
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
+    d.add_argument("--dir", default="demo-data")
+    d.add_argument("--cases", type=int, default=20_000)
+    d.add_argument("--seed", type=int, default=7)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "db", None) is None and getattr(args, "url", None) is None and \
+            args.command in ("replay", "sql"):
+        parser.error("one of --db or --url is required")
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"archwatch {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
