@@ -63,6 +63,7 @@ class GenerateOptions:
     split_sources: bool = False
     start: str = "2024-11-01T00:00:00+08:00"  # completions span New Year 2025
     span_days: int = 90
+    heartbeat_hours: int = 6  # receivers beat every minute over the last hours before asOf
 
 
 def _sh(ms: int) -> str:
@@ -296,14 +297,15 @@ class _Planter:
     def plant_receivers(self) -> list[dict[str, Any]]:
         rng = self.rng
         regs = []
-        start = self.as_of - 6 * H
+        hours = self.opts.heartbeat_hours
+        start = self.as_of - hours * H
         for i, (qym, _area) in enumerate(REGIONS):
             rid = f"recv-{qym}"
             regs.append({"receiverId": rid, "qym": qym, "period": "PT1M", "grace": "PT2M"})
             t = start + rng.randint(0, 30_000)
             stop = self.as_of - MIN
             silent_from = self.as_of - 20 * MIN if i == 3 else None
-            gap_at = start + rng.randint(H, 5 * H) if i % 4 == 1 else None
+            gap_at = start + rng.randint(H // 4, hours * H - H // 2) if i % 4 == 1 else None
             last = None
             while t <= stop:
                 if silent_from is not None and t >= silent_from:
@@ -393,16 +395,24 @@ def generate(out: Path, opts: GenerateOptions, progress: bool = False) -> dict[s
             (out / f"{name}.jsonl").write_text("\n".join(chunk) + "\n", encoding="utf-8")
             files.append(f"{name}.jsonl")
 
-    truth = _truth(p, n_events, dups, rejects, n_after, planted)
+    truth = _truth(p, n_events, dups, rejects, n_after, planted, regs)
     truth["files"] = files
     (out / "truth.json").write_text(json.dumps(truth, ensure_ascii=False, indent=1))
     return truth
 
 
 def _truth(p: _Planter, n_events: int, dups: int, rejects: int, n_after: int,
-           planted: Counter[str]) -> dict[str, Any]:
+           planted: Counter[str], regs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, dict[str, int]] = {}
+    receiver_qym = {r["receiverId"]: r["qym"] for r in regs}
     for a in p.anomalies:
+        # the case's attributes, filled in whenever the case is known (contract §4)
+        case = p.cases.get(a["caseNo"]) if a["caseNo"] else None
+        item: Item | None = case["item"] if case else None
+        a["qym"] = item.qym if item else receiver_qym.get(a["receiverId"])
+        a["deptCode"] = item.dept_code if item else None
+        a["systemCode"] = item.system_code if item else None
+        a["taskCode"] = item.task_code if item else None
         s = summary.setdefault(a["code"], {"total": 0, "open": 0})
         s["total"] += 1
         s["open"] += a["resolvedAt"] is None

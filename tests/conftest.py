@@ -1,0 +1,61 @@
+"""Shared fixtures: golden scenarios, fresh chDB stores, replay helpers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archwatch import report
+from archwatch.receivers import load_registrations
+from archwatch.replay import replay
+from archwatch.rules import Sla
+from archwatch.settings import EngineSettings
+from archwatch.store import ChdbStore, open_store
+from archwatch.timeutil import parse_ts
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "contract" / "golden"
+SHARED_GOLDEN = ROOT.parent / "shared" / "contract" / "golden"
+SCENARIOS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
+
+
+def scenario_settings(name: str, **overrides: Any) -> EngineSettings:
+    d = GOLDEN / name
+    cfg = json.loads((d / "replay.json").read_text())
+    sla = Sla.from_iso(**{k: v for k, v in cfg.items() if k not in ("asOf", "receivers")})
+    regs = load_registrations(d / cfg["receivers"]) if "receivers" in cfg else {}
+    kwargs: dict[str, Any] = {"sla": sla, "as_of": parse_ts(cfg["asOf"]), "receivers": regs}
+    kwargs.update(overrides)
+    return EngineSettings(**kwargs)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ChdbStore]:
+    s = open_store(tmp_path / "db")
+    assert isinstance(s, ChdbStore)
+    yield s
+    s.close()
+
+
+def replay_into(store: Any, files: list[Path], settings: EngineSettings,
+                tmp_path: Path) -> dict[str, Any]:
+    res = replay(files, store, settings, tmp_path / "rejects.jsonl", progress=False)
+    return report.full(store, res.report())
+
+
+def comparable_anomalies(rows: list[dict[str, Any]]) -> list[str]:
+    """Anomalies as sorted canonical strings, without the engine-chosen id and detail."""
+    keys = ("code", "caseNo", "archiveNo", "receiverId", "qym", "deptCode", "systemCode",
+            "taskCode", "openedAt", "resolvedAt")
+    out = []
+    for a in rows:
+        item = {k: a.get(k) for k in keys}
+        for t in ("openedAt", "resolvedAt"):
+            if item[t] is not None:
+                item[t] = parse_ts(item[t])  # compare as instants
+        out.append(json.dumps(item, sort_keys=True, ensure_ascii=False))
+    return sorted(out)
