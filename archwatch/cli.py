@@ -70,13 +70,16 @@ def _engine_settings(args: argparse.Namespace, as_of: int | None, live: bool = F
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from archwatch.replay import replay
-    from archwatch.store import open_store
+    from archwatch.store import StoreError, open_store
 
     settings = _engine_settings(args, args.as_of)
     missing = [f for f in args.files if not Path(f).is_file()]
     if missing:
         raise CliError(f"no such file: {', '.join(map(str, missing))}")
-    store = open_store(args.db, args.url)
+    try:
+        store = open_store(args.db, args.url)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
     rejects = args.rejects or (Path(args.db) / "rejects.jsonl" if args.db else Path("rejects.jsonl"))
     try:
         result = replay(args.files, store, settings, rejects)

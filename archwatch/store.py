@@ -3,6 +3,7 @@ server through clickhouse-connect. The SQL is the same; only transport differs."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from abc import ABC, abstractmethod
@@ -49,6 +50,24 @@ class Store(ABC):
             self.insert_json_rows(table, lines)
 
 
+_OPEN_HERE: set[str] = set()  # store directories this process has opened
+
+
+def _locked_elsewhere(status: Path) -> bool:
+    """True when another process holds the chDB lock (flock on DIR/status) of a store."""
+    import fcntl
+
+    if not status.exists():
+        return False
+    with status.open("rb") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
 class ChdbStore(Store):
     """The embedded store: a chDB directory, owned by exactly one process.
 
@@ -61,7 +80,13 @@ class ChdbStore(Store):
         import chdb
 
         self.path = str(Path(path).resolve())
+        if read_only and not Path(self.path).is_dir():
+            raise StoreError(f"no store at {self.path}")
         Path(self.path).mkdir(parents=True, exist_ok=True)
+        if self.path not in _OPEN_HERE and _locked_elsewhere(Path(self.path) / "status"):
+            raise StoreError(
+                f"the store {self.path} is open in another process (an embedded store has "
+                "one owner: stop it, or query through its API)")
         dsn = f"file:{self.path}?output_format_json_quote_64bit_integers=0"
         if read_only:
             dsn += "&mode=ro"
@@ -69,6 +94,7 @@ class ChdbStore(Store):
             self._conn = chdb.connect(dsn)
         except Exception as exc:  # chdb raises RuntimeError subclasses
             raise StoreError(_clean(exc)) from None
+        _OPEN_HERE.add(self.path)
         self._lock = threading.Lock()  # serialises inserts: one part per block, in order
 
     def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> str:
@@ -90,10 +116,8 @@ class ChdbStore(Store):
             self._run(sql, "CSV", None)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing twice is harmless
             self._conn.close()
-        except Exception:  # pragma: no cover - closing twice is harmless
-            pass
 
 
 class ServerStore(Store):

@@ -1,0 +1,7 @@
+"""``python -m archwatch``."""
+
+import sys
+
+from archwatch.cli import main
+
+sys.exit(main())
