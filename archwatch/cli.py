@@ -116,6 +116,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from archwatch.api.app import create_app
+    from archwatch.api.settings import Settings
+    from archwatch.store import StoreError, open_store
+
+    try:
+        store = open_store(args.db, args.url)
+        from archwatch.migrate import migrate
+
+        migrate(store)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    app = create_app(Settings(db=args.db, url=args.url), store=store)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from archwatch.demo import run_demo
 
@@ -155,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write one file per source (cases, pushes, receipts, ...)")
     g.set_defaults(func=cmd_generate)
 
+    v = sub.add_parser("serve", help="serve the HTTP API (OpenAPI docs at /docs)")
+    v.add_argument("--db", type=Path)
+    v.add_argument("--url")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.set_defaults(func=cmd_serve)
+
     d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
     d.add_argument("--dir", default="demo-data")
     d.add_argument("--cases", type=int, default=20_000)
@@ -167,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "db", None) is None and getattr(args, "url", None) is None and \
-            args.command in ("replay", "sql"):
+            args.command in ("replay", "sql", "serve"):
         parser.error("one of --db or --url is required")
     try:
         return args.func(args)

@@ -264,7 +264,7 @@ class CaseShard:
         for key in dirty:
             acc = self.kpi[key]
             numbers = (acc.kpi, acc.archived, acc.succ, acc.fail, acc.cycle_ms_sum,
-                       acc.last_receive)
+                       acc.last_receive, acc.names)
             if self.kpi_written.get(key) == numbers:
                 continue
             deleted = acc.empty
@@ -278,6 +278,8 @@ class CaseShard:
                 "year": key.year, "qym": key.qym, "dept_code": key.dept_code,
                 "system_code": key.system_code, "task_id": key.task_id,
                 "system_level": key.system_level, "src": self.src,
+                "task_code": acc.names[0], "task_name": acc.names[1], "dept_name": acc.names[2],
+                "system_name": acc.names[3], "area": acc.names[4],
                 "kpi": acc.kpi, "archived": acc.archived, "archived_succ": acc.succ,
                 "archived_fail": acc.fail, "cycle_ms_sum": acc.cycle_ms_sum,
                 "last_receive": _t(acc.last_receive), "last_update": self.wall_ms() // 1000,

@@ -62,7 +62,9 @@ class FinalTables:
     def kpi_totals(self) -> dict[tuple[Any, ...], tuple[int, ...]]:
         """Sum of the partial rows per group (what a reader does after FINAL)."""
         out: dict[tuple[Any, ...], list[Any]] = {}
-        for row in self.final("kpi_task", drop=("version", "last_update")):
+        for row in self.final("kpi_task", drop=("version", "last_update", "task_code",
+                                                "task_name", "dept_name", "system_name",
+                                                "area")):
             key = (row["year"], row["qym"], row["dept_code"], row["system_code"], row["task_id"])
             acc = out.setdefault(key, [0, 0, 0, 0, 0, None])
             for i, col in enumerate(("kpi", "archived", "archived_succ", "archived_fail",

@@ -39,6 +39,7 @@ class KpiAcc:
     # multiset of first-receipt times: lastReceive is a max that can move back
     receipts: dict[int, int] = field(default_factory=dict)
     _max: int | None = None
+    names: tuple[str, str, str, str, str] = ("", "", "", "", "")  # display only, not identity
 
     def apply(self, part: KpiPart, sign: int) -> None:
         self.kpi += sign
@@ -46,6 +47,8 @@ class KpiAcc:
         self.succ += sign * part.succ
         self.fail += sign * part.fail
         self.cycle_ms_sum += sign * part.cycle_ms
+        if sign > 0:
+            self.names = part.names
         t = part.first_received_at
         if t is None:
             return

@@ -242,6 +242,7 @@ class KpiPart:
     fail: int
     cycle_ms: int
     first_received_at: int | None
+    names: tuple[str, str, str, str, str] = ("", "", "", "", "")  # task code/name, dept, system, area
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +422,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
             int(archived), int(succ), int(fail),
             (first_at - c.completed_at) if first_at is not None else 0,
             first_at,
+            (c.task_code, c.task_name, c.dept_name, c.system_name, c.area),
         )
     return CaseResult(out, row, kpi, min(pending) if pending else None)
 

@@ -99,7 +99,7 @@ class ChdbStore(Store):
 
     def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> str:
         try:
-            res = self._conn.query(sql, fmt, params=dict(params or {}))
+            res = self._conn.query(sql, fmt, params=_encode_params(params))
         except Exception as exc:
             raise StoreError(_clean(exc)) from None
         return res.data() if hasattr(res, "data") else str(res)
@@ -166,6 +166,21 @@ class ServerStore(Store):
         client = getattr(self._local, "client", None)
         if client is not None:
             client.close()
+
+
+def _literal(v: Any) -> str:
+    if isinstance(v, str):
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(v)
+
+
+def _encode_params(params: Mapping[str, Any] | None) -> dict[str, str]:
+    """chDB takes parameter values as text; arrays must be ClickHouse literals."""
+    out = {}
+    for k, v in (params or {}).items():
+        out[k] = "[" + ",".join(_literal(x) for x in v) + "]" if isinstance(v, list | tuple) \
+            else str(v)
+    return out
 
 
 def _clean(exc: BaseException) -> str:

@@ -1,0 +1,45 @@
+"""Dependencies as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from archwatch.api.settings import Settings
+from fastapi import Depends, Query, Request
+
+from archwatch.store import Store
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+class Page:
+    """1-based page number and a size capped at the configured maximum."""
+
+    def __init__(self, no: int, size: int, cap: int) -> None:
+        self.no = no
+        self.size = min(size, cap)
+
+    @property
+    def offset(self) -> int:
+        return (self.no - 1) * self.size
+
+
+def get_page(
+    settings: SettingsDep,
+    pageNo: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page")] = 1,  # noqa: N803
+    pageSize: Annotated[int, Query(ge=1, description="rows per page (capped)")] = 10,  # noqa: N803
+) -> Page:
+    return Page(pageNo, pageSize, settings.max_page_size)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

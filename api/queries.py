@@ -1,0 +1,132 @@
+"""SQL behind the API. Every rollup reads ``kpi_task`` (partial totals), never all cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from archwatch.kpi import rate, time_diff_days
+from archwatch.store import Store
+from archwatch.timeutil import to_iso_utc, to_shanghai_text
+
+# API dimension -> (SQL column, ClickHouse type of its parameter, display-name aggregate)
+DIMENSIONS: dict[str, tuple[str, str, str | None]] = {
+    "year": ("year", "UInt16", None),
+    "qym": ("qym", "String", "any(area)"),
+    "deptCode": ("dept_code", "String", "any(dept_name)"),
+    "systemCode": ("system_code", "String", "any(system_name)"),
+    "systemLevel": ("system_level", "String", None),
+    "taskId": ("task_id", "String", "any(task_name)"),
+}
+
+SORTS: dict[str, str] = {
+    "archiveRate": "if(kpi = 0, 0, archived / kpi)",
+    "errorRate": "if(archived = 0, 0, archived_fail / archived)",
+    "timeDiff": "if(archived = 0, 0, cycle_ms_sum / archived)",
+    "kpi": "kpi",
+    "archived": "archived",
+    "unArchived": "kpi - archived",
+    "archivedFail": "archived_fail",
+    "key": "",  # the group columns themselves
+}
+
+
+@dataclass
+class KpiQuery:
+    group_by: list[str]
+    filters: dict[str, Any]
+    sort: str = "key"
+    desc: bool = False
+    limit: int = 10
+    offset: int = 0
+
+
+def _where(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    parts, params = [], {}
+    for dim, value in filters.items():
+        if value is None:
+            continue
+        col, typ, _ = DIMENSIONS[dim]
+        parts.append(f"{col} = {{{dim}:{typ}}}")
+        params[dim] = value
+    return (" AND ".join(parts) or "1"), params
+
+
+def kpi_groups(store: Store, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
+    """KPI numbers grouped by ``q.group_by``, filtered, sorted and paginated."""
+    where, params = _where(q.filters)
+    cols = [DIMENSIONS[d][0] for d in q.group_by]
+    select_keys = ", ".join(f"toString({c}) AS k_{i}" for i, c in enumerate(cols))
+    name_agg = DIMENSIONS[q.group_by[-1]][2] if q.group_by else None
+    order = SORTS[q.sort] or ", ".join(cols) or "kpi"
+    direction = "DESC" if q.desc else "ASC"
+    sql = f"""
+        SELECT {select_keys + ',' if select_keys else ''}
+               {name_agg or "''"} AS name,
+               sum(kpi) AS kpi, sum(archived) AS archived, sum(archived_succ) AS archived_succ,
+               sum(archived_fail) AS archived_fail, sum(cycle_ms_sum) AS cycle_ms_sum,
+               toUnixTimestamp64Milli(max(last_receive)) AS last_receive,
+               toUnixTimestamp(max(last_update)) AS last_update,
+               count() OVER () AS total
+        FROM kpi_task FINAL
+        WHERE {where}
+        {'GROUP BY ' + ', '.join(cols) if cols else ''}
+        HAVING kpi != 0
+        ORDER BY {order} {direction}{', ' + ', '.join(cols) if cols else ''}
+        LIMIT {int(q.limit)} OFFSET {int(q.offset)}
+    """
+    rows = store.query(sql, params)
+    total = rows[0]["total"] if rows else _count_groups(store, q, where, params, cols)
+    out = []
+    for r in rows:
+        stats = stats_of(r)
+        stats["key"] = {d: r[f"k_{i}"] for i, d in enumerate(q.group_by)}
+        stats["name"] = r["name"] or None
+        out.append(stats)
+    return out, total
+
+
+def _count_groups(store: Store, q: KpiQuery, where: str, params: dict[str, Any],
+                  cols: list[str]) -> int:
+    if q.offset == 0:
+        return 0
+    group = f"GROUP BY {', '.join(cols)}" if cols else ""
+    rows = store.query(
+        f"SELECT count() AS n FROM (SELECT sum(kpi) AS kpi FROM kpi_task FINAL WHERE {where} "
+        f"{group} HAVING kpi != 0)", params)
+    return rows[0]["n"] if rows else 0
+
+
+def stats_of(r: dict[str, Any]) -> dict[str, Any]:
+    kpi, archived, fail = r["kpi"], r["archived"], r["archived_fail"]
+    return {
+        "kpi": kpi, "archived": archived, "archivedSucc": r["archived_succ"],
+        "archivedFail": fail, "unArchived": kpi - archived,
+        "archiveRate": round(rate(archived, kpi), 6), "errorRate": round(rate(fail, archived), 6),
+        "timeDiff": time_diff_days(r["cycle_ms_sum"], archived),
+        "lastReceive": to_shanghai_text(r["last_receive"]) if r["last_receive"] else None,
+        "lastUpdate": to_shanghai_text(r["last_update"] * 1000) if r["last_update"] else None,
+    }
+
+
+def none_if_empty(v: str) -> str | None:
+    return v if v != "" else None
+
+
+ANOMALY_COLUMNS = (
+    "anomaly_id, code, class, case_no, archive_no, receiver_id, qym, dept_code, system_code,"
+    " task_code, toUnixTimestamp64Milli(opened_at) AS opened,"
+    " toUnixTimestamp64Milli(resolved_at) AS resolved, detail"
+)
+
+
+def anomaly_out(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "anomalyId": r["anomaly_id"], "code": r["code"], "class": r["class"],
+        "caseNo": none_if_empty(r["case_no"]), "archiveNo": none_if_empty(r["archive_no"]),
+        "receiverId": none_if_empty(r["receiver_id"]), "qym": none_if_empty(r["qym"]),
+        "deptCode": none_if_empty(r["dept_code"]),
+        "systemCode": none_if_empty(r["system_code"]),
+        "taskCode": none_if_empty(r["task_code"]), "openedAt": to_iso_utc(r["opened"]),
+        "resolvedAt": to_iso_utc(r["resolved"]), "detail": r["detail"],
+    }

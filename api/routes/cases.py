@@ -1,0 +1,93 @@
+"""One case's trace, one archive's four-property check history, a system's daily log."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, timedelta
+from typing import Annotated
+
+from archwatch.api.deps import StoreDep
+from archwatch.api.errors import ApiError
+from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
+from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
+from archwatch.api.routes.stats import case_out
+from fastapi import APIRouter, Query
+
+from archwatch.timeutil import to_iso_utc
+
+router = APIRouter(prefix="/api/v1", tags=["cases"])
+
+PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全性"}
+
+
+@router.get("/cases/{caseNo}", response_model=CaseTrace)
+def case_trace(store: StoreDep, caseNo: str) -> CaseTrace:  # noqa: N803
+    """Every event of the case's chain in time order, its status and its anomalies."""
+    states = store.query(
+        "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
+        " toUnixTimestamp64Milli(first_received_at) AS f_ms"
+        " FROM case_state FINAL WHERE case_no = {c:String} LIMIT 1", {"c": caseNo})
+    events = store.query(
+        "SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source, archive_no,"
+        " payload FROM event_log FINAL WHERE entity = {c:String}"
+        " ORDER BY occurred_at, event_id", {"c": caseNo})
+    if not states and not events:
+        raise ApiError(404, "not_found", f"no case {caseNo!r}")
+    anomalies = store.query(
+        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE case_no = {{c:String}}"
+        " ORDER BY opened_at, code", {"c": caseNo})
+    return CaseTrace(
+        caseNo=caseNo,
+        case=case_out(states[0]) if states else None,
+        events=[TraceEvent(eventId=e["event_id"], type=e["type"], occurredAt=to_iso_utc(e["at"]),
+                           source=e["source"], archiveNo=e["archive_no"] or None,
+                           payload=json.loads(e["payload"])) for e in events],
+        anomalies=[AnomalyOut(**anomaly_out(a)) for a in anomalies],
+    )
+
+
+@router.get("/archives/{archiveNo}/checks", response_model=list[CheckOut])
+def archive_checks(store: StoreDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
+    """The four-property check (四性检测) history of one archive, oldest first."""
+    rows = store.query(
+        "SELECT event_id, entity, toUnixTimestamp64Milli(occurred_at) AS at, payload"
+        " FROM event_log FINAL WHERE archive_no = {a:String} AND type = 'archive.checked'"
+        " ORDER BY occurred_at, event_id", {"a": archiveNo})
+    out = []
+    for r in rows:
+        p = json.loads(r["payload"])
+        items = [str(i) for i in p.get("failedItems", [])]
+        props = sorted({PROPERTIES.get(i.split("-")[1], i) if i.count("-") >= 2 else i
+                        for i in items})
+        out.append(CheckOut(eventId=r["event_id"], caseNo=r["entity"],
+                            occurredAt=to_iso_utc(r["at"]), passed=bool(p.get("passed")),
+                            failedItems=items, failedProperties=props))
+    return out
+
+
+@router.get("/systems/{systemCode}/daily-log", response_model=list[DailyLog])
+def daily_log(
+    store: StoreDep, systemCode: str,  # noqa: N803
+    start: Annotated[date | None, Query(alias="from", description="first day (Asia/Shanghai)")] = None,  # noqa: E501
+    end: Annotated[date | None, Query(alias="to", description="last day, inclusive")] = None,
+) -> list[DailyLog]:
+    """Archives received per day for one system's cases, with their check outcome."""
+    if start and end and end < start:
+        raise ApiError(400, "invalid_parameter", "to: must not be before from")
+    if start and end and end - start > timedelta(days=366):
+        raise ApiError(400, "invalid_parameter", "at most 366 days per request")
+    params: dict[str, object] = {"s": systemCode}
+    cond = ""
+    if start:
+        cond += " AND day >= {d0:Date}"
+        params["d0"] = start.isoformat()
+    if end:
+        cond += " AND day <= {d1:Date}"
+        params["d1"] = end.isoformat()
+    rows = store.query(
+        "SELECT toString(toDate(first_received_at, 'Asia/Shanghai')) AS day, count() AS received,"
+        " countIf(status = 'ARCHIVED_OK') AS passed, countIf(status = 'ARCHIVED_FAIL') AS failed,"
+        " countIf(status = 'ARCHIVED_UNCHECKED') AS unchecked FROM case_state FINAL"
+        " WHERE system_code = {s:String} AND first_received_at IS NOT NULL" + cond +
+        " GROUP BY day ORDER BY day LIMIT 1000", params)
+    return [DailyLog(**r) for r in rows]

@@ -1,0 +1,92 @@
+"""The seed system's statistics endpoints, with its names, parameters and envelope."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+from archwatch.api.deps import PageDep, StoreDep
+from archwatch.api.queries import KpiQuery, kpi_groups
+from fastapi import APIRouter, Query
+
+from archwatch.timeutil import SHANGHAI
+
+router = APIRouter(prefix="/gdtjapi/charts", tags=["seed"])
+
+
+def _current_year() -> int:
+    return datetime.now(SHANGHAI).year
+
+
+def _envelope(data: Any, started: float) -> dict[str, Any]:
+    return {"code": 200, "message": "操作成功", "data": data,
+            "timestamp": int(time.time() * 1000),
+            "executeTime": round((time.perf_counter() - started) * 1000)}
+
+
+def _seed_row(g: dict[str, Any], year: int) -> dict[str, Any]:
+    return {
+        "year": str(year), "kpi": g["kpi"], "archived": g["archived"],
+        "archivedSucc": g["archivedSucc"], "archivedFail": g["archivedFail"],
+        "UnArchived": g["unArchived"], "timeDiff": g["timeDiff"],
+        "lastReceive": g["lastReceive"], "lastUpdate": g["lastUpdate"],
+    }
+
+
+@router.get("/taskArchiveList")
+def task_archive_list(
+    store: StoreDep,
+    page: PageDep,
+    qym: Annotated[str, Query(min_length=1, max_length=32, description="region code")],
+    deptCode: Annotated[str, Query(min_length=1, max_length=64)],  # noqa: N803
+    year: Annotated[int | None, Query(ge=1990, le=2100)] = None,
+) -> dict[str, Any]:
+    """Archive statistics of one department's items in one region and year (seed API)."""
+    started = time.perf_counter()
+    y = year or _current_year()
+    rows, total = kpi_groups(store, KpiQuery(
+        group_by=["taskId"], filters={"year": y, "qym": qym, "deptCode": deptCode},
+        sort="key", limit=page.size, offset=page.offset))
+    records = []
+    for g in rows:
+        r = _seed_row(g, y)
+        r.update({"taskId": g["key"]["taskId"], "taskName": g["name"], "qym": qym,
+                  "deptCode": deptCode})
+        records.append(r)
+    data = {"records": records, "total": total, "pageNo": page.no, "pageSize": page.size}
+    return _envelope(data, started)
+
+
+@router.get("/sysView")
+def sys_view(
+    store: StoreDep,
+    page: PageDep,
+    systemCode: Annotated[str | None, Query(max_length=64)] = None,  # noqa: N803
+    year: Annotated[int | None, Query(ge=1990, le=2100)] = None,
+) -> dict[str, Any]:
+    """Archive statistics per business system in one year (seed API)."""
+    started = time.perf_counter()
+    y = year or _current_year()
+    rows, total = kpi_groups(store, KpiQuery(
+        group_by=["systemCode", "systemLevel"], filters={"year": y, "systemCode": systemCode},
+        sort="key", limit=page.size, offset=page.offset))
+    records = []
+    for g in rows:
+        r = _seed_row(g, y)
+        r.update({"systemCode": g["key"]["systemCode"], "systemLevel": g["key"]["systemLevel"]})
+        records.append(r)
+    names = _system_names(store, [r["systemCode"] for r in records])
+    for r in records:
+        r["systemName"] = names.get(r["systemCode"])
+    data = {"records": records, "total": total, "pageNo": page.no, "pageSize": page.size}
+    return _envelope(data, started)
+
+
+def _system_names(store: Any, codes: list[str]) -> dict[str, str]:
+    if not codes:
+        return {}
+    rows = store.query(
+        "SELECT system_code, any(system_name) AS name FROM kpi_task"
+        " WHERE system_code IN {codes:Array(String)} GROUP BY system_code", {"codes": codes})
+    return {r["system_code"]: r["name"] for r in rows}

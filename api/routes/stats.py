@@ -1,0 +1,160 @@
+"""KPI statistics and the drill-down chains region → department → item → case and
+system level → system → item → case."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from archwatch.api.deps import PageDep, StoreDep
+from archwatch.api.models import CaseOut, KpiGroup, Paged
+from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups
+from fastapi import APIRouter, Query
+
+from archwatch.timeutil import to_iso_utc
+
+router = APIRouter(prefix="/api/v1", tags=["statistics"])
+
+Year = Annotated[int | None, Query(ge=1990, le=2100, description="calendar year, Asia/Shanghai")]
+Code = Annotated[str | None, Query(max_length=64)]
+
+
+class Sort(StrEnum):
+    key = "key"
+    archiveRate = "archiveRate"
+    errorRate = "errorRate"
+    timeDiff = "timeDiff"
+    kpi = "kpi"
+    archived = "archived"
+    unArchived = "unArchived"
+    archivedFail = "archivedFail"
+
+
+class Order(StrEnum):
+    asc = "asc"
+    desc = "desc"
+
+
+SortQ = Annotated[Sort, Query(description="e.g. archiveRate with order=asc: worst first")]
+OrderQ = Annotated[Order, Query()]
+
+
+def _paged(store: Any, page: Any, group_by: list[str], filters: dict[str, Any], sort: Sort,
+           order: Order) -> Paged[KpiGroup]:
+    rows, total = kpi_groups(store, KpiQuery(group_by, filters, sort.value,
+                                             order is Order.desc, page.size, page.offset))
+    return Paged[KpiGroup](total=total, pageNo=page.no, pageSize=page.size,
+                           items=[KpiGroup(**r) for r in rows])
+
+
+@router.get("/stats", response_model=Paged[KpiGroup])
+def stats(
+    store: StoreDep, page: PageDep,
+    groupBy: Annotated[str, Query(description="comma-separated: year,qym,deptCode,systemCode,systemLevel,taskId")] = "year",  # noqa: E501, N803
+    year: Year = None, qym: Code = None, deptCode: Code = None,  # noqa: N803
+    systemCode: Code = None, systemLevel: Code = None,  # noqa: N803
+    sort: SortQ = Sort.key, order: OrderQ = Order.asc,
+) -> Paged[KpiGroup]:
+    """KPI numbers (archive rate, mean cycle, error rate) grouped by any dimensions."""
+    from archwatch.api.errors import ApiError
+
+    dims = [d.strip() for d in groupBy.split(",") if d.strip()]
+    unknown = [d for d in dims if d not in DIMENSIONS]
+    if unknown or len(set(dims)) != len(dims):
+        raise ApiError(400, "invalid_parameter",
+                       f"groupBy: unknown or repeated dimension {unknown or dims}; "
+                       f"use {', '.join(DIMENSIONS)}")
+    filters = {"year": year, "qym": qym, "deptCode": deptCode, "systemCode": systemCode,
+               "systemLevel": systemLevel}
+    return _paged(store, page, dims, filters, sort, order)
+
+
+@router.get("/drill/regions", response_model=Paged[KpiGroup])
+def regions(store: StoreDep, page: PageDep, year: Year = None, sort: SortQ = Sort.key,
+            order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+    """Level 1 of region drill-down: one row per region (qym)."""
+    return _paged(store, page, ["qym"], {"year": year}, sort, order)
+
+
+@router.get("/drill/regions/{qym}/departments", response_model=Paged[KpiGroup])
+def departments(store: StoreDep, page: PageDep, qym: str, year: Year = None,
+                sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+    """Level 2: the departments of one region."""
+    return _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order)
+
+
+@router.get("/drill/regions/{qym}/departments/{deptCode}/items", response_model=Paged[KpiGroup])
+def dept_items(store: StoreDep, page: PageDep, qym: str, deptCode: str,  # noqa: N803
+               year: Year = None, sort: SortQ = Sort.key,
+               order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+    """Level 3: the service items of one department."""
+    return _paged(store, page, ["taskId"], {"year": year, "qym": qym, "deptCode": deptCode},
+                  sort, order)
+
+
+@router.get("/drill/levels", response_model=Paged[KpiGroup])
+def levels(store: StoreDep, page: PageDep, year: Year = None, sort: SortQ = Sort.key,
+           order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+    """Level 1 of system drill-down: 国/省/市."""
+    return _paged(store, page, ["systemLevel"], {"year": year}, sort, order)
+
+
+@router.get("/drill/levels/{systemLevel}/systems", response_model=Paged[KpiGroup])
+def systems(store: StoreDep, page: PageDep, systemLevel: str, year: Year = None,  # noqa: N803
+            sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+    """Level 2: the business systems of one level."""
+    return _paged(store, page, ["systemCode"], {"year": year, "systemLevel": systemLevel},
+                  sort, order)
+
+
+@router.get("/drill/systems/{systemCode}/items", response_model=Paged[KpiGroup])
+def system_items(store: StoreDep, page: PageDep, systemCode: str,  # noqa: N803
+                 year: Year = None, sort: SortQ = Sort.key,
+                 order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+    """Level 3: the service items of one business system."""
+    return _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode}, sort, order)
+
+
+CASE_SORTS = {"caseNo": "case_no", "completedAt": "completed_at",
+              "firstReceivedAt": "first_received_at", "status": "status"}
+
+
+@router.get("/drill/items/{taskId}/cases", response_model=Paged[CaseOut])
+def item_cases(
+    store: StoreDep, page: PageDep, taskId: str, year: Year = None,  # noqa: N803
+    qym: Code = None, deptCode: Code = None, systemCode: Code = None,  # noqa: N803
+    status: Annotated[str | None, Query(pattern="^(PENDING|MISSING|ARCHIVED_OK|ARCHIVED_FAIL|ARCHIVED_UNCHECKED)$")] = None,  # noqa: E501
+    sort: Annotated[str, Query(pattern="^(caseNo|completedAt|firstReceivedAt|status)$")] = "caseNo",
+    order: OrderQ = Order.asc,
+) -> Paged[CaseOut]:
+    """Level 4 (both chains): the cases of one item, each linking to its trace."""
+    filters = {"taskId": taskId, "year": year, "qym": qym, "deptCode": deptCode,
+               "systemCode": systemCode}
+    parts, params = [], {}
+    for dim, value in filters.items():
+        if value is not None:
+            col, typ, _ = DIMENSIONS[dim]
+            parts.append(f"{col} = {{{dim}:{typ}}}")
+            params[dim] = value
+    if status is not None:
+        parts.append("status = {status:String}")
+        params["status"] = status
+    rows = store.query(
+        f"SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
+        f" toUnixTimestamp64Milli(first_received_at) AS f_ms, count() OVER () AS total"
+        f" FROM case_state FINAL WHERE {' AND '.join(parts)}"
+        f" ORDER BY {CASE_SORTS[sort]} {order.value.upper()}, case_no"
+        f" LIMIT {page.size} OFFSET {page.offset}", params)
+    total = rows[0]["total"] if rows else 0
+    return Paged[CaseOut](total=total, pageNo=page.no, pageSize=page.size,
+                          items=[case_out(r) for r in rows])
+
+
+def case_out(r: dict[str, Any]) -> CaseOut:
+    return CaseOut(
+        caseNo=r["case_no"], taskId=r["task_id"], taskCode=r["task_code"],
+        taskName=r["task_name"], deptCode=r["dept_code"], deptName=r["dept_name"], qym=r["qym"],
+        area=r["area"], systemCode=r["system_code"], systemName=r["system_name"],
+        systemLevel=r["system_level"], completedAt=to_iso_utc(r["c_ms"]),
+        firstReceivedAt=to_iso_utc(r["f_ms"]), archiveCount=r["archive_count"],
+        status=r["status"], year=r["year"])
