@@ -135,6 +135,137 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kafka(args: argparse.Namespace):
+    from archwatch.connectors.kafka import KafkaSettings
+
+    return KafkaSettings(brokers=args.brokers, topic_prefix=args.topic_prefix)
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from archwatch.connectors.kafka import create_topics, wait_for_broker
+
+    ks = _kafka(args)
+    try:
+        wait_for_broker(ks.brokers, timeout=args.timeout)
+    except ConnectionError as exc:
+        raise CliError(str(exc)) from None
+    created = create_topics(ks, args.partitions)
+    print(json.dumps({"created": created, "topics": [*ks.topics, ks.dlq_topic]}))
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from archwatch.connectors.kafka import produce_lines, wait_for_broker
+
+    ks = _kafka(args)
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        raise CliError(f"no such file: {', '.join(map(str, missing))}")
+    try:
+        wait_for_broker(ks.brokers, timeout=args.timeout)
+    except ConnectionError as exc:
+        raise CliError(str(exc)) from None
+
+    def lines():
+        for f in args.files:
+            with open(f, encoding="utf-8") as fh:
+                yield from (line.rstrip("\n") for line in fh)
+
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit="msg", desc="produce", file=sys.stderr)
+    n = produce_lines(lines(), ks, rate=args.rate, progress=bar.update if bar else None)
+    if bar is not None:
+        bar.close()
+    print(json.dumps({"produced": n}))
+    return 0
+
+
+def _live_opts(args: argparse.Namespace):
+    from datetime import timedelta
+
+    from archwatch.live import LiveOptions
+
+    recovery = None if args.no_recovery else (
+        args.recovery_dir or (Path(args.db) / "recovery" if args.db else Path("recovery")))
+    return LiveOptions(kafka=_kafka(args), workers=args.workers, recovery_dir=recovery,
+                       epoch_interval=timedelta(seconds=args.epoch_interval))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from archwatch.connectors.kafka import create_topics, wait_for_broker
+    from archwatch.live import run_live, sigterm_as_interrupt
+    from archwatch.metrics_server import start_metrics
+    from archwatch.store import StoreError, open_store
+
+    logging.basicConfig(level=logging.INFO, format='{"t":"%(asctime)s","level":"%(levelname)s",'
+                        '"logger":"%(name)s","msg":"%(message)s"}')
+    settings = _engine_settings(args, None, live=True)
+    opts = _live_opts(args)
+    try:
+        wait_for_broker(opts.kafka.brokers, timeout=args.timeout)
+        create_topics(opts.kafka, args.partitions)
+        store = open_store(args.db, args.url)
+    except (ConnectionError, StoreError) as exc:
+        raise CliError(str(exc)) from None
+    if args.metrics_port:
+        start_metrics(args.metrics_port, store)
+    sigterm_as_interrupt()
+    try:
+        run_live(store, settings, opts)
+    except KeyboardInterrupt:
+        logging.getLogger("archwatch.live").info("stopped")
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Broker check, dataflow and API in one process (a chDB store has one owner)."""
+    import logging
+    import threading
+
+    import uvicorn
+
+    from archwatch.api.app import create_app
+    from archwatch.api.settings import Settings
+    from archwatch.connectors.kafka import create_topics, wait_for_broker
+    from archwatch.live import run_live, sigterm_as_interrupt
+    from archwatch.migrate import migrate
+    from archwatch.store import StoreError, open_store
+
+    logging.basicConfig(level=logging.INFO)
+    settings = _engine_settings(args, None, live=True)
+    opts = _live_opts(args)
+    try:
+        wait_for_broker(opts.kafka.brokers, timeout=args.timeout)
+        create_topics(opts.kafka, args.partitions)
+        store = open_store(args.db, args.url)
+        migrate(store)
+    except (ConnectionError, StoreError) as exc:
+        raise CliError(str(exc)) from None
+    app = create_app(Settings(db=args.db, url=args.url), store=store)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
+                                           log_level="info"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    api = threading.Thread(target=server.run, name="api", daemon=True)
+    api.start()
+    sigterm_as_interrupt()
+    try:
+        run_live(store, settings, opts)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        api.join(timeout=10)
+        store.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from archwatch.demo import run_demo
 
@@ -181,6 +312,49 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8000)
     v.set_defaults(func=cmd_serve)
 
+    def kafka_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--brokers", default="127.0.0.1:19092", help="bootstrap servers")
+        p.add_argument("--topic-prefix", dest="topic_prefix", default="",
+                       help="prefix of every topic name (isolates runs on one broker)")
+        p.add_argument("--timeout", type=float, default=30.0, help="broker wait, seconds")
+
+    t = sub.add_parser("topics", help="create the contract's Kafka topics and the DLQ")
+    t.add_argument("action", choices=["create"])
+    t.add_argument("--partitions", type=int, default=4)
+    kafka_flags(t)
+    t.set_defaults(func=cmd_topics)
+
+    pr = sub.add_parser("produce", help="publish JSONL events to their Kafka topics")
+    pr.add_argument("files", nargs="+", type=Path)
+    pr.add_argument("--rate", type=float, help="records per second (load generator)")
+    kafka_flags(pr)
+    pr.set_defaults(func=cmd_produce)
+
+    for name, helptext, func in (
+        ("run", "run the dataflow live on Kafka, writing to the store", cmd_run),
+        ("up", "dataflow and API in one process (the embedded default for live use)", cmd_up),
+    ):
+        rp = sub.add_parser(name, help=helptext)
+        rp.add_argument("--db", type=Path)
+        rp.add_argument("--url")
+        rp.add_argument("-w", "--workers", type=int, default=1)
+        rp.add_argument("--partitions", type=int, default=4,
+                        help="partitions of topics created on start")
+        rp.add_argument("--recovery-dir", dest="recovery_dir", type=Path,
+                        help="Bytewax recovery snapshots (default DIR/recovery)")
+        rp.add_argument("--no-recovery", dest="no_recovery", action="store_true")
+        rp.add_argument("--epoch-interval", dest="epoch_interval", type=float, default=1.0,
+                        help="seconds between recovery snapshots")
+        if name == "run":
+            rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
+                            help="serve Prometheus /metrics on this port")
+        else:
+            rp.add_argument("--host", default="127.0.0.1")
+            rp.add_argument("--port", type=int, default=8000)
+        kafka_flags(rp)
+        _add_engine_flags(rp)
+        rp.set_defaults(func=func)
+
     d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
     d.add_argument("--dir", default="demo-data")
     d.add_argument("--cases", type=int, default=20_000)
@@ -193,7 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "db", None) is None and getattr(args, "url", None) is None and \
-            args.command in ("replay", "sql", "serve"):
+            args.command in ("replay", "sql", "serve", "run", "up"):
         parser.error("one of --db or --url is required")
     try:
         return args.func(args)

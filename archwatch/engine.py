@@ -63,6 +63,25 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Reconcile:
+    """After a restore from a snapshot: make the store hold exactly what shard ``src``
+    believes it wrote (``rows``), tombstoning whatever else of ``src`` it holds.
+
+    Output emitted after the snapshot and before a crash is not part of the restored
+    belief, and a replay of the same input may deliver it in another interleaving (across
+    topics) that never produces, so never withdraws, some transient row; this resets the
+    store to the belief so that diffs are exact again."""
+
+    src: str
+    rows: list[Write]
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Wall-clock tick forwarded to the sink (live): lets it flush on time when idle."""
+
+
+@dataclass(frozen=True, slots=True)
 class Count:
     """A tally for the replay report (duplicate, afterAsOf)."""
 
@@ -259,6 +278,18 @@ class CaseShard:
             heapq.heappush(self.heap, (res.next_deadline, st.facts.case_no))
         st.next_deadline = res.next_deadline
 
+    def live_rows(self) -> list[Write]:
+        """Every row this shard believes the store holds, with fresh versions."""
+        out: list[Write] = []
+        for st in self.cases.values():
+            out.extend(Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
+                       for a in st.anomalies.values())
+            if st.row is not None:
+                out.append(Write("case_state", case_row(st.row, self.src, self.clock.next())))
+        self.kpi_written.clear()
+        out.extend(self._kpi_rows(set(self.kpi)))
+        return out
+
     def _kpi_rows(self, dirty: set[KpiKey]) -> list[Write]:
         out = []
         for key in dirty:
@@ -302,9 +333,11 @@ class ArchiveNoShard:
         self.facts: dict[str, dict[str, ReceiptFact]] = {}
         self.anomalies: dict[str, dict[str, Anomaly]] = {}
 
-    def on_batch(self, items: Iterable[ReceiptFact]) -> list[Write]:
+    def on_batch(self, items: Iterable[ReceiptFact | Watermark]) -> list[Write]:
         touched: set[str] = set()
         for f in items:
+            if isinstance(f, Watermark):
+                continue  # only wakes a restored shard up (see Reconcile)
             if not self.src:
                 self.src = "a" + shard_of(f.archive_no, self.shards)
             per = self.facts.setdefault(f.archive_no, {})
@@ -321,6 +354,10 @@ class ArchiveNoShard:
             else:
                 self.anomalies.pop(archive_no, None)
         return out
+
+    def live_rows(self) -> list[Write]:
+        return [Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
+                for per in self.anomalies.values() for a in per.values()]
 
 
 # ---------------------------------------------------------------------------
@@ -399,6 +436,14 @@ class ReceiverShard:
                     self.pending[rid] = pending
             out.extend(self._status(rid, st, reg, wm))
         self.last_wm = max(self.last_wm, wm)
+        return out
+
+    def live_rows(self) -> list[Write]:
+        out = [Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
+               for st in self.receivers.values() for a in st.anomalies.values()]
+        for rid, st in self.receivers.items():
+            st.status_row = None
+            out.extend(self._status(rid, st, self.regs.get(rid), self.last_wm))
         return out
 
     def _status(

@@ -20,7 +20,8 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from archwatch.engine import Count, Write
+from archwatch import metrics
+from archwatch.engine import Count, Reconcile, Tick, Write
 from archwatch.models import Envelope, Reject
 from archwatch.store import Store
 
@@ -41,6 +42,7 @@ class Tally:
             self.counts.update(counts)
             self.rows.update(rows)
             self.flushes += 1
+        metrics.record(counts, rows)
 
 
 class _Partition(StatefulSinkPartition[Any, None]):
@@ -73,10 +75,17 @@ class _Partition(StatefulSinkPartition[Any, None]):
                 counts["rejected"] += 1
             elif isinstance(item, Count):
                 counts[item.kind] += 1
+            elif isinstance(item, Tick):
+                continue  # only gives the time-based flush below a chance when idle
+            elif isinstance(item, Reconcile):
+                self.flush()
+                reconcile(self.store, item)
+                tables, counts = self.tables, self.counts
             elif isinstance(item, Envelope):  # pragma: no cover - wiring error
                 raise TypeError("an applied event reached the sink unwritten")
         self.buffered += len(items)
-        if self.buffered >= self.max_rows or time.monotonic() - self.since >= self.max_delay:
+        if self.buffered >= self.max_rows or (
+                self.buffered and time.monotonic() - self.since >= self.max_delay):
             self.flush()
 
     def flush(self) -> None:
@@ -90,7 +99,7 @@ class _Partition(StatefulSinkPartition[Any, None]):
         self.counts = Counter()
         self.rejects = []
         self.buffered = 0
-        self.since = time.monotonic()
+        self.since = time.monotonic()  # the age of the oldest buffered row
 
     def snapshot(self) -> None:
         self.flush()
@@ -98,6 +107,37 @@ class _Partition(StatefulSinkPartition[Any, None]):
 
     def close(self) -> None:
         self.flush()
+
+
+# Each table's identity (its ORDER BY) and how to write a tombstone for it.
+_IDENTITY: dict[str, tuple[str, ...]] = {
+    "anomaly": ("code", "anomaly_id"),
+    "case_state": ("year", "qym", "dept_code", "task_id", "case_no"),
+    "kpi_task": ("year", "qym", "dept_code", "system_code", "task_id", "system_level", "src"),
+}
+
+
+def reconcile(store: Store, rec: Reconcile) -> None:
+    """Make the store hold exactly ``rec.rows`` for shard ``rec.src`` (see Reconcile)."""
+    from archwatch.engine import VersionClock
+
+    live: dict[str, set[tuple[object, ...]]] = {t: set() for t in _IDENTITY}
+    by_table: dict[str, list[dict[str, Any]]] = {}
+    for w in rec.rows:
+        by_table.setdefault(w.table, []).append(w.row)
+        if w.table in live:
+            live[w.table].add(tuple(w.row[c] for c in _IDENTITY[w.table]))
+    clock = VersionClock()
+    for table, cols in _IDENTITY.items():
+        stored = store.query(
+            f"SELECT {', '.join(cols)} FROM {table} FINAL WHERE src = {{src:String}}",
+            {"src": rec.src})
+        stale = [r for r in stored if tuple(r[c] for c in cols) not in live[table]]
+        if stale:
+            store.insert(table, [{**r, "src": rec.src, "version": clock.next(), "is_deleted": 1}
+                                 for r in stale])
+    for table, rows in by_table.items():
+        store.insert(table, rows)
 
 
 class StoreSink(FixedPartitionedSink[Any, None]):

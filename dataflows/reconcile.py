@@ -38,6 +38,8 @@ from archwatch.engine import (
     Count,
     DedupShard,
     ReceiverShard,
+    Reconcile,
+    Tick,
     VersionClock,
     Watermark,
     Write,
@@ -61,22 +63,29 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """
 
     def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None,
-                 recovery: bool = False) -> None:
+                 recovery: bool = False, restored: bool = False) -> None:
         self.shard = shard
         self._eof = eof
         self._recovery = recovery
+        # a shard rebuilt from a snapshot first resets the store to what it believes
+        self._reconcile = restored and hasattr(shard, "live_rows")
 
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
                 recovery: bool = False) -> Callable[[bytes | None], _ShardLogic]:
         def build(resume: bytes | None) -> _ShardLogic:
             shard = pickle.loads(resume) if resume is not None else make()
-            return cls(shard, eof, recovery)
+            return cls(shard, eof, recovery, restored=resume is not None)
 
         return build
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
-        return self.shard.on_batch(values), StatefulBatchLogic.RETAIN
+        out = self.shard.on_batch(values)
+        if self._reconcile:
+            self._reconcile = False
+            if self.shard.src:
+                out = [Reconcile(self.shard.src, self.shard.live_rows()), *out]
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         if self._eof is None:
@@ -191,17 +200,19 @@ def build_flow(
         lambda envs: [(CLOCK_KEY, ("event", max(e.event.occurredAt for e in envs)))],
     )
     clock_in = maxima
+    sink_ticks: list[Any] = []
     if ticks is not None:
-        wall = op.map(
-            "wall", op.input("ticks", flow, ticks),
-            lambda t: (CLOCK_KEY, ("wall", int(t.timestamp() * 1000))),
-        )
+        tick_stream = op.input("ticks", flow, ticks)
+        wall = op.map("wall", tick_stream,
+                      lambda t: (CLOCK_KEY, ("wall", int(t.timestamp() * 1000))))
         clock_in = op.merge("clock_in", maxima, wall)
+        sink_ticks.append(op.map("sink_tick", tick_stream, lambda _t: Tick()))
     marks = op.key_rm("clock_out", op.stateful_batch(
         "clock", clock_in,
         _ShardLogic.builder(lambda: _Clock(settings), eof=lambda c: c.end(), recovery=rec),
     ))
     broadcast = op.flat_map("broadcast", marks, lambda w: [(k, w) for k in shard_keys])
+    archive_ticks = op.filter("archive_ticks", broadcast, lambda _kw: settings.recovery)
 
     # --- cases
     kinds = op.branch("is_receiver", applied, lambda e: e.event.type in RECEIVER_TYPES)
@@ -215,9 +226,13 @@ def build_flow(
         _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms), recovery=rec),
     ))
     facts = op.branch("is_fact", case_out, lambda x: isinstance(x, ReceiptFact))
-    archive_rows = op.key_rm("archive_nos_out", op.stateful_batch(
-        "archive_nos",
+    archive_in = op.merge(
+        "archive_in",
         op.key_on("key_archive_no", facts.trues, lambda f: shard_of(f.archive_no, n)),
+        archive_ticks,  # with recovery: a restored shard reconciles on its first tick
+    )
+    archive_rows = op.key_rm("archive_nos_out", op.stateful_batch(
+        "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec),
     ))
 
@@ -235,7 +250,7 @@ def build_flow(
 
     everything = op.merge(
         "all_out", valid.falses, is_applied.falses, event_log, facts.falses, archive_rows,
-        recv_rows,
+        recv_rows, *sink_ticks,
     )
     op.output("store", op.map("to_sink", everything, lambda x: ("store", x)), sink)
     return flow

@@ -1,0 +1,108 @@
+"""`archwatch run` / `archwatch up`: the reconciliation dataflow live on Kafka.
+
+Same dataflow as a replay, fed by Bytewax's KafkaSource (every partition of the
+contract's topics; offsets live in Bytewax's recovery snapshots, which is what makes a
+restart resume exactly where the last committed epoch ended), plus a wall-clock tick
+input so deadlines fire while the topics are idle. Output is at-least-once; the sink is
+idempotent and a restored shard reconciles the store with its snapshot (Reconcile).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import cluster_main
+
+from archwatch import metrics
+from archwatch.connectors.kafka import DeadLetters, KafkaSettings, kafka_records
+from archwatch.connectors.store_sink import StoreSink, Tally
+from archwatch.dataflows.reconcile import build_flow, wall_ticks
+from archwatch.engine import VersionClock
+from archwatch.migrate import migrate
+from archwatch.replay import register_receivers
+from archwatch.settings import EngineSettings
+from archwatch.store import Store
+
+log = logging.getLogger("archwatch.live")
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    kafka: KafkaSettings
+    workers: int = 1
+    recovery_dir: Path | None = None  # None: no recovery (restart re-reads the topics)
+    epoch_interval: timedelta = timedelta(seconds=1)
+    tick: timedelta = timedelta(milliseconds=100)
+    flush_delay: float = 0.2
+
+
+class _KafkaInput(KafkaSource):
+    """KafkaSource whose items are the dataflow's ``(record, position)`` pairs."""
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
+        part = super().build_part(step_id, for_part, resume_state)
+        inner = part.next_batch
+
+        idx, topic = for_part.split("-", 1)
+        position = metrics.INPUT_POSITION.labels(topic, idx)
+
+        def next_batch() -> list[tuple[bytes, str]]:
+            out = []
+            last = None
+            for msg in inner():
+                if hasattr(msg, "err"):  # a broker error, not a record
+                    log.warning("kafka error on %s: %s", for_part, msg.err)
+                    continue
+                out.append(kafka_records(msg))
+                last = msg.offset
+            if last is not None:
+                position.set(last + 1)
+            return out
+
+        part.next_batch = next_batch  # type: ignore[method-assign]
+        return part
+
+
+def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
+                    tally: Tally) -> Any:
+    source = _KafkaInput([opts.kafka.brokers], opts.kafka.topics, tail=True,
+                         raise_on_errors=False, batch_size=5000)
+    sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
+                     max_delay=opts.flush_delay)
+    return build_flow(source, sink, settings, ticks=wall_ticks(opts.tick), clock=VersionClock())
+
+
+def prepare_recovery(path: Path, workers: int) -> RecoveryConfig:
+    """Bytewax needs its recovery partitions created once; later runs reuse them."""
+    if not path.exists() or not any(path.glob("part-*.sqlite3")):
+        path.mkdir(parents=True, exist_ok=True)
+        init_db_dir(path, max(workers, 1))
+    return RecoveryConfig(path)
+
+
+def run_live(store: Store, settings: EngineSettings, opts: LiveOptions,
+             stop: threading.Event | None = None) -> Tally:
+    """Run until interrupted (SIGINT/SIGTERM): the dataflow consumes and writes forever."""
+    migrate(store)
+    settings = replace(settings, live=True, recovery=opts.recovery_dir is not None,
+                       as_of=None)
+    register_receivers(store, settings, VersionClock())
+    tally = Tally()
+    flow = build_live_flow(store, settings, opts, tally)
+    recovery = prepare_recovery(opts.recovery_dir, opts.workers) if opts.recovery_dir else None
+    cluster_main(flow, [], 0, epoch_interval=opts.epoch_interval, recovery_config=recovery,
+                 worker_count_per_proc=opts.workers)
+    return tally
+
+
+def sigterm_as_interrupt() -> None:
+    """Graceful shutdown: SIGTERM stops the dataflow the way Ctrl-C does."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,0 +1,41 @@
+"""Prometheus metrics. Consumer lag per partition comes from Bytewax's Kafka source
+(``bytewax_kafka_consumer_lag``) in the same default registry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from prometheus_client import Counter as PCounter
+from prometheus_client import Gauge
+
+EVENTS = PCounter("archwatch_events_total", "Records read, by outcome", ["outcome"])
+ROWS = PCounter("archwatch_rows_written_total", "Rows written to the store", ["table"])
+OPEN_ANOMALIES = Gauge("archwatch_open_anomalies", "Open anomalies by code", ["code"])
+INPUT_POSITION = Gauge("archwatch_input_position", "Next offset to read, per partition",
+                       ["topic", "partition"])
+LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
+
+
+def record(counts: Counter[str], rows: Counter[str]) -> None:
+    for k, v in counts.items():
+        EVENTS.labels(k).inc(v)
+    for k, v in rows.items():
+        ROWS.labels(k).inc(v)
+    LAST_FLUSH.set(time.time())
+
+
+def watch_open_anomalies(store: object, stop: threading.Event, every: float = 5.0) -> None:
+    """Refresh the open-anomaly gauge from the store until ``stop`` is set."""
+    from archwatch.store import Store
+
+    assert isinstance(store, Store)
+    while not stop.wait(every):
+        try:
+            rows = store.query("SELECT code, countIf(resolved_at IS NULL) AS n FROM anomaly "
+                               "FINAL GROUP BY code")
+        except Exception:  # noqa: BLE001 - a metrics refresh must never kill the run
+            continue
+        for r in rows:
+            OPEN_ANOMALIES.labels(r["code"]).set(r["n"])
