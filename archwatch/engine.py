@@ -154,6 +154,25 @@ def diff_anomalies(
     return out
 
 
+class _Snapshottable:
+    """Pickles without its clocks: a restored shard takes fresh ones (versions keep
+    growing because they follow the wall clock, also across restarts)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("clock", None)
+        state.pop("wall_ms", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from archwatch.timeutil import now_ms
+
+        self.__dict__.update(state)
+        self.clock = VersionClock()
+        if "wall_ms" in type(self).__init__.__code__.co_varnames:
+            self.wall_ms = now_ms
+
+
 # ---------------------------------------------------------------------------
 # Event-id shard: redelivery vs producer fault
 
@@ -187,7 +206,7 @@ class CaseState:
     next_deadline: int | None = None
 
 
-class CaseShard:
+class CaseShard(_Snapshottable):
     """All cases of one shard: facts, emitted results, deadline heap, KPI partials."""
 
     def __init__(self, shards: int, sla: Sla, clock: VersionClock, wall_ms: Callable[[], int]):
@@ -323,7 +342,7 @@ class CaseShard:
 # Archive-number shard (joins receipts across cases)
 
 
-class ArchiveNoShard:
+class ArchiveNoShard(_Snapshottable):
     """Receipts grouped by archiveNo, from every case: finds ARCHIVE_NO_CONFLICT."""
 
     def __init__(self, shards: int, clock: VersionClock) -> None:
@@ -372,7 +391,7 @@ class ReceiverState:
     status_row: tuple[Any, ...] | None = None
 
 
-class ReceiverShard:
+class ReceiverShard(_Snapshottable):
     """Heartbeats of the receivers of one shard; RECEIVER_DOWN for registered ones."""
 
     def __init__(

@@ -53,6 +53,9 @@ class _KafkaInput(KafkaSource):
 
         idx, topic = for_part.split("-", 1)
         position = metrics.INPUT_POSITION.labels(topic, idx)
+        start = resume_state if isinstance(resume_state, int) and resume_state > 0 else 0
+        metrics.INPUT_START.labels(topic, idx).set(start)
+        position.set(start)
 
         def next_batch() -> list[tuple[bytes, str]]:
             out = []

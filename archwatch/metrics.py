@@ -15,6 +15,8 @@ ROWS = PCounter("archwatch_rows_written_total", "Rows written to the store", ["t
 OPEN_ANOMALIES = Gauge("archwatch_open_anomalies", "Open anomalies by code", ["code"])
 INPUT_POSITION = Gauge("archwatch_input_position", "Next offset to read, per partition",
                        ["topic", "partition"])
+INPUT_START = Gauge("archwatch_input_start", "Offset this run started reading from",
+                    ["topic", "partition"])
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
 
 

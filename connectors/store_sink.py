@@ -89,6 +89,8 @@ class _Partition(StatefulSinkPartition[Any, None]):
             self.flush()
 
     def flush(self) -> None:
+        if not self.buffered:
+            return
         if self.rejects:
             self.on_rejects(self.rejects)  # before the rows: a lost record is worse than a late one
         for table, rows in self.tables.items():

@@ -1,0 +1,163 @@
+"""The live pipeline against a real Kafka broker (scripts/kafka.sh), no mocks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from archwatch.connectors.kafka import KafkaSettings, create_topics, produce_lines, read_topic
+
+from archwatch import report
+from archwatch.generate import GenerateOptions, generate
+from archwatch.receivers import load_registrations
+from archwatch.replay import replay
+from archwatch.settings import EngineSettings
+from archwatch.store import open_store
+from archwatch.timeutil import now_ms
+from tests.conftest import comparable_anomalies
+from tests.kafka_helpers import BROKERS, ROOT, Archwatch, count_lines, poll, prefix_for
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="session")
+def broker() -> Any:
+    """The real single-node broker of scripts/kafka.sh (fetched from Maven Central once);
+    stopped again at the end if this session started it."""
+    script = str(ROOT / "scripts" / "kafka.sh")
+    was_running = subprocess.run([script, "status"], capture_output=True).returncode == 0
+    subprocess.run([script, "start"], check=True, timeout=600)
+    yield BROKERS
+    if not was_running:
+        subprocess.run([script, "stop"], check=False, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("kw")
+    truth = generate(out, GenerateOptions(cases=1500, seed=23, anomaly_rate=0.3,
+                                          heartbeat_hours=1))
+    return out, truth
+
+
+def replay_tables(out: Path, tmp: Path) -> dict[str, Any]:
+    """The same events through `archwatch replay`, described at a moment past every
+    deadline (the live watermark follows today's wall clock)."""
+    store = open_store(tmp / "replay-db")
+    s = EngineSettings(as_of=now_ms(), receivers=load_registrations(out / "receivers.json"))
+    res = replay([out / "events.jsonl"], store, s, tmp / "replay-rejects.jsonl", progress=False)
+    tables = report.full(store, res.report())
+    store.close()
+    return tables
+
+
+def live_tables(db: Path) -> dict[str, Any]:
+    store = open_store(db)
+    tables = report.full(store)
+    store.close()
+    return tables
+
+
+def assert_same(live: dict[str, Any], batch: dict[str, Any]) -> None:
+    assert live["summary"] == batch["summary"]
+    assert comparable_anomalies(live["anomalies"]) == comparable_anomalies(batch["anomalies"])
+    assert live["cases"] == batch["cases"]
+    assert live["kpi"] == batch["kpi"]
+
+
+def produce_file(path: Path, prefix: str, partitions: int = 3) -> int:
+    ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
+    create_topics(ks, partitions)
+    return produce_lines(path.read_text().splitlines(), ks)
+
+
+def test_live_equals_replay_and_poison_goes_to_dlq(broker: str, workload: Any,
+                                                   tmp_path: Path) -> None:
+    out, truth = workload
+    prefix = prefix_for("live")
+    n = produce_file(out / "events.jsonl", prefix)
+    assert n == count_lines(out / "events.jsonl")
+    aw = Archwatch(tmp_path, prefix, "--receivers", str(out / "receivers.json"), "-w", "2",
+                   "--no-recovery").start()
+    try:
+        aw.wait_consumed(n)
+        m = aw.metrics()
+        assert m['archwatch_events_total{outcome="rejected"}'] == truth["counts"]["rejected"]
+        assert m['archwatch_events_total{outcome="duplicate"}'] == truth["counts"]["duplicate"]
+    finally:
+        assert aw.stop() == 0, aw.log.read_text()[-2000:]
+    assert_same(live_tables(tmp_path / "db"), replay_tables(out, tmp_path))
+    dlq = list(read_topic(broker, f"{prefix}archive.dlq"))
+    assert len(dlq) == truth["counts"]["rejected"]
+    for msg in dlq:
+        h = dict(msg.headers())
+        assert h["reason"] and h["source.topic"].decode().startswith(prefix)
+        assert int(h["source.offset"]) >= 0 and int(h["source.partition"]) >= 0
+    assert any(b"not valid JSON" in dict(m.headers())["reason"] for m in dlq)
+
+
+def test_sigkill_mid_stream_and_restart_gives_identical_tables(broker: str, workload: Any,
+                                                               tmp_path: Path) -> None:
+    out, truth = workload
+    prefix = prefix_for("crash")
+    lines = (out / "events.jsonl").read_text().splitlines()
+    half = len(lines) // 2
+    ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
+    create_topics(ks, 3)
+    produce_lines(lines[:half], ks)
+    flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "0.5")
+    aw = Archwatch(tmp_path, prefix, *flags).start()
+    poll(lambda: aw.metrics().get('archwatch_events_total{outcome="applied"}', 0) > half // 3,
+         120, what="some events applied")
+    produce_lines(lines[half:], ks)  # more arrive while it runs ...
+    time.sleep(0.3)
+    aw.kill()  # ... and it dies mid-stream, without a chance to flush or snapshot
+    aw2 = Archwatch(tmp_path, prefix, *flags).start()
+    try:
+        aw2.wait_consumed(len([x for x in lines if x.strip()]))
+    finally:
+        assert aw2.stop() == 0, aw2.log.read_text()[-2000:]
+    assert_same(live_tables(tmp_path / "db"), replay_tables(out, tmp_path))
+
+
+def test_missing_archive_fires_on_the_wall_clock_while_idle(broker: str,
+                                                            tmp_path: Path) -> None:
+    """`archwatch up`: no event after the case, yet MISSING_ARCHIVE shows in the API within
+    2 s of its deadline."""
+    prefix = prefix_for("idle")
+    aw = Archwatch(tmp_path, prefix, "--archive-sla", "PT4S", "--lateness", "PT0S",
+                   "--no-recovery", command="up").start()
+    try:
+        poll(lambda: _get(aw.port, "/healthz"), 60, what="the API")
+        completed = now_ms()
+        deadline = completed + 4000
+        stamp = datetime.fromtimestamp(completed / 1000, UTC).isoformat()
+        case = {"eventId": f"idle-{completed}", "type": "case.completed", "occurredAt": stamp,
+                "source": "SYS-HZ-CG", "caseNo": f"HZIDLE{completed}", "taskId": "t",
+                "taskCode": "许可-00198-000", "taskName": "n", "deptCode": "d", "deptName": "dn",
+                "qym": "330101", "area": "市本级", "systemCode": "SYS-HZ-CG", "systemName": "s",
+                "systemLevel": "市", "completedAt": stamp}
+        ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
+        produce_lines([json.dumps(case, ensure_ascii=False)], ks)
+        url = f"/api/v1/anomalies?code=MISSING_ARCHIVE&caseNo={case['caseNo']}"
+        poll(lambda: (_get(aw.port, url) or {}).get("total") == 1, 30, every=0.05,
+             what="MISSING_ARCHIVE in the API")
+        seen = now_ms()
+        assert seen > deadline
+        assert seen - deadline <= 2000, f"{seen - deadline} ms after the deadline"
+    finally:
+        assert aw.stop() == 0, aw.log.read_text()[-2000:]
+
+
+def _get(port: int, path: str) -> Any:
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
