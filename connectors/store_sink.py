@@ -12,6 +12,7 @@ input is not replayed.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import Counter
@@ -45,6 +46,60 @@ class Tally:
         metrics.record(counts, rows)
 
 
+class _Writer:
+    """One background thread writing buffers in order; errors surface in the dataflow."""
+
+    def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler,
+                 depth: int = 4) -> None:
+        self.store = store
+        self.tally = tally
+        self.on_rejects = on_rejects
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)  # back-pressure
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, tables: dict[str, list[dict[str, Any]]], rejects: list[Reject],
+               counts: Counter[str]) -> None:
+        self._raise()
+        self.queue.put((tables, rejects, counts))
+
+    def drain(self) -> None:
+        self.queue.join()
+        self._raise()
+
+    def close(self) -> None:
+        self.drain()
+        self.queue.put(None)
+        self.thread.join(timeout=60)
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"writing to the store failed: {self.error}") from self.error
+
+    def _run(self) -> None:
+        while True:
+            job = self.queue.get()
+            try:
+                if job is None:
+                    return
+                if self.error is None:
+                    self._write(*job)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the dataflow thread
+                self.error = exc
+            finally:
+                self.queue.task_done()
+
+    def _write(self, tables: dict[str, list[dict[str, Any]]], rejects: list[Reject],
+               counts: Counter[str]) -> None:
+        if rejects:
+            self.on_rejects(rejects)  # before the rows: a lost record is worse than a late one
+        for table, rows in tables.items():
+            if rows:
+                self.store.insert(table, rows)
+        self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
+
+
 class _Partition(StatefulSinkPartition[Any, None]):
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler, max_rows: int,
                  max_delay: float) -> None:
@@ -58,6 +113,7 @@ class _Partition(StatefulSinkPartition[Any, None]):
         self.rejects: list[Reject] = []
         self.buffered = 0
         self.since = time.monotonic()
+        self.writer = _Writer(store, tally, on_rejects)
 
     def write_batch(self, items: list[Any]) -> None:
         tables = self.tables
@@ -79,6 +135,7 @@ class _Partition(StatefulSinkPartition[Any, None]):
                 continue  # only gives the time-based flush below a chance when idle
             elif isinstance(item, Reconcile):
                 self.flush()
+                self.writer.drain()
                 reconcile(self.store, item)
                 tables, counts = self.tables, self.counts
             elif isinstance(item, Envelope):  # pragma: no cover - wiring error
@@ -89,14 +146,11 @@ class _Partition(StatefulSinkPartition[Any, None]):
             self.flush()
 
     def flush(self) -> None:
+        """Hand the buffer to the writer thread (inserts overlap the dataflow's work:
+        chDB and clickhouse-connect release the GIL while ClickHouse parses and writes)."""
         if not self.buffered:
             return
-        if self.rejects:
-            self.on_rejects(self.rejects)  # before the rows: a lost record is worse than a late one
-        for table, rows in self.tables.items():
-            if rows:
-                self.store.insert(table, rows)
-        self.tally.add(self.counts, Counter({t: len(r) for t, r in self.tables.items()}))
+        self.writer.submit(self.tables, self.rejects, self.counts)
         self.tables = {}
         self.counts = Counter()
         self.rejects = []
@@ -104,11 +158,14 @@ class _Partition(StatefulSinkPartition[Any, None]):
         self.since = time.monotonic()  # the age of the oldest buffered row
 
     def snapshot(self) -> None:
+        # the epoch's recovery state is committed after this returns: its rows must be in
         self.flush()
+        self.writer.drain()
         return None
 
     def close(self) -> None:
         self.flush()
+        self.writer.close()
 
 
 # Each table's identity (its ORDER BY) and how to write a tombstone for it.

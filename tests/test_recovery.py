@@ -87,8 +87,8 @@ def test_reapplying_the_same_output_changes_nothing(store, tmp_path: Path) -> No
     out, _ = logic.on_batch([ev(x) for x in LINES[:4]] + [FAR])
     part = StoreSink(store, Tally(), lambda _r: None).build_part("s", "store", None)
     part.write_batch(list(out))
-    part.flush()
+    part.snapshot()  # flush and wait for the writer: an epoch boundary
     once = json.dumps(report.full(store), sort_keys=True)
     part.write_batch(list(out))
-    part.flush()
+    part.snapshot()  # flush and wait for the writer: an epoch boundary
     assert json.dumps(report.full(store), sort_keys=True) == once
