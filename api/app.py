@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from archwatch.api import errors
-from archwatch.api.routes import anomalies, cases, seed, stats
+from archwatch.api.auth import LoginThrottle, RateLimiter
+from archwatch.api.routes import admin, anomalies, auth, cases, seed, sql, stats
 from archwatch.api.settings import Settings
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from archwatch import __version__
+from archwatch.accounts import Accounts
 from archwatch.migrate import migrate
 from archwatch.store import Store, open_store
 
@@ -25,6 +30,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         if app.state.store is None:
             app.state.store = open_store(settings.db, settings.url)
             migrate(app.state.store)
+        app.state.accounts = Accounts(app.state.store)
+        if not settings.jwt_secret:
+            settings.jwt_secret = _jwt_secret(settings)
         yield
         if owned and app.state.store is not None:
             app.state.store.close()
@@ -38,9 +46,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     )
     app.state.settings = settings
     app.state.store = store
+    app.state.accounts = Accounts(store) if store is not None else None
+    app.state.throttle = LoginThrottle()
+    app.state.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
     errors.install(app)
-    for r in (seed.router, stats.router, anomalies.router, cases.router):
+    for r in (auth.router, admin.router, seed.router, stats.router, anomalies.router,
+              cases.router, sql.router):
         app.include_router(r)
+
+    @app.middleware("http")
+    async def cap_body(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            return JSONResponse({"error": {"code": "too_large", "details": [],
+                                           "message": f"body over {settings.max_body_bytes} bytes"}},
+                                status_code=413)
+        return await call_next(request)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -49,3 +70,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         return {"status": "ok"}
 
     return app
+
+
+def _jwt_secret(settings: Settings) -> str:
+    """A signing key that survives restarts of the embedded default (kept beside the
+    store, owner-only); elsewhere set ARCHWATCH_JWT_SECRET, or sessions end at restart."""
+    import os
+    import secrets
+
+    if settings.db is None:
+        return secrets.token_urlsafe(32)
+    path = Path(settings.db) / ".jwt-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()

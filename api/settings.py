@@ -16,3 +16,17 @@ class Settings(BaseSettings):
     """ClickHouse server URL (instead of ``db``)."""
     max_page_size: int = 200
     """Page sizes above this are capped, never refused."""
+    jwt_secret: str = ""
+    """Signs session tokens; empty: one is kept in the store directory (or made per run)."""
+    session_ttl: int = 8 * 3600
+    """Seconds a login session lasts."""
+    rate_per_second: float = 20.0
+    """Requests per second per caller (token bucket) ..."""
+    rate_burst: int = 60
+    """... with bursts of this many."""
+    max_body_bytes: int = 10 * 1024 * 1024
+    """Request bodies above this are refused (413)."""
+    sql_max_seconds: int = 10
+    """Auditor SQL: query time limit."""
+    sql_max_rows: int = 1_000_000
+    """Auditor SQL: result rows limit."""

@@ -266,6 +266,46 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    from archwatch.accounts import AccountError, Accounts, Role
+    from archwatch.migrate import migrate
+    from archwatch.store import StoreError, open_store
+
+    try:
+        store = open_store(args.db, args.url)
+        migrate(store)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    accounts = Accounts(store)
+    try:
+        if args.action == "list":
+            for a in accounts.list():
+                print(json.dumps(a.public(), ensure_ascii=False))
+            return 0
+        if not args.username:
+            raise CliError("a username is needed")
+        if args.action == "create":
+            if not args.role:
+                raise CliError("--role is needed")
+            a, secret = accounts.create(args.username, Role(args.role), args.qym or "",
+                                        args.dept_code or "", args.system_code or "")
+        elif args.action == "rekey":
+            a, secret = accounts.rekey(args.username)
+        else:
+            a = accounts.set_disabled(args.username, args.action == "disable")
+            secret = None
+    except AccountError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        store.close()
+    out = a.public()
+    if secret is not None:
+        out["token" if a.role is Role.system else "password"] = secret
+        print("shown once; store it now:", file=sys.stderr)
+    print(json.dumps(out, ensure_ascii=False))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from archwatch.demo import run_demo
 
@@ -355,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_engine_flags(rp)
         rp.set_defaults(func=func)
 
+    u = sub.add_parser("users", help="open and manage accounts (administrator)")
+    u.add_argument("action", choices=["create", "disable", "enable", "rekey", "list"])
+    u.add_argument("username", nargs="?")
+    u.add_argument("--role", choices=["sysadmin", "city", "district", "department", "system",
+                                      "auditor"])
+    u.add_argument("--qym")
+    u.add_argument("--dept-code", dest="dept_code")
+    u.add_argument("--system-code", dest="system_code")
+    u.add_argument("--db", type=Path)
+    u.add_argument("--url")
+    u.set_defaults(func=cmd_users)
+
     d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
     d.add_argument("--dir", default="demo-data")
     d.add_argument("--cases", type=int, default=20_000)
@@ -367,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "db", None) is None and getattr(args, "url", None) is None and \
-            args.command in ("replay", "sql", "serve", "run", "up"):
+            args.command in ("replay", "sql", "serve", "run", "up", "users"):
         parser.error("one of --db or --url is required")
     try:
         return args.func(args)

@@ -27,10 +27,44 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
     def statements(self) -> list[str]:
-        body = "\n".join(
-            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
-        )
-        return [s.strip() for s in body.split(";") if s.strip()]
+        return split_statements(self.sql)
+
+
+def split_statements(sql: str) -> list[str]:
+    """Split on ``;`` outside quotes and comments (``--`` to end of line, ``/* */``);
+    comments are dropped."""
+    out: list[str] = []
+    cur: list[str] = []
+    i, n = 0, len(sql)
+    quote = ""
+    while i < n:
+        ch = sql[i]
+        if quote:
+            cur.append(ch)
+            if ch == "\\" and i + 1 < n:
+                cur.append(sql[i + 1])
+                i += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"`":
+            quote = ch
+            cur.append(ch)
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j
+            continue
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+            continue
+        elif ch == ";":
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    out.append("".join(cur).strip())
+    return [s for s in out if s]
 
 
 def load_migrations() -> list[Migration]:

@@ -10,8 +10,10 @@ from archwatch.api.app import create_app
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 
+from archwatch.accounts import Accounts, Role
 from archwatch.generate import GenerateOptions, generate
 from archwatch.kpi import time_diff_days
+from archwatch.migrate import migrate
 from archwatch.receivers import load_registrations
 from archwatch.replay import replay
 from archwatch.rules import CLASS_OF_CODE
@@ -30,8 +32,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
            EngineSettings(as_of=parse_ts(truth["asOf"]),
                           receivers=load_registrations(root / "w" / "receivers.json")),
            root / "rejects.jsonl", progress=False)
-    app = create_app(Settings(max_page_size=50), store=store)
+    app = create_app(Settings(max_page_size=50, rate_burst=10_000, rate_per_second=10_000),
+                     store=store)
     with TestClient(app, raise_server_exceptions=False) as client:
+        migrate(store)
+        _, password = Accounts(store).create("city-official", Role.city)
+        token = client.post("/api/v1/auth/login", json={"username": "city-official",
+                                                         "password": password}).json()
+        client.headers["Authorization"] = f"Bearer {token['accessToken']}"
         yield client, truth
     store.close()
 
@@ -217,6 +225,8 @@ def test_errors_have_one_shape_and_no_traces(world: Any, monkeypatch: pytest.Mon
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(store, "query", boom)
+    monkeypatch.setattr(client.app.state.accounts, "get",
+                        lambda _u: _city())
     r = client.get("/api/v1/anomalies/summary")
     assert r.status_code == 500
     assert "secret" not in r.text and "Traceback" not in r.text
@@ -257,3 +267,9 @@ def test_time_diff_matches_truth_for_one_item(world: Any) -> None:
     got = next(i for i in res["items"] if i["key"]["taskId"] == row["taskId"])
     assert got["timeDiff"] == row["timeDiff"]
     assert time_diff_days(0, 0) == 0
+
+
+def _city() -> object:
+    from archwatch.accounts import Account
+
+    return Account("city-official", Role.city)

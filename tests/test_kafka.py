@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,6 +132,11 @@ def test_missing_archive_fires_on_the_wall_clock_while_idle(broker: str,
     """`archwatch up`: no event after the case, yet MISSING_ARCHIVE shows in the API within
     2 s of its deadline."""
     prefix = prefix_for("idle")
+    made = subprocess.run(
+        [sys.executable, "-m", "archwatch.cli", "users", "create", "ops", "--role", "system",
+         "--system-code", "SYS-HZ-CG", "--db", str(tmp_path / "db")],
+        capture_output=True, text=True, check=True, cwd=ROOT)
+    token = json.loads(made.stdout)["token"]
     aw = Archwatch(tmp_path, prefix, "--archive-sla", "PT4S", "--lateness", "PT0S",
                    "--no-recovery", command="up").start()
     try:
@@ -146,7 +152,7 @@ def test_missing_archive_fires_on_the_wall_clock_while_idle(broker: str,
         ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
         produce_lines([json.dumps(case, ensure_ascii=False)], ks)
         url = f"/api/v1/anomalies?code=MISSING_ARCHIVE&caseNo={case['caseNo']}"
-        poll(lambda: (_get(aw.port, url) or {}).get("total") == 1, 30, every=0.05,
+        poll(lambda: (_get(aw.port, url, token) or {}).get("total") == 1, 30, every=0.05,
              what="MISSING_ARCHIVE in the API")
         seen = now_ms()
         assert seen > deadline
@@ -155,9 +161,10 @@ def test_missing_archive_fires_on_the_wall_clock_while_idle(broker: str,
         assert aw.stop() == 0, aw.log.read_text()[-2000:]
 
 
-def _get(port: int, path: str) -> Any:
+def _get(port: int, path: str, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2)
+        r = httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2, headers=headers)
     except httpx.HTTPError:
         return None
     return r.json() if r.status_code == 200 else None

@@ -6,6 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
+from archwatch.api.auth import KPI_COLUMNS, Principal, ReaderDep
 from archwatch.api.deps import PageDep, StoreDep
 from archwatch.api.models import AnomalyOut, AnomalySummary, Paged
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
@@ -70,6 +71,14 @@ class AnomalyFilter:
                 self._add(f"toUnixTimestamp64Milli(opened_at) {op} {{{name}:Int64}}",
                           **{name: int(value.timestamp() * 1000)})
 
+        self.requested = {"qym": qym, "deptCode": deptCode, "systemCode": systemCode}
+
+    def scoped(self, p: Principal) -> tuple[str, dict[str, Any]]:
+        """These filters within the caller's scope (asking outside it is a 403)."""
+        p.narrow(self.requested)
+        cond, params = p.conditions(KPI_COLUMNS)
+        return f"{self.where} AND {cond}", {**self.params, **params}
+
     def _add(self, sql: str, **params: Any) -> None:
         self.parts.append(sql)
         self.params.update(params)
@@ -83,23 +92,26 @@ FilterDep = Annotated[AnomalyFilter, Depends()]
 
 
 @router.get("", response_model=Paged[AnomalyOut])
-def list_anomalies(store: StoreDep, page: PageDep, f: FilterDep) -> Paged[AnomalyOut]:
+def list_anomalies(store: StoreDep, page: PageDep, p: ReaderDep,
+                   f: FilterDep) -> Paged[AnomalyOut]:
     """Anomalies, newest first, filtered by code, class, status, area and time."""
+    where, params = f.scoped(p)
     rows = store.query(
         f"SELECT {ANOMALY_COLUMNS}, count() OVER () AS total FROM anomaly FINAL"
-        f" WHERE {f.where} ORDER BY opened_at DESC, anomaly_id"
-        f" LIMIT {page.size} OFFSET {page.offset}", f.params)
+        f" WHERE {where} ORDER BY opened_at DESC, anomaly_id"
+        f" LIMIT {page.size} OFFSET {page.offset}", params)
     total = rows[0]["total"] if rows else 0
     return Paged[AnomalyOut](total=total, pageNo=page.no, pageSize=page.size,
                              items=[AnomalyOut(**anomaly_out(r)) for r in rows])
 
 
 @router.get("/summary", response_model=AnomalySummary)
-def summary(store: StoreDep, f: FilterDep) -> AnomalySummary:
+def summary(store: StoreDep, p: ReaderDep, f: FilterDep) -> AnomalySummary:
     """Totals and open counts per code and per class (漏/错/重/link)."""
+    where, params = f.scoped(p)
     rows = store.query(
         f"SELECT code, count() AS total, countIf(resolved_at IS NULL) AS open"
-        f" FROM anomaly FINAL WHERE {f.where} GROUP BY code ORDER BY code", f.params)
+        f" FROM anomaly FINAL WHERE {where} GROUP BY code ORDER BY code", params)
     by_code = {r["code"]: {"total": r["total"], "open": r["open"]} for r in rows}
     by_class: dict[str, dict[str, int]] = {}
     for code, c in by_code.items():

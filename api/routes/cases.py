@@ -6,6 +6,7 @@ import json
 from datetime import date, timedelta
 from typing import Annotated
 
+from archwatch.api.auth import KPI_COLUMNS, ReaderDep
 from archwatch.api.deps import StoreDep
 from archwatch.api.errors import ApiError
 from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
@@ -21,7 +22,7 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 
 
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
-def case_trace(store: StoreDep, caseNo: str) -> CaseTrace:  # noqa: N803
+def case_trace(store: StoreDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
@@ -31,7 +32,8 @@ def case_trace(store: StoreDep, caseNo: str) -> CaseTrace:  # noqa: N803
         "SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source, archive_no,"
         " payload FROM event_log FINAL WHERE entity = {c:String}"
         " ORDER BY occurred_at, event_id", {"c": caseNo})
-    if not states and not events:
+    visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
+    if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
     anomalies = store.query(
         f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE case_no = {{c:String}}"
@@ -47,12 +49,15 @@ def case_trace(store: StoreDep, caseNo: str) -> CaseTrace:  # noqa: N803
 
 
 @router.get("/archives/{archiveNo}/checks", response_model=list[CheckOut])
-def archive_checks(store: StoreDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
+def archive_checks(store: StoreDep, p: ReaderDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
     """The four-property check (四性检测) history of one archive, oldest first."""
+    cond, params = p.conditions(KPI_COLUMNS)
+    scope = "" if not p.scope else (
+        f" AND entity IN (SELECT case_no FROM case_state FINAL WHERE {cond})")
     rows = store.query(
         "SELECT event_id, entity, toUnixTimestamp64Milli(occurred_at) AS at, payload"
         " FROM event_log FINAL WHERE archive_no = {a:String} AND type = 'archive.checked'"
-        " ORDER BY occurred_at, event_id", {"a": archiveNo})
+        + scope + " ORDER BY occurred_at, event_id", {"a": archiveNo, **params})
     out = []
     for r in rows:
         p = json.loads(r["payload"])
@@ -67,7 +72,7 @@ def archive_checks(store: StoreDep, archiveNo: str) -> list[CheckOut]:  # noqa: 
 
 @router.get("/systems/{systemCode}/daily-log", response_model=list[DailyLog])
 def daily_log(
-    store: StoreDep, systemCode: str,  # noqa: N803
+    store: StoreDep, p: ReaderDep, systemCode: str,  # noqa: N803
     start: Annotated[date | None, Query(alias="from", description="first day (Asia/Shanghai)")] = None,  # noqa: E501
     end: Annotated[date | None, Query(alias="to", description="last day, inclusive")] = None,
 ) -> list[DailyLog]:
@@ -76,8 +81,10 @@ def daily_log(
         raise ApiError(400, "invalid_parameter", "to: must not be before from")
     if start and end and end - start > timedelta(days=366):
         raise ApiError(400, "invalid_parameter", "at most 366 days per request")
-    params: dict[str, object] = {"s": systemCode}
-    cond = ""
+    p.narrow({"systemCode": systemCode})
+    scope, params = p.conditions(KPI_COLUMNS)
+    params["s"] = systemCode
+    cond = f" AND {scope}"
     if start:
         cond += " AND day >= {d0:Date}"
         params["d0"] = start.isoformat()

@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 from typing import Annotated, Any
 
+from archwatch.api.auth import ReaderDep
 from archwatch.api.deps import PageDep, StoreDep
 from archwatch.api.queries import KpiQuery, kpi_groups
 from fastapi import APIRouter, Query
@@ -37,6 +38,7 @@ def _seed_row(g: dict[str, Any], year: int) -> dict[str, Any]:
 @router.get("/taskArchiveList")
 def task_archive_list(
     store: StoreDep,
+    p: ReaderDep,
     page: PageDep,
     qym: Annotated[str, Query(min_length=1, max_length=32, description="region code")],
     deptCode: Annotated[str, Query(min_length=1, max_length=64)],  # noqa: N803
@@ -46,7 +48,7 @@ def task_archive_list(
     started = time.perf_counter()
     y = year or _current_year()
     rows, total = kpi_groups(store, KpiQuery(
-        group_by=["taskId"], filters={"year": y, "qym": qym, "deptCode": deptCode},
+        group_by=["taskId"], filters=p.narrow({"year": y, "qym": qym, "deptCode": deptCode}),
         sort="key", limit=page.size, offset=page.offset))
     records = []
     for g in rows:
@@ -61,6 +63,7 @@ def task_archive_list(
 @router.get("/sysView")
 def sys_view(
     store: StoreDep,
+    p: ReaderDep,
     page: PageDep,
     systemCode: Annotated[str | None, Query(max_length=64)] = None,  # noqa: N803
     year: Annotated[int | None, Query(ge=1990, le=2100)] = None,
@@ -69,7 +72,8 @@ def sys_view(
     started = time.perf_counter()
     y = year or _current_year()
     rows, total = kpi_groups(store, KpiQuery(
-        group_by=["systemCode", "systemLevel"], filters={"year": y, "systemCode": systemCode},
+        group_by=["systemCode", "systemLevel"],
+        filters=p.narrow({"year": y, "systemCode": systemCode}),
         sort="key", limit=page.size, offset=page.offset))
     records = []
     for g in rows:

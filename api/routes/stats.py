@@ -6,6 +6,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
+from archwatch.api.auth import Principal, ReaderDep
 from archwatch.api.deps import PageDep, StoreDep
 from archwatch.api.models import CaseOut, KpiGroup, Paged
 from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups
@@ -40,8 +41,8 @@ OrderQ = Annotated[Order, Query()]
 
 
 def _paged(store: Any, page: Any, group_by: list[str], filters: dict[str, Any], sort: Sort,
-           order: Order) -> Paged[KpiGroup]:
-    rows, total = kpi_groups(store, KpiQuery(group_by, filters, sort.value,
+           order: Order, p: Principal) -> Paged[KpiGroup]:
+    rows, total = kpi_groups(store, KpiQuery(group_by, p.narrow(filters), sort.value,
                                              order is Order.desc, page.size, page.offset))
     return Paged[KpiGroup](total=total, pageNo=page.no, pageSize=page.size,
                            items=[KpiGroup(**r) for r in rows])
@@ -49,7 +50,7 @@ def _paged(store: Any, page: Any, group_by: list[str], filters: dict[str, Any], 
 
 @router.get("/stats", response_model=Paged[KpiGroup])
 def stats(
-    store: StoreDep, page: PageDep,
+    store: StoreDep, page: PageDep, p: ReaderDep,
     groupBy: Annotated[str, Query(description="comma-separated: year,qym,deptCode,systemCode,systemLevel,taskId")] = "year",  # noqa: E501, N803
     year: Year = None, qym: Code = None, deptCode: Code = None,  # noqa: N803
     systemCode: Code = None, systemLevel: Code = None,  # noqa: N803
@@ -66,53 +67,53 @@ def stats(
                        f"use {', '.join(DIMENSIONS)}")
     filters = {"year": year, "qym": qym, "deptCode": deptCode, "systemCode": systemCode,
                "systemLevel": systemLevel}
-    return _paged(store, page, dims, filters, sort, order)
+    return _paged(store, page, dims, filters, sort, order, p)
 
 
 @router.get("/drill/regions", response_model=Paged[KpiGroup])
-def regions(store: StoreDep, page: PageDep, year: Year = None, sort: SortQ = Sort.key,
+def regions(store: StoreDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
             order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of region drill-down: one row per region (qym)."""
-    return _paged(store, page, ["qym"], {"year": year}, sort, order)
+    return _paged(store, page, ["qym"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments", response_model=Paged[KpiGroup])
-def departments(store: StoreDep, page: PageDep, qym: str, year: Year = None,
+def departments(store: StoreDep, page: PageDep, p: ReaderDep, qym: str, year: Year = None,
                 sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the departments of one region."""
-    return _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order)
+    return _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments/{deptCode}/items", response_model=Paged[KpiGroup])
-def dept_items(store: StoreDep, page: PageDep, qym: str, deptCode: str,  # noqa: N803
+def dept_items(store: StoreDep, page: PageDep, p: ReaderDep, qym: str, deptCode: str,  # noqa: N803
                year: Year = None, sort: SortQ = Sort.key,
                order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one department."""
     return _paged(store, page, ["taskId"], {"year": year, "qym": qym, "deptCode": deptCode},
-                  sort, order)
+                  sort, order, p)
 
 
 @router.get("/drill/levels", response_model=Paged[KpiGroup])
-def levels(store: StoreDep, page: PageDep, year: Year = None, sort: SortQ = Sort.key,
+def levels(store: StoreDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
            order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of system drill-down: 国/省/市."""
-    return _paged(store, page, ["systemLevel"], {"year": year}, sort, order)
+    return _paged(store, page, ["systemLevel"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/levels/{systemLevel}/systems", response_model=Paged[KpiGroup])
-def systems(store: StoreDep, page: PageDep, systemLevel: str, year: Year = None,  # noqa: N803
+def systems(store: StoreDep, page: PageDep, p: ReaderDep, systemLevel: str, year: Year = None,  # noqa: N803
             sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the business systems of one level."""
     return _paged(store, page, ["systemCode"], {"year": year, "systemLevel": systemLevel},
-                  sort, order)
+                  sort, order, p)
 
 
 @router.get("/drill/systems/{systemCode}/items", response_model=Paged[KpiGroup])
-def system_items(store: StoreDep, page: PageDep, systemCode: str,  # noqa: N803
+def system_items(store: StoreDep, page: PageDep, p: ReaderDep, systemCode: str,  # noqa: N803
                  year: Year = None, sort: SortQ = Sort.key,
                  order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one business system."""
-    return _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode}, sort, order)
+    return _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode}, sort, order, p)
 
 
 CASE_SORTS = {"caseNo": "case_no", "completedAt": "completed_at",
@@ -121,15 +122,16 @@ CASE_SORTS = {"caseNo": "case_no", "completedAt": "completed_at",
 
 @router.get("/drill/items/{taskId}/cases", response_model=Paged[CaseOut])
 def item_cases(
-    store: StoreDep, page: PageDep, taskId: str, year: Year = None,  # noqa: N803
+    store: StoreDep, page: PageDep, p: ReaderDep, taskId: str,  # noqa: N803
+    year: Year = None,
     qym: Code = None, deptCode: Code = None, systemCode: Code = None,  # noqa: N803
     status: Annotated[str | None, Query(pattern="^(PENDING|MISSING|ARCHIVED_OK|ARCHIVED_FAIL|ARCHIVED_UNCHECKED)$")] = None,  # noqa: E501
     sort: Annotated[str, Query(pattern="^(caseNo|completedAt|firstReceivedAt|status)$")] = "caseNo",
     order: OrderQ = Order.asc,
 ) -> Paged[CaseOut]:
     """Level 4 (both chains): the cases of one item, each linking to its trace."""
-    filters = {"taskId": taskId, "year": year, "qym": qym, "deptCode": deptCode,
-               "systemCode": systemCode}
+    filters = p.narrow({"taskId": taskId, "year": year, "qym": qym, "deptCode": deptCode,
+                        "systemCode": systemCode})
     parts, params = [], {}
     for dim, value in filters.items():
         if value is not None:
