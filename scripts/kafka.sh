@@ -65,6 +65,10 @@ listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 start() {
   fetch
   if running; then echo "kafka already running on 127.0.0.1:$PORT" >&2; return 0; fi
+  if listening; then
+    echo "a broker already listens on 127.0.0.1:$PORT (started elsewhere); using it" >&2
+    return 0
+  fi
   write_conf
   local java_opts=(-Xms256m -Xmx768m -Dkafka.logs.dir="$HOME_DIR/logs-$PORT"
                    -Dlog4j2.configurationFile="$HOME_DIR/log4j2.properties")
@@ -97,6 +101,6 @@ case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
   stop) stop ;;
-  status) if running && listening; then echo "running on 127.0.0.1:$PORT"; else echo "stopped"; exit 1; fi ;;
+  status) if listening; then echo "running on 127.0.0.1:$PORT"; else echo "stopped"; exit 1; fi ;;
   *) echo "usage: $0 fetch|start|stop|status" >&2; exit 2 ;;
 esac
