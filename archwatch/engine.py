@@ -140,17 +140,34 @@ def _case_sort_key(r: CaseRow) -> tuple[Any, ...]:
     return (r.year, r.qym, r.dept_code, r.task_id, r.case_no)
 
 
+def feed_row(a: Anomaly, kind: str, version: int) -> dict[str, Any]:
+    row = anomaly_row(a, "", version)
+    for k in ("src", "version", "is_deleted"):
+        del row[k]
+    row.update(seq=version, kind=kind, at=ch_time(version // 1_000_000))
+    return row
+
+
 def diff_anomalies(
     prev: dict[str, Anomaly], new: dict[str, Anomaly], src: str, clock: VersionClock
 ) -> list[Write]:
-    """Rows that turn what was stored (``prev``) into ``new``: upserts and withdrawals."""
+    """Rows that turn what was stored (``prev``) into ``new``: upserts and withdrawals,
+    each with its transition for the live feed (opened, updated, resolved, withdrawn)."""
     out: list[Write] = []
     for aid, a in new.items():
-        if prev.get(aid) != a:
-            out.append(Write("anomaly", anomaly_row(a, src, clock.next())))
+        old = prev.get(aid)
+        if old != a:
+            v = clock.next()
+            kind = ("opened" if old is None else
+                    "resolved" if old.resolved_at is None and a.resolved_at is not None else
+                    "updated")
+            out.append(Write("anomaly", anomaly_row(a, src, v)))
+            out.append(Write("anomaly_feed", feed_row(a, kind, v)))
     for aid, a in prev.items():
         if aid not in new:
-            out.append(Write("anomaly", anomaly_row(a, src, clock.next(), deleted=True)))
+            v = clock.next()
+            out.append(Write("anomaly", anomaly_row(a, src, v, deleted=True)))
+            out.append(Write("anomaly_feed", feed_row(a, "withdrawn", v)))
     return out
 
 

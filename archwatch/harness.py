@@ -34,6 +34,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "kpi_task": ("year", "qym", "dept_code", "system_code", "task_id", "system_level", "src"),
     "event_log": ("entity", "occurred_at", "event_id"),
     "receiver_status": ("receiver_id",),
+    "anomaly_feed": ("seq",),
 }
 
 

@@ -88,3 +88,17 @@ def test_truth_file_is_deterministic(tmp_path: Path) -> None:
         (tmp_path / "b" / "events.jsonl").read_bytes()
     c = generate(tmp_path / "c", GenerateOptions(cases=200, seed=10))
     assert json.dumps(c["kpi"]) != json.dumps(a["kpi"])
+
+
+def test_a_second_replay_into_the_same_store_describes_only_its_own_input(
+        workload, store, tmp_path: Path) -> None:
+    out, truth = workload
+    s = settings_for(out, truth)
+    first = replay_into(store, [out / "events.jsonl"], s, tmp_path)
+    again = replay_into(store, [out / "events.jsonl"], s, tmp_path)
+    assert again == first  # same input twice: same tables
+    from tests.conftest import GOLDEN, scenario_settings
+
+    other = replay_into(store, [GOLDEN / "on-time" / "events.jsonl"],
+                        scenario_settings("on-time"), tmp_path)
+    assert other["summary"] == {} and len(other["cases"]) == 1  # nothing of the first run
