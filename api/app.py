@@ -9,7 +9,17 @@ from typing import Any
 
 from archwatch.api import errors
 from archwatch.api.auth import LoginThrottle, RateLimiter
-from archwatch.api.routes import admin, alerts, anomalies, auth, cases, seed, sql, stats
+from archwatch.api.routes import (
+    admin,
+    alerts,
+    anomalies,
+    auth,
+    cases,
+    receivers,
+    seed,
+    sql,
+    stats,
+)
 from archwatch.api.settings import Settings
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -51,7 +61,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
     errors.install(app)
     for r in (auth.router, admin.router, seed.router, stats.router, anomalies.router,
-              alerts.router, cases.router, sql.router):
+              alerts.router, cases.router, receivers.router, sql.router):
         app.include_router(r)
 
     @app.middleware("http")

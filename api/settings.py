@@ -30,3 +30,9 @@ class Settings(BaseSettings):
     """Auditor SQL: query time limit."""
     sql_max_rows: int = 1_000_000
     """Auditor SQL: result rows limit."""
+    brokers: str | None = None
+    """Kafka bootstrap servers: HTTP heartbeats are published there, to the dataflow."""
+    topic_prefix: str = ""
+    """Prefix of the Kafka topic names (as given to `archwatch run`)."""
+    lateness_ms: int = 5 * 60_000
+    """The engine's lateness, to tell a late receiver from a down one."""

@@ -248,7 +248,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         migrate(store)
     except (ConnectionError, StoreError) as exc:
         raise CliError(str(exc)) from None
-    app = create_app(Settings(db=args.db, url=args.url), store=store)
+    app = create_app(Settings(db=args.db, url=args.url, brokers=opts.kafka.brokers,
+                              topic_prefix=opts.kafka.topic_prefix,
+                              lateness_ms=settings.sla.lateness), store=store)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port,
                                            log_level="info"))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -77,6 +77,13 @@ class Reconcile:
 
 
 @dataclass(frozen=True, slots=True)
+class Registrations:
+    """The receivers registrations in force (live: polled from the registry)."""
+
+    regs: dict[str, Registration]
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Wall-clock tick forwarded to the sink (live): lets it flush on time when idle."""
 
@@ -435,6 +442,13 @@ class ReceiverShard(_Snapshottable):
             if isinstance(item, Watermark):
                 self.external_wm = max(self.external_wm, item.at)
                 continue
+            if isinstance(item, Registrations):
+                for rid in set(item.regs) ^ set(self.regs) | {
+                        r for r in item.regs if item.regs[r] != self.regs.get(r)}:
+                    if rid in self.receivers:  # re-evaluate what is not settled yet
+                        changed[rid] = 0 if rid not in item.regs else changed.get(rid, 10**12)
+                self.regs = dict(item.regs)
+                continue
             ev = item.event if isinstance(item, Envelope) else item
             self.max_seen = max(self.max_seen, ev.occurredAt)
             st = self.receivers.get(ev.receiverId)
@@ -457,6 +471,11 @@ class ReceiverShard(_Snapshottable):
         for rid, start in changed.items():
             st = self.receivers[rid]
             reg = self.regs.get(rid)
+            if reg is None and st.anomalies:  # unregistered or paused: withdraw open gaps
+                still = {k: a for k, a in st.anomalies.items() if a.resolved_at is not None}
+                out.extend(diff_anomalies(st.anomalies, still, self.src, self.clock))
+                st.anomalies = still
+                self.pending.pop(rid, None)
             if reg is not None:
                 start = min(start, st.facts.first_unsettled(self.last_wm, reg))
                 new, pending = gaps(st.facts, reg, wm, start)

@@ -48,12 +48,12 @@ class RejectsFile:
 
 
 def register_receivers(store: Store, settings: EngineSettings, clock: VersionClock) -> None:
+    """Record the run's receivers in the registry (keys and owners already set stay)."""
+    from archwatch.registry import Registry
+
+    del clock
     if settings.receivers:
-        store.insert("receiver", [
-            {"receiver_id": r.receiver_id, "qym": r.qym, "period_ms": r.period,
-             "grace_ms": r.grace, "version": clock.next(), "is_deleted": 0}
-            for r in settings.receivers.values()
-        ])
+        Registry(store).merge_file(settings.receivers)
 
 
 # What a replay computes; it starts them empty (accounts and registrations stay).

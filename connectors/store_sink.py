@@ -4,10 +4,15 @@ Idempotent by construction: every row is a whole versioned row of a ReplacingMer
 (or, for the event log, keyed by its immutable eventId), so output that Bytewax
 re-emits after a recovery replaces itself instead of adding up.
 
-Rows are buffered up to ``max_rows`` or ``max_delay`` (ClickHouse wants few large
-parts, not many small ones) and always flushed at the end of an epoch (``snapshot``),
-before Bytewax commits that epoch's recovery state, so a crash can lose no row whose
-input is not replayed.
+Two modes. ``synchronous`` (live, with recovery): every batch Bytewax hands over is
+written before ``write_batch`` returns, so when Bytewax commits an epoch's recovery state
+every row of that epoch is in the store, and a crash can lose no row whose input will not
+be replayed. Otherwise (a replay): rows are buffered up to ``max_rows`` or ``max_delay``
+(ClickHouse wants few large parts) and written by a background thread while the dataflow
+goes on; ``close`` waits for them.
+
+A DynamicSink, not a FixedPartitionedSink: Bytewax holds a stateful sink's items until
+their epoch closes (measured: up to a second of extra delay for a fired deadline).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from archwatch import metrics
 from archwatch.engine import Count, Reconcile, Tick, Write
@@ -100,9 +105,10 @@ class _Writer:
         self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
 
 
-class _Partition(StatefulSinkPartition[Any, None]):
+class _Partition(StatelessSinkPartition[Any]):
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler, max_rows: int,
-                 max_delay: float) -> None:
+                 max_delay: float, synchronous: bool = False) -> None:
+        self.synchronous = synchronous
         self.store = store
         self.tally = tally
         self.on_rejects = on_rejects
@@ -141,7 +147,10 @@ class _Partition(StatefulSinkPartition[Any, None]):
             elif isinstance(item, Envelope):  # pragma: no cover - wiring error
                 raise TypeError("an applied event reached the sink unwritten")
         self.buffered += len(items)
-        if self.buffered >= self.max_rows or (
+        if self.synchronous:
+            self.flush()
+            self.writer.drain()
+        elif self.buffered >= self.max_rows or (
                 self.buffered and time.monotonic() - self.since >= self.max_delay):
             self.flush()
 
@@ -157,11 +166,10 @@ class _Partition(StatefulSinkPartition[Any, None]):
         self.buffered = 0
         self.since = time.monotonic()  # the age of the oldest buffered row
 
-    def snapshot(self) -> None:
-        # the epoch's recovery state is committed after this returns: its rows must be in
+    def drain(self) -> None:
+        """Write everything buffered and wait until it is in the store."""
         self.flush()
         self.writer.drain()
-        return None
 
     def close(self) -> None:
         self.flush()
@@ -199,21 +207,20 @@ def reconcile(store: Store, rec: Reconcile) -> None:
         store.insert(table, rows)
 
 
-class StoreSink(FixedPartitionedSink[Any, None]):
-    """One partition per worker process would do; one partition in all keeps each
-    table's inserts in a single ordered stream of large blocks."""
+class StoreSink(DynamicSink[Any]):
+    """One partition per worker: each worker writes the rows its own shards produce, in
+    the order they produced them (a shard's Reconcile before its later rows)."""
 
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler,
-                 max_rows: int = 50_000, max_delay: float = 0.2) -> None:
+                 max_rows: int = 50_000, max_delay: float = 0.2,
+                 synchronous: bool = False) -> None:
         self.store = store
         self.tally = tally
         self.on_rejects = on_rejects
         self.max_rows = max_rows
         self.max_delay = max_delay
+        self.synchronous = synchronous
 
-    def list_parts(self) -> list[str]:
-        return ["store"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Partition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         return _Partition(self.store, self.tally, self.on_rejects, self.max_rows,
-                          self.max_delay)
+                          self.max_delay, self.synchronous)

@@ -39,6 +39,7 @@ from archwatch.engine import (
     DedupShard,
     ReceiverShard,
     Reconcile,
+    Registrations,
     Tick,
     VersionClock,
     Watermark,
@@ -174,6 +175,7 @@ def build_flow(
     settings: EngineSettings,
     ticks: Source[datetime] | None = None,
     clock: VersionClock | None = None,
+    registrations: Source[Any] | None = None,
     wall_ms: Callable[[], int] = now_ms,
 ) -> Dataflow:
     """The reconciliation dataflow over ``source`` (items: ``(record, position)``)."""
@@ -236,12 +238,16 @@ def build_flow(
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec),
     ))
 
-    # --- receivers
-    recv_in = op.merge(
-        "recv_in",
+    # --- receivers (live: registrations polled from the registry reach every shard)
+    recv_streams = [
         op.key_on("key_receiver", kinds.trues, lambda e: shard_of(e.event.receiverId, n)),
         broadcast,
-    )
+    ]
+    if registrations is not None:
+        recv_streams.append(op.flat_map(
+            "registrations", op.input("registry", flow, registrations),
+            lambda regs: [(k, Registrations(regs)) for k in shard_keys]))
+    recv_in = op.merge("recv_in", *recv_streams)
     recv_rows = op.key_rm("receivers_out", op.stateful_batch(
         "receivers", recv_in,
         _ShardLogic.builder(
@@ -252,7 +258,7 @@ def build_flow(
         "all_out", valid.falses, is_applied.falses, event_log, facts.falses, archive_rows,
         recv_rows, *sink_ticks,
     )
-    op.output("store", op.map("to_sink", everything, lambda x: ("store", x)), sink)
+    op.output("store", everything, sink)
     return flow
 
 

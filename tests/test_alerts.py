@@ -87,7 +87,7 @@ def test_feed_replays_transitions_and_resumes(server: Any, tmp_path: Path) -> No
     lines = (GOLDEN / "missing-and-late" / "events.jsonl").read_text().splitlines()
     out, _ = logic.on_batch([parse_record(x, "t").event for x in lines[:1]]
                             + [Watermark(parse_ts("2023-01-01T00:00:00Z"))])
-    part = StoreSink(store, Tally(), lambda _r: None).build_part("s", "store", None)
+    part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
     part.write_batch(list(out))
     part.close()
     total = feed_size()

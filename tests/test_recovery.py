@@ -37,7 +37,7 @@ def ev(line: str):
 
 def write(store, logic: _ShardLogic, items: list) -> None:
     out, _ = logic.on_batch(items)
-    part = StoreSink(store, Tally(), lambda _r: None).build_part("s", "store", None)
+    part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
     part.write_batch(list(out))
     part.close()
 
@@ -85,10 +85,10 @@ def test_reapplying_the_same_output_changes_nothing(store, tmp_path: Path) -> No
     clock = VersionClock()
     logic = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0))(None)
     out, _ = logic.on_batch([ev(x) for x in LINES[:4]] + [FAR])
-    part = StoreSink(store, Tally(), lambda _r: None).build_part("s", "store", None)
+    part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
     part.write_batch(list(out))
-    part.snapshot()  # flush and wait for the writer: an epoch boundary
+    part.drain()  # everything written before going on
     once = json.dumps(report.full(store), sort_keys=True)
     part.write_batch(list(out))
-    part.snapshot()  # flush and wait for the writer: an epoch boundary
+    part.drain()  # everything written before going on
     assert json.dumps(report.full(store), sort_keys=True) == once

@@ -1,0 +1,191 @@
+"""District receiving systems: registry, HTTP heartbeats, state and uptime."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from archwatch.api.auth import Principal, ReaderDep, require
+from archwatch.api.deps import StoreDep
+from archwatch.api.errors import ApiError
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from archwatch.accounts import Role
+from archwatch.registry import ReceiverEntry, Registry
+from archwatch.timeutil import DAY_MS, SHANGHAI, now_ms, parse_duration, to_iso_utc
+
+router = APIRouter(prefix="/api/v1", tags=["receivers"])
+RID = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
+ManagerDep = Annotated[Principal, Depends(require(Role.sysadmin, Role.city))]
+
+
+class ReceiverIn(BaseModel):
+    receiverId: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    qym: str = Field(pattern=r"^\d{6}$")
+    owner: str = Field(default="", max_length=256, description="who to call when it is down")
+    period: str = Field(default="PT1M", description="ISO 8601 duration between heartbeats")
+    grace: str = Field(default="PT2M", description="ISO 8601 duration tolerated past period")
+    paused: bool = False
+
+
+class HeartbeatIn(BaseModel):
+    status: str | None = Field(default=None, pattern="^(ok|degraded)$")
+    version: str | None = Field(default=None, max_length=64)
+
+
+def _entry(body: ReceiverIn) -> ReceiverEntry:
+    try:
+        period, grace = parse_duration(body.period), parse_duration(body.grace)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_parameter", str(exc)) from None
+    if period <= 0:
+        raise ApiError(400, "invalid_parameter", "period must be positive")
+    return ReceiverEntry(body.receiverId, body.qym, body.owner, period, grace, body.paused)
+
+
+def _state(e: ReceiverEntry, last: int | None, down: bool, wm: int) -> str:
+    if e.paused:
+        return "paused"
+    if last is None:
+        return "new"
+    if down:
+        return "down"
+    return "late" if wm > last + e.period_ms else "up"
+
+
+@router.get("/receivers")
+def list_receivers(store: StoreDep, p: ReaderDep, request: Request) -> list[dict[str, Any]]:
+    """Registered receivers with state (new, up, late, down, paused) and last heartbeat;
+    receivers heard from but not registered are listed as unregistered."""
+    reg = Registry(store).all()
+    status = {r["receiver_id"]: r for r in store.query(
+        "SELECT receiver_id, qym, toUnixTimestamp64Milli(last_beat_at) AS last, beats"
+        " FROM receiver_status FINAL")}
+    open_down = {r["receiver_id"] for r in store.query(
+        "SELECT DISTINCT receiver_id FROM anomaly FINAL WHERE code = 'RECEIVER_DOWN'"
+        " AND resolved_at IS NULL")}
+    wm = now_ms() - request.app.state.settings.lateness_ms
+    out = []
+    for rid in sorted(set(reg) | set(status)):
+        e, s = reg.get(rid), status.get(rid, {})
+        qym = e.qym if e else s.get("qym", "")
+        if p.qym and qym != p.qym:
+            continue
+        last = s.get("last")
+        out.append({
+            "receiverId": rid, "qym": qym, "owner": e.owner if e else None,
+            "registered": e is not None,
+            "state": _state(e, last, rid in open_down, wm) if e else "unregistered",
+            "period": e.period_ms if e else None, "grace": e.grace_ms if e else None,
+            "lastBeatAt": to_iso_utc(last), "beats": s.get("beats", 0),
+        })
+    return out
+
+
+@router.post("/receivers", status_code=201)
+def register(body: ReceiverIn, store: StoreDep, who: ManagerDep) -> dict[str, Any]:
+    """Register (or re-key) a receiver; the heartbeat key is in this response only."""
+    key = Registry(store).register(_entry(body))
+    request_audit(store, who, "receiver.register", body.receiverId)
+    return {**body.model_dump(), "key": key}
+
+
+@router.put("/receivers/{receiverId}")
+def update(receiverId: RID, body: ReceiverIn, store: StoreDep,  # noqa: N803
+           who: ManagerDep) -> dict[str, Any]:
+    """Change period, grace, owner or pause; the key stays. Applies to gaps after it."""
+    reg = Registry(store)
+    old = reg.get(receiverId)
+    if old is None or body.receiverId != receiverId:
+        raise ApiError(404, "not_found", f"no receiver {receiverId!r}")
+    e = _entry(body)
+    reg.put(ReceiverEntry(e.receiver_id, e.qym, e.owner, e.period_ms, e.grace_ms, e.paused,
+                          old.key_hash))
+    request_audit(store, who, "receiver.update", receiverId)
+    return body.model_dump()
+
+
+@router.post("/heartbeats/{receiverId}", status_code=202)
+async def heartbeat(receiverId: RID, request: Request, store: StoreDep,  # noqa: N803
+                    x_receiver_key: Annotated[str, Header(max_length=128)],
+                    body: HeartbeatIn | None = None) -> dict[str, str]:
+    """A heartbeat over HTTP (key in X-Receiver-Key), published to the same Kafka topic
+    the dataflow reads, so both paths are one."""
+    settings = request.app.state.settings
+    entry = await asyncio.to_thread(Registry(store).verify, receiverId, x_receiver_key)
+    if entry is None:
+        raise ApiError(401, "unauthorized", "unknown receiver or wrong key")
+    if not settings.brokers:
+        raise ApiError(503, "unavailable", "no Kafka broker configured for heartbeats")
+    at = datetime.now(SHANGHAI).isoformat(timespec="milliseconds")
+    event = {"eventId": f"hb-{receiverId}-{secrets.token_hex(8)}", "type": "receiver.heartbeat",
+             "occurredAt": at, "source": receiverId, "receiverId": receiverId, "qym": entry.qym}
+    if body is not None:
+        event.update({k: v for k, v in body.model_dump().items() if v is not None})
+    producer = _producer(request)
+
+    def send() -> None:
+        producer.produce(settings.topic_prefix + "archive.heartbeats",
+                         json.dumps(event, ensure_ascii=False).encode(), receiverId.encode())
+        producer.flush(5)
+
+    try:
+        await asyncio.to_thread(send)
+    except Exception as exc:  # noqa: BLE001 - the receiver should retry, not see a trace
+        raise ApiError(503, "unavailable", f"heartbeat not accepted: {exc}") from None
+    return {"eventId": event["eventId"], "occurredAt": at}
+
+
+def _producer(request: Request) -> Any:
+    from archwatch.connectors.kafka import SafeProducer
+
+    state = request.app.state
+    if getattr(state, "producer", None) is None:
+        state.producer = SafeProducer(state.settings.brokers)
+    return state.producer
+
+
+@router.get("/receivers/{receiverId}/uptime")
+def uptime(receiverId: RID, store: StoreDep, p: ReaderDep,  # noqa: N803
+           start: Annotated[date | None, Query(alias="from")] = None,
+           end: Annotated[date | None, Query(alias="to")] = None) -> dict[str, Any]:
+    """Down intervals (RECEIVER_DOWN) and availability per day (Asia/Shanghai)."""
+    e = Registry(store).get(receiverId)
+    if e is None or (p.qym and e.qym != p.qym):
+        raise ApiError(404, "not_found", f"no receiver {receiverId!r}")
+    today = datetime.now(SHANGHAI).date()
+    end = end or today
+    start = start or end - timedelta(days=6)
+    if end < start or (end - start).days > 366:
+        raise ApiError(400, "invalid_parameter", "from..to: at most 366 days, in order")
+    rows = store.query(
+        "SELECT toUnixTimestamp64Milli(opened_at) AS o, toUnixTimestamp64Milli(resolved_at) AS r"
+        " FROM anomaly FINAL WHERE code = 'RECEIVER_DOWN' AND receiver_id = {r:String}"
+        " ORDER BY opened_at", {"r": receiverId})
+    now = now_ms()
+    intervals = [(r["o"], r["r"] if r["r"] is not None else now) for r in rows]
+    days = []
+    d = start
+    while d <= end:
+        lo = int(datetime(d.year, d.month, d.day, tzinfo=SHANGHAI).timestamp() * 1000)
+        hi = min(lo + DAY_MS, now)
+        span = max(hi - lo, 0)
+        down = sum(max(0, min(b, hi) - max(a, lo)) for a, b in intervals)
+        days.append({"day": d.isoformat(),
+                     "availability": round(1 - down / span, 6) if span else None,
+                     "downMs": down})
+        d += timedelta(days=1)
+    return {"receiverId": receiverId,
+            "down": [{"from": to_iso_utc(a), "to": to_iso_utc(r["r"]), "open": r["r"] is None}
+                     for (a, _b), r in zip(intervals, rows, strict=True)],
+            "days": days, "generatedAt": datetime.now(UTC).isoformat()}
+
+
+def request_audit(store: Any, who: Principal, action: str, target: str) -> None:
+    from archwatch.accounts import Accounts
+
+    Accounts(store).audit(who.username, action, target, "")

@@ -1,0 +1,369 @@
+"""The cluster variant of the single-node migrations (scale-out past one ClickHouse server).
+
+``clickhouse/migrations/*.sql`` describe one server: (Replacing)MergeTree tables. On a
+ClickHouse cluster (shards x replicas, ClickHouse Keeper) each table becomes two:
+
+- ``<name>_local`` — created ``ON CLUSTER`` on every node with the same columns, indexes,
+  ``ORDER BY`` and engine arguments, as ``Replicated<Engine>('/clickhouse/tables/{shard}/
+  <db>/<name>_local', '{replica}', <original arguments>)``;
+- ``<name>`` — a ``Distributed(<cluster>, <db>, <name>_local, <sharding key>)`` table under
+  the original name, so the engine, the API and auditors keep using the names they know.
+
+The sharding key keeps every version of a row on one shard, which is what makes
+``FINAL`` (applied per shard) collapse versions and tombstones correctly, and it
+co-locates each case's ``case_state``, ``anomaly`` and ``event_log`` rows (and each
+receiver's rows) on the same shard. ``ALTER TABLE ... ADD COLUMN`` and the other column
+changes go to the ``_local`` table and then to the ``Distributed`` one; other ALTERs
+(indexes, TTL, settings) only concern the ``_local`` tables. A few small tables
+(``NOT_DISTRIBUTED``: ``schema_migrations``, ``account``) are instead replicated whole to
+every node under their own name.
+
+``python -m archwatch.cluster_schema [--cluster NAME] [--database DB] [--since N]`` prints
+the cluster SQL of all migrations (or of those numbered N or later), each followed by the
+row that records it in ``schema_migrations`` (so ``migrate()`` in ``archwatch serve`` and
+``run`` sees it applied). See docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+
+from archwatch.migrate import Migration, load_migrations
+
+# Each distributed table's sharding key: a function of columns that never change for a
+# row's identity (its ORDER BY key, or for anomaly the case/receiver its id hashes).
+SHARDING_KEYS: dict[str, str] = {
+    "case_state": "cityHash64(case_no)",
+    # receiver anomalies (RECEIVER_DOWN) have an empty case_no: shard them by receiver
+    "anomaly": "cityHash64(if(case_no = '', receiver_id, case_no))",
+    # append-only transitions of an anomaly, beside the anomaly itself; the live feed reads
+    # WHERE seq > cursor ORDER BY seq across all shards
+    "anomaly_feed": "cityHash64(if(case_no = '', receiver_id, case_no))",
+    # entity is the caseNo (or the receiverId): the same shard as the case's other rows
+    "event_log": "cityHash64(entity)",
+    # partial totals per dataflow shard; the restart reconcile reads WHERE src = ...
+    "kpi_task": "cityHash64(src)",
+    "receiver_status": "cityHash64(receiver_id)",
+    "receiver": "cityHash64(receiver_id)",
+    # append-only (MergeTree): by actor, so a retried insert lands where its first try did
+    "audit_log": "cityHash64(actor)",
+}
+
+# Small tables replicated whole to every node instead of sharded: bookkeeping, and the
+# accounts every API node reads at each login (no fan-out across shards for those).
+NOT_DISTRIBUTED: frozenset[str] = frozenset({"schema_migrations", "account"})
+
+# The cluster form of the bookkeeping table that archwatch.migrate creates on one node:
+# one replicated copy shared by the whole cluster (no {shard} in its Keeper path).
+_SCHEMA_MIGRATIONS = (
+    "CREATE TABLE IF NOT EXISTS {db}.schema_migrations ON CLUSTER {cluster}\n"
+    "(\n"
+    "    version UInt32,\n"
+    "    name String,\n"
+    "    checksum String,\n"
+    "    applied_at DateTime DEFAULT now()\n"
+    ")\n"
+    "ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/{db}/schema_migrations', "
+    "'{{replica}}')\n"
+    "ORDER BY version"
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = r"(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)"
+_CREATE = re.compile(
+    r"^CREATE\s+TABLE\s+(?P<ine>IF\s+NOT\s+EXISTS\s+)?" + _NAME + r"\s*\(", re.I | re.S)
+_ALTER = re.compile(r"^ALTER\s+TABLE\s+" + _NAME + r"\s+(?P<cmds>.+)$", re.I | re.S)
+_DROP = re.compile(r"^DROP\s+TABLE\s+(?P<ie>IF\s+EXISTS\s+)?" + _NAME + r"\s*$", re.I | re.S)
+_ENGINE = re.compile(r"^\s*ENGINE\s*=\s*(?P<engine>[A-Za-z_][A-Za-z0-9_]*)\s*", re.I | re.S)
+_COLUMN_CMD = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
+_NOT_COLUMN = re.compile(r"^(INDEX|PROJECTION|CONSTRAINT)\b", re.I)
+_ON_CLUSTER = re.compile(r"\bON\s+CLUSTER\b", re.I)
+
+
+class ClusterSchemaError(ValueError):
+    """A migration statement the cluster translation does not know how to rewrite."""
+
+
+# --------------------------------------------------------------------------- lexing
+
+
+def _scan(sql: str) -> Iterable[tuple[int, str, str]]:
+    """Yield ``(index, char, kind)`` for each character; ``kind`` is ``code``, ``quoted``
+    (string literals, quoted identifiers) or ``comment``."""
+    i, n = 0, len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "'\"`":
+            j = i + 1
+            while j < n:
+                if sql[j] == "\\":
+                    j += 2
+                    continue
+                if sql[j] == ch:
+                    if j + 1 < n and sql[j + 1] == ch:  # doubled quote
+                        j += 2
+                        continue
+                    break
+                j += 1
+            end, kind = min(j + 1, n), "quoted"
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            end, kind = (n if j < 0 else j), "comment"
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            end, kind = (n if j < 0 else j + 2), "comment"
+        else:
+            end, kind = i + 1, "code"
+        for k in range(i, end):
+            yield k, sql[k], kind
+        i = end
+
+
+def _strip_comments(sql: str) -> str:
+    out: list[str] = []
+    in_comment = False
+    for _i, ch, kind in _scan(sql):
+        if kind == "comment":
+            if not in_comment:
+                out.append(" ")  # a comment separates tokens
+            in_comment = True
+            continue
+        in_comment = False
+        out.append(ch)
+    return "".join(out)
+
+
+def _split_top(sql: str, sep: str) -> list[str]:
+    """Split at ``sep`` outside literals and parentheses; parts stripped, empty dropped."""
+    parts, depth, start = [], 0, 0
+    for i, ch, kind in _scan(sql):
+        if kind != "code":
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == sep and depth == 0:
+            parts.append(sql[start:i])
+            start = i + 1
+    parts.append(sql[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def split_statements(sql: str) -> list[str]:
+    """The statements of a SQL script: comments removed, split at top-level ``;``."""
+    return _split_top(_strip_comments(sql), ";")
+
+
+def _matching_paren(sql: str, open_at: int) -> int:
+    depth = 0
+    for i, ch, kind in _scan(sql):
+        if i < open_at or kind != "code":
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    raise ClusterSchemaError(f"unbalanced parentheses in: {sql[:60]!r}")
+
+
+def _tidy(text: str) -> str:
+    return "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+# ---------------------------------------------------------------------- translation
+
+
+def _table_name(qualified: str, database: str) -> str:
+    if "." in qualified:
+        db, name = qualified.split(".", 1)
+        if db != database:
+            raise ClusterSchemaError(
+                f"table {qualified} names a database other than {database!r}: migrations "
+                "use unqualified table names")
+        return name
+    return qualified
+
+
+def _drop_codec(column: str) -> str:
+    """A Distributed table stores nothing: a column's CODEC(...) does not belong there."""
+    m = re.search(r"\bCODEC\s*\(", column, re.I)
+    if not m:
+        return column
+    end = _matching_paren(column, m.end() - 1)
+    return (column[:m.start()] + column[end + 1:]).rstrip()
+
+
+def _create(stmt: str, m: re.Match[str], cluster: str, db: str,
+            keys: Mapping[str, str]) -> list[str]:
+    name = _table_name(m.group("name"), db)
+    close = _matching_paren(stmt, m.end() - 1)
+    elements = _split_top(stmt[m.end():close], ",")
+    rest = stmt[close + 1:]
+    em = _ENGINE.match(rest)
+    if not em:
+        raise ClusterSchemaError(f"CREATE TABLE {name}: no ENGINE clause")
+    engine = em.group("engine")
+    tail_at = em.end()
+    args = ""
+    if rest[tail_at:tail_at + 1] == "(":
+        args_end = _matching_paren(rest, tail_at)
+        args = rest[tail_at + 1:args_end].strip()
+        tail_at = args_end + 1
+    tail = _tidy(rest[tail_at:])
+    if not engine.endswith("MergeTree") or engine.startswith("Replicated"):
+        raise ClusterSchemaError(
+            f"CREATE TABLE {name}: engine {engine} has no Replicated variant to use")
+    ine = "IF NOT EXISTS " if m.group("ine") else ""
+    distributed = name not in NOT_DISTRIBUTED
+    local = f"{name}_local" if distributed else name
+    shard = "{shard}" if distributed else "all"
+    engine_args = [f"'/clickhouse/tables/{shard}/{db}/{local}'", "'{replica}'"]
+    if args:
+        engine_args.append(args)
+    body = ",\n".join(f"    {e}" for e in elements)
+    out = [
+        f"CREATE TABLE {ine}{db}.{local} ON CLUSTER {cluster}\n(\n{body}\n)\n"
+        f"ENGINE = Replicated{engine}({', '.join(engine_args)})" + (f"\n{tail}" if tail else "")
+    ]
+    if distributed:
+        if name not in keys:
+            raise ClusterSchemaError(
+                f"table {name} has no sharding key: add one to "
+                "archwatch.cluster_schema.SHARDING_KEYS (a function of columns that never "
+                "change for a row's identity)")
+        columns = ",\n".join(f"    {_drop_codec(e)}" for e in elements
+                             if not _NOT_COLUMN.match(e))
+        out.append(
+            f"CREATE TABLE {ine}{db}.{name} ON CLUSTER {cluster}\n(\n{columns}\n)\n"
+            f"ENGINE = Distributed({cluster}, {db}, {local}, {keys[name]})")
+    return out
+
+
+def _alter(stmt: str, m: re.Match[str], cluster: str, db: str) -> list[str]:
+    name = _table_name(m.group("name"), db)
+    cmds_text = m.group("cmds")
+    if _ON_CLUSTER.match(cmds_text):
+        raise ClusterSchemaError(f"ALTER TABLE {name}: already ON CLUSTER")
+    cmds = [_tidy(c).replace("\n", " ") for c in _split_top(cmds_text, ",")]
+
+    def alter(table: str, commands: list[str]) -> str:
+        return f"ALTER TABLE {db}.{table} ON CLUSTER {cluster}\n" + ",\n".join(
+            f"    {c}" for c in commands)
+
+    if name in NOT_DISTRIBUTED:
+        return [alter(name, cmds)]
+    column_cmds = [c for c in cmds if _COLUMN_CMD.match(c)]
+    out = [alter(f"{name}_local", cmds)]
+    if column_cmds:
+        dist = alter(name, column_cmds)
+        # a column leaves the Distributed table first, and arrives there last
+        if any(c.upper().startswith("DROP") for c in column_cmds):
+            out.insert(0, dist)
+        else:
+            out.append(dist)
+    return out
+
+
+def _drop(m: re.Match[str], cluster: str, db: str) -> list[str]:
+    name = _table_name(m.group("name"), db)
+    ie = "IF EXISTS " if m.group("ie") else ""
+    if name in NOT_DISTRIBUTED:
+        return [f"DROP TABLE {ie}{db}.{name} ON CLUSTER {cluster} SYNC"]
+    return [f"DROP TABLE {ie}{db}.{name} ON CLUSTER {cluster}",
+            f"DROP TABLE {ie}{db}.{name}_local ON CLUSTER {cluster} SYNC"]
+
+
+def cluster_statements(migration_sql: str, cluster: str = "archwatch",
+                       database: str = "default",
+                       sharding_keys: Mapping[str, str] | None = None) -> list[str]:
+    """The cluster statements for one migration's SQL, without trailing ``;``."""
+    for what, ident in (("cluster", cluster), ("database", database)):
+        if not _IDENT.match(ident):
+            raise ClusterSchemaError(f"{what} name {ident!r} is not a plain identifier")
+    keys = {**SHARDING_KEYS, **(sharding_keys or {})}
+    out: list[str] = []
+    for stmt in split_statements(migration_sql):
+        if m := _CREATE.match(stmt):
+            out.extend(_create(stmt, m, cluster, database, keys))
+        elif m := _ALTER.match(stmt):
+            out.extend(_alter(stmt, m, cluster, database))
+        elif m := _DROP.match(stmt):
+            out.extend(_drop(m, cluster, database))
+        else:
+            raise ClusterSchemaError(
+                "no cluster translation for this statement (extend archwatch/"
+                f"cluster_schema.py): {' '.join(stmt.split())[:80]!r}")
+    return out
+
+
+def cluster_sql(migration_sql: str, cluster: str = "archwatch", database: str = "default",
+                sharding_keys: Mapping[str, str] | None = None) -> str:
+    """Rewrite one single-node migration into its ClickHouse cluster form (a script of
+    ``;``-terminated statements); see the module docstring. Pure and deterministic."""
+    return "".join(f"{s};\n\n" for s in cluster_statements(
+        migration_sql, cluster, database, sharding_keys))
+
+
+def schema_migrations_sql(cluster: str = "archwatch", database: str = "default") -> str:
+    """The cluster form of ``schema_migrations`` (one statement, no ``;``)."""
+    for ident in (cluster, database):
+        if not _IDENT.match(ident):
+            raise ClusterSchemaError(f"{ident!r} is not a plain identifier")
+    return _SCHEMA_MIGRATIONS.format(db=database, cluster=cluster)
+
+
+def record_sql(mig: Migration, database: str = "default") -> str:
+    """The row ``archwatch.migrate`` would write for ``mig`` (one statement, no ``;``)."""
+    return (f"INSERT INTO {database}.schema_migrations (version, name, checksum) "
+            f"VALUES ({mig.version}, '{mig.name}', '{mig.checksum}')")
+
+
+def cluster_schema_sql(migrations: Sequence[Migration], cluster: str = "archwatch",
+                       database: str = "default", record: bool = True) -> str:
+    """The whole cluster schema as one script for ``clickhouse-client --multiquery``."""
+    parts = [
+        f"-- archwatch cluster schema: cluster {cluster}, database {database}.\n"
+        "-- Generated by `python -m archwatch.cluster_schema` from clickhouse/migrations;\n"
+        "-- regenerate it, do not edit it. See docs/cluster.md.\n\n",
+        "-- schema_migrations: one replicated copy for the whole cluster, not sharded.\n",
+        schema_migrations_sql(cluster, database) + ";\n\n",
+    ]
+    for mig in migrations:
+        parts.append(f"-- {mig.name} (sha256 {mig.checksum})\n")
+        parts.append(cluster_sql(mig.sql, cluster, database))
+        if record:
+            parts.append(record_sql(mig, database) + ";\n\n")
+    return "".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m archwatch.cluster_schema",
+        description="Print the ClickHouse cluster variant of archwatch's migrations "
+                    "(ReplicatedReplacingMergeTree *_local tables ON CLUSTER + Distributed).")
+    p.add_argument("--cluster", default="archwatch",
+                   help="cluster name in the servers' remote_servers (default archwatch)")
+    p.add_argument("--database", default="default", help="database (default: default)")
+    p.add_argument("--no-record", dest="record", action="store_false",
+                   help="omit the INSERTs that record each migration in schema_migrations")
+    p.add_argument("--since", type=int, default=0, metavar="VERSION",
+                   help="only migrations numbered VERSION or later (an upgrade)")
+    args = p.parse_args(argv)
+    migrations = [m for m in load_migrations() if m.version >= args.since]
+    try:
+        sql = cluster_schema_sql(migrations, args.cluster, args.database, args.record)
+    except ClusterSchemaError as exc:
+        print(f"archwatch.cluster_schema: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(sql)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

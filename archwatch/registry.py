@@ -1,0 +1,106 @@
+"""The receivers registry: who must send heartbeats, how often, and with which key.
+
+Rows live in the ``receiver`` table; the live dataflow polls it (see
+:func:`registry_source`), so a registration made through the API reaches the receiver
+shards within a second, the same way a replay's receivers file does at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from archwatch.engine import VersionClock
+from archwatch.receivers import DEFAULT_GRACE_MS, DEFAULT_PERIOD_MS, Registration
+from archwatch.store import Store
+
+_clock = VersionClock()
+
+
+@dataclass(frozen=True)
+class ReceiverEntry:
+    receiver_id: str
+    qym: str
+    owner: str = ""
+    period_ms: int = DEFAULT_PERIOD_MS
+    grace_ms: int = DEFAULT_GRACE_MS
+    paused: bool = False
+    key_hash: str = ""
+
+    def registration(self) -> Registration:
+        return Registration(self.receiver_id, self.qym, self.period_ms, self.grace_ms)
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def all(self) -> dict[str, ReceiverEntry]:
+        rows = self.store.query(
+            "SELECT receiver_id, qym, owner, period_ms, grace_ms, paused, key_hash"
+            " FROM receiver FINAL ORDER BY receiver_id")
+        return {r["receiver_id"]: ReceiverEntry(r["receiver_id"], r["qym"], r["owner"],
+                                                r["period_ms"], r["grace_ms"],
+                                                bool(r["paused"]), r["key_hash"])
+                for r in rows}
+
+    def get(self, receiver_id: str) -> ReceiverEntry | None:
+        return self.all().get(receiver_id)
+
+    def put(self, e: ReceiverEntry) -> None:
+        self.store.insert("receiver", [{
+            "receiver_id": e.receiver_id, "qym": e.qym, "owner": e.owner,
+            "period_ms": e.period_ms, "grace_ms": e.grace_ms, "key_hash": e.key_hash,
+            "paused": int(e.paused), "version": _clock.next(), "is_deleted": 0}])
+
+    def register(self, e: ReceiverEntry) -> str:
+        """Register (or re-key) a receiver; returns its heartbeat key, shown once."""
+        key = "rk_" + secrets.token_urlsafe(24)
+        self.put(ReceiverEntry(e.receiver_id, e.qym, e.owner, e.period_ms, e.grace_ms,
+                               e.paused, _hash(key)))
+        return key
+
+    def merge_file(self, regs: dict[str, Registration]) -> None:
+        """Registrations from a file or config: keep keys, owners and pauses already set."""
+        current = self.all()
+        for r in regs.values():
+            old = current.get(r.receiver_id)
+            self.put(ReceiverEntry(r.receiver_id, r.qym, old.owner if old else "", r.period,
+                                   r.grace, old.paused if old else False,
+                                   old.key_hash if old else ""))
+
+    def verify(self, receiver_id: str, key: str) -> ReceiverEntry | None:
+        e = self.get(receiver_id)
+        if e is None or not e.key_hash or not hmac.compare_digest(e.key_hash, _hash(key)):
+            return None
+        return e
+
+
+def active_registrations(store: Store) -> dict[str, Registration]:
+    """Registrations in force: paused receivers are left out (no alert while paused)."""
+    return {rid: e.registration() for rid, e in Registry(store).all().items() if not e.paused}
+
+
+def registry_source(store: Store, every: timedelta = timedelta(seconds=1)) -> Any:
+    """A Bytewax input that emits the registrations in force whenever they change."""
+    from bytewax.inputs import SimplePollingSource
+
+    class _Poll(SimplePollingSource[dict[str, Registration], None]):
+        last: dict[str, Registration] | None = None
+
+        def next_item(self) -> dict[str, Registration]:
+            regs = active_registrations(store)
+            if regs == self.last:
+                raise SimplePollingSource.Retry(every)
+            self.last = regs
+            return regs
+
+    return _Poll(every)
