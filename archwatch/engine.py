@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,11 +183,19 @@ class _Snapshottable:
     """Pickles without its clocks: a restored shard takes fresh ones (versions keep
     growing because they follow the wall clock, also across restarts)."""
 
+    _INJECTED = ("clock", "wall_ms", "eviction")  # per process, never pickled
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("clock", None)
-        state.pop("wall_ms", None)
+        for name in self._INJECTED:
+            state.pop(name, None)
         return state
+
+    def adopt(self, fresh: Any) -> None:
+        """After a restore: take this process's clocks and loader from a fresh shard."""
+        for name in self._INJECTED:
+            if hasattr(fresh, name):
+                setattr(self, name, getattr(fresh, name))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         from archwatch.timeutil import now_ms
@@ -228,12 +237,36 @@ class CaseState:
     kpi: KpiPart | None = None
     attrs: tuple[str, str, str, str] = ("", "", "", "")  # as last sent to archive stage
     next_deadline: int | None = None
+    settled: tuple[int, int] | None = None  # (watermark, wall ms) when it last settled
+
+
+Loader = Callable[[list[str]], dict[str, list[Any]]]
+"""Reads back the events of evicted cases (the store's event log), by case number."""
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """When a settled case (no deadline pending) leaves memory: after ``after_ms`` of event
+    time *and* ``min_wall_ms`` of wall time, so its events are surely in the store."""
+
+    loader: Loader
+    after_ms: int = 86_400_000
+    min_wall_ms: int = 60_000
 
 
 class CaseShard(_Snapshottable):
-    """All cases of one shard: facts, emitted results, deadline heap, KPI partials."""
+    """All cases of one shard: facts, emitted results, deadline heap, KPI partials.
 
-    def __init__(self, shards: int, sla: Sla, clock: VersionClock, wall_ms: Callable[[], int]):
+    With an :class:`Eviction`, settled cases leave memory (only their number stays, in
+    ``evicted``); an event that arrives for one later reloads its events from the store
+    first, so it is reconciled exactly as if the case had never left (contract §3)."""
+
+    def __init__(self, shards: int, sla: Sla, clock: VersionClock, wall_ms: Callable[[], int],
+                 eviction: Eviction | None = None):
+        self.eviction = eviction
+        self.evicted: set[str] = set()
+        self.settled: deque[tuple[int, int, str]] = deque()
+        self.evictions = self.reloads = 0
         self.shards = shards
         self.src = ""  # "c<shard>", learnt from the first case (Bytewax builders get no key)
         self.sla = sla
@@ -253,6 +286,9 @@ class CaseShard(_Snapshottable):
     def on_batch(self, items: Iterable[Any]) -> list[Any]:
         touched: set[str] = set()
         new_receipts: dict[str, int] = {}
+        items = list(items)
+        if self.evicted:
+            self._reload(items)
         for item in items:
             if isinstance(item, Watermark):
                 self.external_wm = max(self.external_wm, item.at)
@@ -280,7 +316,48 @@ class CaseShard(_Snapshottable):
         for case_no in touched:
             self._reevaluate(self.cases[case_no], wm, new_receipts.get(case_no, 0), out, dirty)
         out.extend(self._kpi_rows(dirty))
+        if self.eviction is not None:
+            self._evict(wm)
         return out
+
+    def _reload(self, items: list[Any]) -> None:
+        """Bring evicted cases that this batch touches back, as they were."""
+        batch_ids: dict[str, set[str]] = {}
+        for item in items:
+            ev = item.event if isinstance(item, Envelope) else item
+            if not isinstance(ev, Watermark) and ev.caseNo in self.evicted:
+                batch_ids.setdefault(ev.caseNo, set()).add(ev.eventId)
+        if not batch_ids:
+            return
+        assert self.eviction is not None
+        loaded = self.eviction.loader(sorted(batch_ids))
+        wm = self.watermark
+        for case_no, ids in batch_ids.items():
+            facts = CaseFacts(case_no)
+            for ev in loaded.get(case_no, ()):
+                if ev.eventId not in ids:  # the batch's own copy is added by on_batch
+                    facts.add(ev)
+            # settled means its answer no longer depends on the watermark: this is exactly
+            # what was written before it left
+            res = evaluate(facts, wm, self.sla)
+            self.cases[case_no] = CaseState(facts, res.anomalies, res.row, res.kpi,
+                                            case_attrs(facts.completion), res.next_deadline)
+            self.evicted.discard(case_no)
+            self.reloads += 1
+
+    def _evict(self, wm: int) -> None:
+        ev = self.eviction
+        assert ev is not None
+        now = self.wall_ms()
+        q = self.settled
+        while q and q[0][0] <= wm - ev.after_ms and q[0][1] <= now - ev.min_wall_ms:
+            settled_wm, settled_wall, case_no = q.popleft()
+            st = self.cases.get(case_no)
+            if st is not None and st.next_deadline is None and \
+                    st.settled == (settled_wm, settled_wall):
+                del self.cases[case_no]
+                self.evicted.add(case_no)
+                self.evictions += 1
 
     def _reevaluate(
         self, st: CaseState, wm: int, n_new_receipts: int, out: list[Any], dirty: set[KpiKey]
@@ -320,6 +397,9 @@ class CaseShard(_Snapshottable):
         if res.next_deadline is not None and res.next_deadline != st.next_deadline:
             heapq.heappush(self.heap, (res.next_deadline, st.facts.case_no))
         st.next_deadline = res.next_deadline
+        if res.next_deadline is None and self.eviction is not None:
+            st.settled = (wm, self.wall_ms())
+            self.settled.append((*st.settled, st.facts.case_no))
 
     def live_rows(self) -> list[Write]:
         """Every row this shard believes the store holds, with fresh versions."""

@@ -16,6 +16,7 @@ from archwatch.engine import (
     CaseShard,
     Count,
     DedupShard,
+    Eviction,
     ReceiverShard,
     VersionClock,
     Watermark,
@@ -81,8 +82,12 @@ class Engine:
     """All stateful steps of one run, with their shards created on demand."""
 
     def __init__(self, settings: EngineSettings, clock: VersionClock | None = None,
-                 wall_ms: Any = lambda: 0) -> None:
+                 wall_ms: Any = lambda: 0, evict_after_ms: int | None = None) -> None:
         self.s = settings
+        # an in-memory event log stands in for the store's, for eviction and reload
+        self.log: dict[str, list[Any]] = {}
+        self.eviction = None if evict_after_ms is None else Eviction(
+            lambda cases: {c: list(self.log.get(c, ())) for c in cases}, evict_after_ms, 0)
         self.clock = clock or VersionClock()
         self.wall_ms = wall_ms
         self.dedup: dict[str, DedupShard] = {}
@@ -97,7 +102,8 @@ class Engine:
     def _case_shard(self, key: str) -> CaseShard:
         sh = self.cases.get(key)
         if sh is None:
-            sh = self.cases[key] = CaseShard(self.s.shards, self.s.sla, self.clock, self.wall_ms)
+            sh = self.cases[key] = CaseShard(self.s.shards, self.s.sla, self.clock, self.wall_ms,
+                                             self.eviction)
         return sh
 
     def _recv_shard(self, key: str) -> ReceiverShard:
@@ -138,6 +144,7 @@ class Engine:
                 by_recv.setdefault(shard_of(ev.receiverId, n), []).append(ev)
             else:
                 by_case.setdefault(shard_of(ev.caseNo, n), []).append(ev)
+                self.log.setdefault(ev.caseNo, []).append(ev)
         self._run(by_case, by_recv)
 
     def _run(self, by_case: dict[str, list[Any]], by_recv: dict[str, list[Any]]) -> None:
@@ -177,8 +184,8 @@ class Engine:
 
 
 def run_batches(settings: EngineSettings, batches: Iterable[Sequence[str]],
-                clock: VersionClock | None = None) -> Engine:
-    eng = Engine(settings, clock)
+                clock: VersionClock | None = None, evict_after_ms: int | None = None) -> Engine:
+    eng = Engine(settings, clock, evict_after_ms=evict_after_ms)
     for batch in batches:
         eng.feed(batch)
     eng.finish()

@@ -14,6 +14,7 @@ from archwatch.connectors.files import JsonlFiles
 from archwatch.connectors.store_sink import StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow
 from archwatch.engine import VersionClock
+from archwatch.eventlog import store_loader
 from archwatch.migrate import migrate
 from archwatch.models import Reject
 from archwatch.settings import EngineSettings
@@ -68,6 +69,7 @@ def replay(
     rejects_path: Path,
     progress: bool | None = None,
     batch: int = 2000,
+    synchronous: bool = False,
 ) -> ReplayResult:
     """Run the dataflow over ``files`` to the end and return the counts.
 
@@ -94,7 +96,8 @@ def replay(
                    file=sys.stderr)
         source.progress = bar.update
     try:
-        flow = build_flow(source, StoreSink(store, tally, rejects), settings, clock=clock)
+        sink = StoreSink(store, tally, rejects, synchronous=synchronous)
+        flow = build_flow(source, sink, settings, clock=clock, loader=store_loader(store))
         run_main(flow)
     finally:
         rejects.close()

@@ -19,6 +19,10 @@ class EngineSettings:
     receivers: dict[str, Registration] = field(default_factory=dict)
     live: bool = False  # live: the watermark also follows the wall clock
     recovery: bool = False  # Bytewax recovery on: shards must snapshot their state
+    # settled cases leave memory after this much event time (None: never) and this much
+    # wall time (so their events are surely written), and are reloaded on a late event
+    evict_after_ms: int | None = 86_400_000
+    evict_min_wall_ms: int = 60_000
 
 
 def shard_of(key: str, shards: int) -> str:

@@ -37,6 +37,8 @@ from archwatch.engine import (
     CaseShard,
     Count,
     DedupShard,
+    Eviction,
+    Loader,
     ReceiverShard,
     Reconcile,
     Registrations,
@@ -75,7 +77,12 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
                 recovery: bool = False) -> Callable[[bytes | None], _ShardLogic]:
         def build(resume: bytes | None) -> _ShardLogic:
-            shard = pickle.loads(resume) if resume is not None else make()
+            shard = make()
+            if resume is not None:
+                restored = pickle.loads(resume)
+                if hasattr(restored, "adopt"):
+                    restored.adopt(shard)
+                shard = restored
             return cls(shard, eof, recovery, restored=resume is not None)
 
         return build
@@ -176,10 +183,14 @@ def build_flow(
     ticks: Source[datetime] | None = None,
     clock: VersionClock | None = None,
     registrations: Source[Any] | None = None,
+    loader: Loader | None = None,
     wall_ms: Callable[[], int] = now_ms,
 ) -> Dataflow:
     """The reconciliation dataflow over ``source`` (items: ``(record, position)``)."""
     versions = clock or VersionClock()
+    eviction = None
+    if loader is not None and settings.evict_after_ms is not None:
+        eviction = Eviction(loader, settings.evict_after_ms, settings.evict_min_wall_ms)
     n = settings.shards
     shard_keys = all_shards(n)
     flow = Dataflow("archwatch")
@@ -225,7 +236,8 @@ def build_flow(
     )
     case_out = op.key_rm("cases_out", op.stateful_batch(
         "cases", case_in,
-        _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms), recovery=rec),
+        _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction),
+                            recovery=rec),
     ))
     facts = op.branch("is_fact", case_out, lambda x: isinstance(x, ReceiptFact))
     archive_in = op.merge(
