@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from archwatch.api import errors
-from archwatch.api.auth import LoginThrottle, RateLimiter
+from archwatch.api.auth import LoginThrottle, PrincipalCache, RateLimiter
 from archwatch.api.routes import (
     admin,
     alerts,
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.store = store
     app.state.accounts = Accounts(store) if store is not None else None
     app.state.throttle = LoginThrottle()
+    app.state.principals = PrincipalCache()
     app.state.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
     errors.install(app)
     for r in (auth.router, admin.router, seed.router, stats.router, anomalies.router,

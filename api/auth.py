@@ -148,15 +148,61 @@ def _credentials(request: Request) -> tuple[str, str] | str | None:
     return None
 
 
+class PrincipalCache:
+    """Who a credential belongs to, remembered for ``ttl`` seconds: an account lookup
+    costs a store query, as much as a whole small request. Account changes made through
+    this process clear it; changes from elsewhere (the CLI) show within ``ttl``."""
+
+    def __init__(self, ttl: float = 2.0) -> None:
+        self.ttl = ttl
+        self.entries: dict[str, tuple[float, Principal]] = {}
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> Principal | None:
+        with self.lock:
+            hit = self.entries.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: str, p: Principal) -> None:
+        with self.lock:
+            if len(self.entries) > 10_000:
+                self.entries.clear()
+            self.entries[key] = (time.monotonic() + self.ttl, p)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+def _cache_key(cred: tuple[str, str] | str) -> str:
+    import hashlib
+
+    text = "\x1f".join(cred) if isinstance(cred, tuple) else cred
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def authenticate(request: Request) -> Principal:
     """The caller of this request, or 401; disabled accounts are refused."""
+    state = request.app.state
+    cred = _credentials(request)
+    if cred is None:
+        raise ApiError(401, "unauthorized", "authentication required (Bearer token)")
+    key = _cache_key(cred)
+    principal = state.principals.get(key)
+    if principal is None:
+        principal = _lookup(request, cred)
+        state.principals.put(key, principal)
+    state.limiter.take(principal.username)
+    return principal
+
+
+def _lookup(request: Request, cred: tuple[str, str] | str) -> Principal:
     from archwatch.accounts import verify_password
 
     state = request.app.state
     accounts: Accounts = state.accounts
-    cred = _credentials(request)
-    if cred is None:
-        raise ApiError(401, "unauthorized", "authentication required (Bearer token)")
     account: Account | None
     if isinstance(cred, tuple):  # password, e.g. an auditor's SQL client
         user, pw = cred
@@ -183,9 +229,7 @@ def authenticate(request: Request) -> Principal:
             raise ApiError(401, "unauthorized", "unknown account")
     if account.disabled:
         raise ApiError(403, "disabled", "this account is disabled")
-    principal = Principal.of(account)
-    state.limiter.take(principal.username)
-    return principal
+    return Principal.of(account)
 
 
 def get_principal(request: Request) -> Principal:

@@ -77,7 +77,6 @@ class ChdbStore(Store):
     """
 
     def __init__(self, path: str | Path, read_only: bool = False) -> None:
-        import chdb
 
         self.path = str(Path(path).resolve())
         if read_only and not Path(self.path).is_dir():
@@ -90,16 +89,33 @@ class ChdbStore(Store):
         dsn = f"file:{self.path}?output_format_json_quote_64bit_integers=0"
         if read_only:
             dsn += "&mode=ro"
+        self._dsn = dsn
+        self._lock = threading.Lock()  # serialises inserts: one part per block, in order
+        self._local = threading.local()
+        self._conns_lock = threading.Lock()
+        self._conns: list[Any] = []
         try:
-            self._conn = chdb.connect(dsn)
+            self._conn_for_thread()
         except Exception as exc:  # chdb raises RuntimeError subclasses
             raise StoreError(_clean(exc)) from None
         _OPEN_HERE.add(self.path)
-        self._lock = threading.Lock()  # serialises inserts: one part per block, in order
+
+    def _conn_for_thread(self) -> Any:
+        """One chDB connection per thread: a connection is not safe to share (measured:
+        concurrent parameterised queries on one connection lose their parameters)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            import chdb
+
+            conn = chdb.connect(self._dsn)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
 
     def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> str:
         try:
-            res = self._conn.query(sql, fmt, params=_encode_params(params))
+            res = self._conn_for_thread().query(sql, fmt, params=_encode_params(params))
         except Exception as exc:
             raise StoreError(_clean(exc)) from None
         return res.data() if hasattr(res, "data") else str(res)
@@ -116,8 +132,11 @@ class ChdbStore(Store):
             self._run(sql, "CSV", None)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):  # closing twice is harmless
-            self._conn.close()
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(Exception):  # closing twice is harmless
+                conn.close()
 
 
 class ServerStore(Store):

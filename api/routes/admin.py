@@ -29,6 +29,7 @@ class Rekey(BaseModel):
 
 
 def _accounts(request: Request) -> Accounts:
+    request.app.state.principals.clear()  # a change here must take effect at once
     return request.app.state.accounts
 
 

@@ -1,0 +1,68 @@
+"""The storage interface: thread safety, parameters, migrations."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from archwatch.migrate import Migration, load_migrations, migrate, split_statements
+from archwatch.store import StoreError
+
+
+def test_parameterised_queries_from_many_threads(store) -> None:
+    """API worker threads query at once; each must get its own parameters back."""
+    errors: list[str] = []
+
+    def work(i: int) -> None:
+        for j in range(40):
+            try:
+                rows = store.query("SELECT {a:String} AS a, {b:UInt32} AS b",
+                                   {"a": f"t{i}", "b": j})
+                if rows != [{"a": f"t{i}", "b": j}]:
+                    errors.append(repr(rows))
+            except StoreError as exc:
+                errors.append(str(exc)[:100])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_inserts_and_queries_interleave_across_threads(store) -> None:
+    migrate(store)
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(30):
+            store.insert("audit_log", [{"at": f"{1700000000 + i}.000", "actor": "t",
+                                        "action": "x", "target": str(i), "detail": ""}])
+        done.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while not done.is_set():
+        store.query("SELECT count() AS n FROM audit_log")
+    t.join()
+    assert store.query("SELECT count() AS n FROM audit_log")[0]["n"] == 30
+
+
+def test_migrations_apply_once_and_refuse_edits(store) -> None:
+    applied = migrate(store)
+    assert applied == [m.name for m in load_migrations()]
+    assert migrate(store) == []
+    m = load_migrations()[0]
+    edited = Migration(m.version, m.name, m.sql + "\n-- edited")
+    store.command("ALTER TABLE schema_migrations DELETE WHERE version = 1")
+    store.insert("schema_migrations", [{"version": 1, "name": m.name, "checksum": "0" * 64}])
+    with pytest.raises(Exception, match="changed after it was applied"):
+        migrate(store)
+    assert edited.checksum != m.checksum
+
+
+def test_statement_splitting_respects_quotes_and_comments() -> None:
+    sql = "SELECT 'a;b'; -- c; d\nSELECT \"x;\" /* ; */ ;\n\n"
+    assert split_statements(sql) == ["SELECT 'a;b'", 'SELECT "x;"']
