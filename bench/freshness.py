@@ -1,0 +1,380 @@
+"""Freshness: from a planted anomaly's deadline to its row being visible through the API,
+under a steady produce rate, with /healthz round trips in the same run as the baseline.
+
+A generated workload (archwatch.generate) is produced to fresh topics at a steady rate
+(default 2,000 events/s for 30 s) and re-timed on the way: every event's occurredAt is
+the wall-clock moment it is sent, a case's completedAt is the moment its case.completed
+is sent (receipts' meta.completedAt and archive-number years follow, so nothing but the
+planted anomalies and the compressed timeline differs from the workload), and exact
+redeliveries stay exact. `archwatch up` (dataflow + API in one process, a fresh store,
+--no-recovery) runs with short deadlines: --archive-sla PT2S --lateness PT0S.
+
+The cases planted with a MISSING_ARCHIVE (truth.json: kinds "missing" and "late") are
+the probes: deadline = the moment their completion was sent + archiveSla. A poller asks
+/api/v1/anomalies?caseNo=...&code=MISSING_ARCHIVE for each probe past its deadline until
+the row is there; freshness = response time of the first answer holding it - deadline.
+Between probes it times GET /healthz: the API's own round trip, the baseline.
+
+    .venv/bin/python bench/freshness.py                     # 2,000/s for 30 s
+    .venv/bin/python bench/freshness.py --rate 10000        # 10,000/s for 30 s
+    .venv/bin/python bench/freshness.py --archive-sla PT10S # the workload's P30D, compressed
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    PY,
+    ROOT,
+    UNLIMITED_ENV,
+    api_headers,
+    emit,
+    ensure_bench_account,
+    free_port,
+    http_ok,
+    percentile,
+    run_worker,
+    scratch,
+    table,
+    wait_for,
+    write_results,
+)
+
+BROKERS = "127.0.0.1:19092"
+# what the generator writes (measured): ~5,030 heartbeat lines + ~7.06 lines per case
+FIXED_EVENTS, EVENTS_PER_CASE = 5_030, 7.06
+ARCHIVE_NO = re.compile(r"^(\d{6}-\d{2}-\d{5}-\d{3}-)(\d{4})(-.*)$")
+
+
+def worker_prepare(db: Path) -> dict[str, Any]:
+    """Create the store (migrations) and, when the API has accounts, the bench reader."""
+    from archwatch.migrate import migrate
+    from archwatch.store import open_store
+
+    store = open_store(db)
+    migrate(store)
+    auth = ensure_bench_account(store)
+    store.close()
+    return {"auth": auth}
+
+
+def worker_versions(db: Path, cases: list[str]) -> dict[str, Any]:
+    """When the engine made each probe's MISSING_ARCHIVE row: its first version, which the
+    dataflow's VersionClock takes from the wall clock (ns) as it computes the row."""
+    from archwatch.store import open_store
+
+    store = open_store(db, read_only=True)
+    rows = store.query("SELECT case_no, min(version) AS v FROM anomaly WHERE code = "
+                       "'MISSING_ARCHIVE' AND case_no IN {cases:Array(String)} GROUP BY case_no",
+                       {"cases": cases})
+    store.close()
+    return {r["case_no"]: r["v"] for r in rows}
+
+
+def _sh_text(ms: int) -> str:
+    from archwatch.timeutil import SHANGHAI
+
+    return datetime.fromtimestamp(ms / 1000, SHANGHAI).isoformat(timespec="milliseconds")
+
+
+class Retimer:
+    """Re-times workload lines to the wall clock as they are sent (see the module doc)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        from archwatch.timeutil import parse_ts, shanghai_year
+
+        self.lines = lines
+        self.parsed: list[dict[str, Any] | None] = []
+        self.case_year: dict[str, int] = {}
+        for line in lines:
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+            if not isinstance(obj, dict):
+                obj = None
+            self.parsed.append(obj)
+            if obj and obj.get("type") == "case.completed" and isinstance(
+                    obj.get("completedAt"), str):
+                with contextlib.suppress(ValueError):
+                    self.case_year.setdefault(obj["caseNo"],
+                                              shanghai_year(parse_ts(obj["completedAt"])))
+        self.completed: dict[str, int] = {}  # caseNo -> completedAt as sent (epoch ms)
+        self.first_receipt: dict[str, int] = {}  # caseNo -> first archive.received sent
+        self.sent_text: dict[str, str] = {}  # eventId -> text as first sent
+        self.year_now = int(_sh_text(int(time.time() * 1000))[:4])
+        self.sent = 0
+
+    def _archive_no(self, no: Any, case_no: Any) -> Any:
+        m = ARCHIVE_NO.match(no) if isinstance(no, str) else None
+        year = self.case_year.get(case_no) if isinstance(case_no, str) else None
+        if m is None or year is None:
+            return no
+        return f"{m.group(1)}{int(m.group(2)) + self.year_now - year:04d}{m.group(3)}"
+
+    def __iter__(self) -> Iterator[str]:
+        for line, obj in zip(self.lines, self.parsed, strict=True):
+            self.sent += 1
+            if obj is None or not isinstance(obj.get("eventId"), str):
+                yield line
+                continue
+            again = self.sent_text.get(obj["eventId"])
+            if again is not None:  # a redelivery stays an exact copy
+                yield again
+                continue
+            now = int(time.time() * 1000)
+            ev = dict(obj)
+            ev["occurredAt"] = _sh_text(now)
+            case_no = ev.get("caseNo")
+            if ev.get("type") == "case.completed" and isinstance(case_no, str):
+                self.completed.setdefault(case_no, now)
+                ev["completedAt"] = _sh_text(now)
+            elif ev.get("type") == "archive.received" and isinstance(case_no, str):
+                self.first_receipt.setdefault(case_no, now)
+            if "archiveNo" in ev:
+                ev["archiveNo"] = self._archive_no(ev["archiveNo"], case_no)
+            meta = ev.get("meta")
+            if isinstance(meta, dict) and case_no in self.completed:
+                ev["meta"] = {**meta, "completedAt": _sh_text(self.completed[case_no])}
+            text = json.dumps(ev, ensure_ascii=False)
+            self.sent_text[obj["eventId"]] = text
+            yield text
+
+
+class Poller:
+    """Polls the API for each probe past its deadline; times /healthz in between."""
+
+    def __init__(self, base: str, headers: dict[str, str], probes: list[str],
+                 retimer: Retimer, sla_ms: int) -> None:
+        import httpx
+
+        self.c = httpx.Client(base_url=base, headers=headers, timeout=30)
+        self.probes = probes
+        self.r = retimer
+        self.sla = sla_ms
+        self.seen: dict[str, dict[str, float]] = {}
+        self.polls: dict[str, int] = {}
+        self.health: list[float] = []
+        self.query_ms: list[float] = []
+        self.errors: dict[str, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="poller", daemon=True)
+
+    def _get(self, path: str) -> tuple[Any, float, float]:
+        t0 = time.time()
+        try:
+            r = self.c.get(path)
+        except Exception as exc:  # noqa: BLE001 - counted, never fatal
+            self.errors[type(exc).__name__] = self.errors.get(type(exc).__name__, 0) + 1
+            return None, t0, time.time()
+        t1 = time.time()
+        if r.status_code != 200:
+            self.errors[str(r.status_code)] = self.errors.get(str(r.status_code), 0) + 1
+            return None, t0, t1
+        return r.json(), t0, t1
+
+    def run(self) -> None:
+        last_health = 0.0
+        while not self.stop.is_set():
+            now = time.time()
+            if now - last_health >= 0.25:
+                body, t0, t1 = self._get("/healthz")
+                if body is not None:
+                    self.health.append((t1 - t0) * 1000)
+                last_health = now
+            now_ms = time.time() * 1000
+            due = [c for c in self.probes if c not in self.seen and c in self.r.completed
+                   and self.r.completed[c] + self.sla <= now_ms and not self.on_time(c)]
+            for case in due:
+                body, t0, t1 = self._get(f"/api/v1/anomalies?caseNo={case}&code=MISSING_ARCHIVE")
+                self.polls[case] = self.polls.get(case, 0) + 1
+                if body is None:
+                    continue
+                self.query_ms.append((t1 - t0) * 1000)
+                if body.get("total", 0) >= 1:
+                    deadline = (self.r.completed[case] + self.sla) / 1000
+                    self.seen[case] = {"deadline": deadline, "latency_ms": (t1 - deadline) * 1000,
+                                       "sent_after_deadline_ms": (t0 - deadline) * 1000}
+            time.sleep(0.01)
+
+    def on_time(self, case: str) -> bool:
+        """Re-timing compressed the workload's 90 days into the run: a planted late receipt
+        may now come before the short deadline, and then no anomaly is due."""
+        first = self.r.first_receipt.get(case)
+        return first is not None and first <= self.r.completed[case] + self.sla
+
+    def done(self) -> bool:
+        return all(c in self.seen or (c in self.r.completed and self.on_time(c))
+                   for c in self.probes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=float, default=2000, help="events per second (default 2000)")
+    ap.add_argument("--seconds", type=float, default=30, help="production time (default 30)")
+    ap.add_argument("--archive-sla", dest="archive_sla", default="PT2S")
+    ap.add_argument("--lateness", default="PT0S")
+    ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--anomaly-rate", dest="anomaly_rate", type=float, default=0.05)
+    ap.add_argument("--workers", type=int, default=1, help="`archwatch up -w`")
+    ap.add_argument("--epoch-interval", dest="epoch_interval", type=float,
+                    help="`archwatch up --epoch-interval` (default: the product's)")
+    ap.add_argument("--worker", choices=["prepare", "versions"], help=argparse.SUPPRESS)
+    ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cases", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker == "prepare":
+        emit(worker_prepare(args.db))
+        return 0
+    if args.worker == "versions":
+        emit(worker_versions(args.db, args.cases.split(",")))
+        return 0
+
+    from archwatch.connectors.kafka import KafkaSettings, produce_lines, wait_for_broker
+
+    from archwatch.generate import GenerateOptions, generate
+    from archwatch.timeutil import parse_duration
+
+    sla_ms = parse_duration(args.archive_sla)
+    tmp = scratch("freshness")
+    total = int(args.rate * args.seconds)
+    cases = max(200, round((total - FIXED_EVENTS) / EVENTS_PER_CASE))
+    print(f"freshness: generating {cases:,} cases (~{total:,} events) into {tmp} ...",
+          flush=True)
+    truth = generate(tmp / "w", GenerateOptions(cases=cases, seed=args.seed,
+                                                anomaly_rate=args.anomaly_rate))
+    lines = [x for x in (tmp / "w" / "events.jsonl").read_text(encoding="utf-8").splitlines()
+             if x.strip()]
+    probes = sorted({a["caseNo"] for a in truth["anomalies"]
+                     if a["code"] == "MISSING_ARCHIVE" and a["caseNo"]})
+    retimer = Retimer(lines)
+    wait_for_broker(BROKERS, timeout=30)
+    prefix = f"bench-fresh-{time.time_ns() % 10**9}."
+    db = tmp / "db"
+    prep = run_worker("freshness.py", ["--worker", "prepare", "--db", str(db)])
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp / "up.log"
+    proc = subprocess.Popen(
+        [PY, "-m", "archwatch.cli", "up", "--db", str(db), "--port", str(port), "--brokers",
+         BROKERS, "--topic-prefix", prefix, "--archive-sla", args.archive_sla, "--lateness",
+         args.lateness, "--no-recovery", "-w", str(args.workers),
+         *(["--epoch-interval", str(args.epoch_interval)] if args.epoch_interval else [])],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, **UNLIMITED_ENV})
+    poller = None
+    produced = 0
+    try:
+        wait_for(lambda: http_ok(f"{base}/healthz") or proc.poll() is not None, 120,
+                 what="archwatch up")
+        if proc.poll() is not None:
+            raise RuntimeError(f"archwatch up exited: {log.read_text()[-2000:]}")
+        headers = api_headers(base) if prep["auth"] else {}
+        time.sleep(2.0)  # let the dataflow subscribe to the new topics
+        poller = Poller(base, headers, probes, retimer, sla_ms)
+        poller.thread.start()
+        print(f"producing {len(lines):,} events at {args.rate:,.0f}/s to {prefix}* "
+              f"({len(probes)} planted MISSING_ARCHIVE probes) ...", flush=True)
+        ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
+        t0 = time.perf_counter()
+        produced = produce_lines(retimer, ks, rate=args.rate)
+        produce_s = time.perf_counter() - t0
+        print(f"  produced {produced:,} in {produce_s:.1f} s ({produced / produce_s:,.0f}/s); "
+              "waiting for the last probes ...", flush=True)
+        try:
+            wait_for(poller.done, sla_ms / 1000 + 20, every=0.2, what="every probe visible")
+        except TimeoutError as exc:
+            print(f"  {exc}")
+        poller.stop.set()
+        poller.thread.join(10)
+        summary = None
+        with contextlib.suppress(Exception):  # informational only
+            summary = poller.c.get("/api/v1/anomalies/summary").json()
+    finally:
+        if poller is not None:
+            poller.stop.set()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+    made = run_worker("freshness.py", ["--worker", "versions", "--db", str(db), "--cases",
+                                       ",".join(poller.seen) or "none"])
+    # only rows never updated keep their first version (an update replaces it on merge):
+    # the planted "missing" kind, whose MISSING_ARCHIVE is never resolved
+    never_resolved = {a["caseNo"] for a in truth["anomalies"]
+                      if a["code"] == "MISSING_ARCHIVE" and a["resolvedAt"] is None}
+    for case, seen in poller.seen.items():
+        if case in made and case in never_resolved:
+            seen["computed_ms"] = made[case] / 1e6 - seen["deadline"] * 1000
+    comp = [s["computed_ms"] for s in poller.seen.values() if "computed_ms" in s]
+    lat = [s["latency_ms"] for s in poller.seen.values()]
+    hz = poller.health
+    p50, p99 = percentile(lat, 50), percentile(lat, 99)
+    h50, h99 = percentile(hz, 50), percentile(hz, 99)
+    q50, q99 = percentile(poller.query_ms, 50), percentile(poller.query_ms, 99)
+    polls = [poller.polls.get(c, 0) for c in poller.seen]
+    c50, c99 = percentile(comp, 50), percentile(comp, 99)
+    rows = [
+        ["deadline -> row computed by the engine (row version)", len(comp), c50, c99,
+         max(comp) if comp else None, c50 / h50 if h50 else None, c99 / h99 if h99 else None],
+        ["deadline -> visible in the API (planted MISSING_ARCHIVE)", len(lat), p50, p99,
+         max(lat) if lat else None, p50 / h50 if h50 else None, p99 / h99 if h99 else None],
+        ["baseline: GET /healthz round trip", len(hz), h50, h99, max(hz) if hz else None,
+         1.0, 1.0],
+        ["GET /api/v1/anomalies?caseNo=&code= round trip", len(poller.query_ms), q50, q99,
+         max(poller.query_ms) if poller.query_ms else None, q50 / h50 if h50 else None,
+         q99 / h99 if h99 else None],
+    ]
+    table(["what", "n", "p50 ms", "p99 ms", "max ms", "p50 x healthz", "p99 x healthz"], rows,
+          title=f"\nfreshness at {args.rate:,.0f} events/s for {args.seconds:.0f} s, "
+                f"archiveSla {args.archive_sla}, lateness {args.lateness}, `archwatch up` "
+                f"-w {args.workers}"
+                + (f" --epoch-interval {args.epoch_interval}" if args.epoch_interval else ""))
+    on_time = [c for c in probes if c in retimer.completed and poller.on_time(c)]
+    missing = len(probes) - len(lat) - len(on_time)
+    print(f"probes seen {len(lat)}/{len(probes) - len(on_time)} ({len(on_time)} planted late "
+          f"receipts arrived before the compressed deadline: no anomaly due); "
+          f"polls per probe until seen: median "
+          f"{percentile(polls, 50) if polls else 'n/a'}; API errors {poller.errors or 'none'}")
+    if missing:
+        print(f"note: {missing} probes never became visible within the wait")
+    if summary and "byCode" in summary:
+        by = summary["byCode"]
+        print("anomalies in the store at the end: "
+              + ", ".join(f"{k} {v['total']:,}" for k, v in sorted(by.items())))
+    write_results("freshness", {
+        "rate": args.rate, "seconds": args.seconds, "archive_sla": args.archive_sla,
+        "lateness": args.lateness, "workers": args.workers, "events": produced,
+        "cases": cases, "probes": len(probes), "seen": len(lat), "on_time": len(on_time),
+        "never_seen": missing, "epoch_interval": args.epoch_interval,
+        "freshness_ms": {"p50": p50, "p99": p99, "max": max(lat) if lat else None},
+        "computed_ms": {"p50": c50, "p99": c99},
+        "baseline_healthz_ms": {"p50": h50, "p99": h99, "n": len(hz)},
+        "anomaly_query_ms": {"p50": q50, "p99": q99},
+        "ratio_to_healthz": {"p50": p50 / h50 if h50 else None,
+                             "p99": p99 / h99 if h99 else None},
+        "api_errors": poller.errors, "summary_at_end": summary, "topic_prefix": prefix,
+        "per_probe": poller.seen, "scratch": str(tmp),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

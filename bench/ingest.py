@@ -1,0 +1,286 @@
+"""Ingest throughput: `archwatch run` on Kafka and `archwatch replay`, against a bare consumer.
+
+Generates a workload once (archwatch.generate) and produces it once to fresh topics
+(connectors.kafka.produce_lines, topic prefix ``bench-ingest-<ns>.``); then measures
+
+  (a) baseline: a bare confluent-kafka consumer reading every message of those topics with
+      ``Consumer.consume(1000)`` and ``json.loads`` per message (the ceiling for Python);
+  (b) `archwatch run -w 1` and `-w 2` (--no-recovery, a subprocess, a fresh store each)
+      until every record is read and its outcome written, watched through /metrics
+      (archwatch_input_position / _input_start / archwatch_events_total, as the tests do);
+  (c) `archwatch replay` of the same events file (a fresh interpreter, timed inside).
+
+Rates are events per second from the first record read to the last outcome written
+("steady"); the figure including process start-up is reported beside it.
+
+    .venv/bin/python bench/ingest.py                    # 8,000 cases (~61k events)
+    .venv/bin/python bench/ingest.py --cases 50000      # ~360k events
+    .venv/bin/python bench/ingest.py --profile          # also cProfile a replay pass
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    PY,
+    ROOT,
+    emit,
+    free_port,
+    profile_all,
+    profile_top,
+    ratio,
+    run_worker,
+    scratch,
+    table,
+    target,
+    write_results,
+)
+
+BROKERS = "127.0.0.1:19092"
+PARTITIONS = 4
+TARGET_PER_WORKER = 25_000
+TARGET_RATIO = 0.15
+
+
+# --------------------------------------------------------------------------- (a)
+def bare_consumer(topics: list[str], total: int, timeout: float = 300) -> dict[str, Any]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    t_start = time.perf_counter()
+    c = Consumer({"bootstrap.servers": BROKERS, "group.id": f"bench-bare-{time.time_ns()}",
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    md = c.list_topics(timeout=30)
+    parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+             for p in md.topics[t].partitions]
+    c.assign(parts)
+    n = bad = 0
+    t_first = None
+    deadline = time.monotonic() + timeout
+    try:
+        while n < total and time.monotonic() < deadline:
+            # at most what is left: consume() waits for its count or the timeout
+            for msg in c.consume(min(1000, total - n), timeout=1.0):
+                if msg.error():
+                    continue
+                if t_first is None:
+                    t_first = time.perf_counter()
+                try:
+                    json.loads(msg.value())
+                except ValueError:
+                    bad += 1
+                n += 1
+    finally:
+        t_end = time.perf_counter()
+        c.close()
+    if n < total:
+        raise RuntimeError(f"bare consumer read {n} of {total} messages")
+    return {"events": n, "malformed": bad, "steady_s": t_end - (t_first or t_start),
+            "total_s": t_end - t_start}
+
+
+# --------------------------------------------------------------------------- (b)
+def scrape(port: int) -> dict[str, float]:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _sum(m: dict[str, float], name: str) -> int:
+    return int(sum(v for k, v in m.items() if k.startswith(name + "{")))
+
+
+def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: Path,
+                  timeout: float = 600) -> dict[str, Any]:
+    port = free_port()
+    log = tmp / f"run-w{workers}.log"
+    args = [PY, "-m", "archwatch.cli", "run", "--db", str(tmp / f"db-run-w{workers}"),
+            "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
+            "-w", str(workers), "--no-recovery", "--partitions", str(PARTITIONS),
+            "--receivers", str(receivers)]
+    t_spawn = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    t_first = None
+    m: dict[str, float] = {}
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"archwatch run exited: {log.read_text()[-2000:]}")
+            m = scrape(port)
+            read = _sum(m, "archwatch_input_position")
+            if t_first is None and read > 0:
+                t_first = time.perf_counter()
+            done = _sum(m, "archwatch_events_total")
+            if read >= total and done == read - _sum(m, "archwatch_input_start"):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"archwatch run -w {workers} did not finish in {timeout} s")
+        t_done = time.perf_counter()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    outcomes = {k.split('"')[1]: int(v) for k, v in m.items()
+                if k.startswith("archwatch_events_total{")}
+    return {"workers": workers, "events": total, "outcomes": outcomes,
+            "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
+
+
+# --------------------------------------------------------------------------- (c)
+def worker_replay(events: Path, db: Path, as_of: str, receivers: Path,
+                  profile: Path | None) -> dict[str, Any]:
+    from archwatch.receivers import load_registrations
+    from archwatch.replay import replay
+    from archwatch.settings import EngineSettings
+    from archwatch.store import open_store
+    from archwatch.timeutil import parse_ts
+
+    store = open_store(db)
+    settings = EngineSettings(as_of=parse_ts(as_of), receivers=load_registrations(receivers))
+    prof = None
+    if profile is not None:
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+    t0 = time.perf_counter()
+    res = replay([events], store, settings, db / "rejects.jsonl", progress=False)
+    elapsed = time.perf_counter() - t0
+    if prof is not None:
+        prof.disable()
+        prof.dump_stats(str(profile))
+    store.close()
+    return {"elapsed_s": elapsed, "counts": res.report()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cases", type=int, default=8_000,
+                    help="generated cases (~7 events each, plus ~5,000 heartbeats)")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--workers", default="1,2", help="worker counts of `archwatch run`")
+    ap.add_argument("--profile", action="store_true",
+                    help="also run one replay under cProfile and list the hot spots")
+    ap.add_argument("--worker", choices=["replay"], help=argparse.SUPPRESS)
+    ap.add_argument("--events", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--as-of", dest="as_of", help=argparse.SUPPRESS)
+    ap.add_argument("--receivers", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-out", dest="profile_out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker == "replay":
+        emit(worker_replay(args.events, args.db, args.as_of, args.receivers, args.profile_out))
+        return 0
+
+    from archwatch.connectors.kafka import (
+        KafkaSettings,
+        create_topics,
+        produce_lines,
+        wait_for_broker,
+    )
+
+    from archwatch.generate import GenerateOptions, generate
+
+    tmp = scratch("ingest")
+    prefix = f"bench-ingest-{time.time_ns() % 10**9}."
+    ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
+    wait_for_broker(BROKERS, timeout=30)
+    print(f"ingest: generating {args.cases:,} cases into {tmp} ...", flush=True)
+    truth = generate(tmp / "w", GenerateOptions(cases=args.cases, seed=args.seed))
+    events = tmp / "w" / "events.jsonl"
+    receivers = tmp / "w" / "receivers.json"
+    lines = [x for x in events.read_text(encoding="utf-8").splitlines() if x.strip()]
+    create_topics(ks, PARTITIONS)
+    t0 = time.perf_counter()
+    n = produce_lines(lines, ks)
+    produce_s = time.perf_counter() - t0
+    del lines
+    print(f"produced {n:,} events to {prefix}* in {produce_s:.1f} s "
+          f"({n / produce_s:,.0f}/s)", flush=True)
+
+    print("(a) bare consumer ...", flush=True)
+    bare = bare_consumer(ks.topics, n)
+    runs = []
+    for w in (int(x) for x in args.workers.split(",") if x):
+        print(f"(b) archwatch run -w {w} ...", flush=True)
+        runs.append(archwatch_run(tmp, prefix, w, n, receivers))
+    print("(c) archwatch replay ...", flush=True)
+    rep = run_worker("ingest.py", ["--worker", "replay", "--events", str(events), "--db",
+                                   str(tmp / "db-replay"), "--as-of", truth["asOf"],
+                                   "--receivers", str(receivers)])
+
+    base_rate = n / bare["steady_s"]
+    rows: list[list[Any]] = [["(a) bare consumer + json.loads", 1, n / bare["steady_s"],
+                              n / bare["total_s"], base_rate, 1.0, "", ""]]
+    measured = []
+    for r in runs:
+        rate = n / r["steady_s"]
+        per = rate / r["workers"]
+        ok_w, ok_r = per >= TARGET_PER_WORKER, rate / base_rate >= TARGET_RATIO
+        measured.append({**r, "rate": rate, "per_worker": per, "ratio": rate / base_rate,
+                         "per_worker_met": ok_w, "ratio_met": ok_r})
+        rows.append([f"(b) archwatch run -w {r['workers']}", r["workers"], rate,
+                     n / r["total_s"], per, rate / base_rate, target(ok_w), target(ok_r)])
+    rrate = n / rep["elapsed_s"]
+    ok_w, ok_r = rrate >= TARGET_PER_WORKER, rrate / base_rate >= TARGET_RATIO
+    rows.append(["(c) archwatch replay", 1, rrate, None, rrate, rrate / base_rate,
+                 target(ok_w), target(ok_r)])
+    table(["what", "workers", "events/s", "incl. start-up", "per worker", "x bare",
+           f">= {TARGET_PER_WORKER:,}/s/worker", f">= {TARGET_RATIO} x bare"], rows,
+          title=f"\ningest of {n:,} events ({args.cases:,} cases, {PARTITIONS} partitions per "
+                "topic; broker on the same machine)")
+    for r in runs:
+        if r["outcomes"] and sum(r["outcomes"].values()) != n:
+            print(f"note: run -w {r['workers']} outcomes {r['outcomes']} != {n}")
+    print(f"replay counts: {rep['counts']}")
+
+    hot: dict[str, Any] = {}
+    if args.profile:
+        print("\nprofiling one replay pass (cProfile; slower than the timed pass) ...",
+              flush=True)
+        prof = tmp / "replay.prof"
+        run_worker("ingest.py", ["--worker", "replay", "--events", str(events), "--db",
+                                 str(tmp / "db-prof"), "--as-of", truth["asOf"],
+                                 "--receivers", str(receivers), "--profile-out", str(prof)])
+        hot = {"product": profile_top(prof), "all": profile_all(prof)}
+        table(["product function (own time)", "calls", "own s", "cum s"],
+              [[h["function"], h["calls"], h["own_s"], h["cum_s"]] for h in hot["product"]],
+              title="\nhot spots in product code (replay, main thread)")
+        table(["any function (own time)", "calls", "own s", "cum s"],
+              [[h["function"], h["calls"], h["own_s"], h["cum_s"]] for h in hot["all"]],
+              title="\nhot spots overall")
+
+    write_results("ingest", {
+        "cases": args.cases, "events": n, "topic_prefix": prefix, "produce_s": produce_s,
+        "baseline_bare_consumer": {**bare, "rate": base_rate},
+        "runs": measured,
+        "replay": {**rep, "rate": rrate, "ratio": ratio(rrate, base_rate),
+                   "per_worker_met": ok_w, "ratio_met": ok_r},
+        "targets": {"per_worker_events_s": TARGET_PER_WORKER, "ratio_to_bare": TARGET_RATIO},
+        "profile": hot, "scratch": str(tmp),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
