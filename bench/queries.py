@@ -451,13 +451,17 @@ def main(argv: list[str] | None = None) -> int:
                      r["p50_ms"] / base_p50, r["p99_ms"] / base_p99, r["rps"],
                      f"p99 < {limit:.0f} ms: {target(met)}" if limit else ""])
     rows_total = fill.get("rows", {})
+
+    def count(table_name: str, default: Any = None) -> str:
+        v = rows_total.get(table_name, default)
+        return f"{v:,}" if isinstance(v, int) else "?"
+
     table(["endpoint", "kind", "requests", "errors", "1 client p50", "p50 ms", "p99 ms",
            "p50 x healthz",
            "p99 x healthz", "req/s", "target"], rows,
           title=f"\nAPI latency, {args.clients} concurrent clients, store of "
-                f"{rows_total.get('case_state', args.cases):,} cases / "
-                f"{rows_total.get('kpi_task', '?'):,} kpi_task rows / "
-                f"{rows_total.get('anomaly', '?'):,} anomalies")
+                f"{count('case_state', args.cases)} cases / "
+                f"{count('kpi_task')} kpi_task rows / {count('anomaly')} anomalies")
     for name, r in results.items():
         if r["errors"]:
             print(f"errors on {name}: {r['error_kinds']}, e.g. {r['error_sample'][0][:300]}")
