@@ -121,15 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from archwatch.api.app import create_app
     from archwatch.api.settings import Settings
-    from archwatch.store import StoreError, open_store
 
-    try:
-        store = open_store(args.db, args.url)
-        from archwatch.migrate import migrate
-
-        migrate(store)
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
+    store = _open_migrated(args)
     app = create_app(Settings(db=args.db, url=args.url), store=store)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
@@ -139,6 +132,33 @@ def _kafka(args: argparse.Namespace):
     from archwatch.connectors.kafka import KafkaSettings
 
     return KafkaSettings(brokers=args.brokers, topic_prefix=args.topic_prefix)
+
+
+def _open_migrated(args: argparse.Namespace):
+    """The store of ``--db``/``--url`` with its schema up to date, or a one-line error."""
+    from archwatch.migrate import migrate
+    from archwatch.store import StoreError, open_store
+
+    try:
+        store = open_store(args.db, args.url)
+        migrate(store)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
+    return store
+
+
+def _live_start(args: argparse.Namespace):
+    """Settings, options and store of `run`/`up`: the broker must answer, topics exist."""
+    from archwatch.connectors.kafka import create_topics, wait_for_broker
+
+    settings = _engine_settings(args, None, live=True)
+    opts = _live_opts(args)
+    try:
+        wait_for_broker(opts.kafka.brokers, timeout=args.timeout)
+    except ConnectionError as exc:
+        raise CliError(str(exc)) from None
+    create_topics(opts.kafka, args.partitions)
+    return settings, opts, _open_migrated(args)
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -197,21 +217,12 @@ def _live_opts(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
-    from archwatch.connectors.kafka import create_topics, wait_for_broker
     from archwatch.live import run_live, sigterm_as_interrupt
     from archwatch.metrics_server import start_metrics
-    from archwatch.store import StoreError, open_store
 
     logging.basicConfig(level=logging.INFO, format='{"t":"%(asctime)s","level":"%(levelname)s",'
                         '"logger":"%(name)s","msg":"%(message)s"}')
-    settings = _engine_settings(args, None, live=True)
-    opts = _live_opts(args)
-    try:
-        wait_for_broker(opts.kafka.brokers, timeout=args.timeout)
-        create_topics(opts.kafka, args.partitions)
-        store = open_store(args.db, args.url)
-    except (ConnectionError, StoreError) as exc:
-        raise CliError(str(exc)) from None
+    settings, opts, store = _live_start(args)
     if args.metrics_port:
         start_metrics(args.metrics_port, store)
     sigterm_as_interrupt()
@@ -233,21 +244,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from archwatch.api.app import create_app
     from archwatch.api.settings import Settings
-    from archwatch.connectors.kafka import create_topics, wait_for_broker
     from archwatch.live import run_live, sigterm_as_interrupt
-    from archwatch.migrate import migrate
-    from archwatch.store import StoreError, open_store
 
     logging.basicConfig(level=logging.INFO)
-    settings = _engine_settings(args, None, live=True)
-    opts = _live_opts(args)
-    try:
-        wait_for_broker(opts.kafka.brokers, timeout=args.timeout)
-        create_topics(opts.kafka, args.partitions)
-        store = open_store(args.db, args.url)
-        migrate(store)
-    except (ConnectionError, StoreError) as exc:
-        raise CliError(str(exc)) from None
+    settings, opts, store = _live_start(args)
     app = create_app(Settings(db=args.db, url=args.url, brokers=opts.kafka.brokers,
                               topic_prefix=opts.kafka.topic_prefix,
                               lateness_ms=settings.sla.lateness), store=store)
@@ -270,14 +270,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_users(args: argparse.Namespace) -> int:
     from archwatch.accounts import AccountError, Accounts, Role
-    from archwatch.migrate import migrate
-    from archwatch.store import StoreError, open_store
 
-    try:
-        store = open_store(args.db, args.url)
-        migrate(store)
-    except StoreError as exc:
-        raise CliError(str(exc)) from None
+    store = _open_migrated(args)
     accounts = Accounts(store)
     try:
         if args.action == "list":

@@ -59,3 +59,20 @@ def comparable_anomalies(rows: list[dict[str, Any]]) -> list[str]:
                 item[t] = parse_ts(item[t])  # compare as instants
         out.append(json.dumps(item, sort_keys=True, ensure_ascii=False))
     return sorted(out)
+
+
+def workload_store(root: Path, cases: int, seed: int, anomaly_rate: float) -> tuple[Any, dict]:
+    """A generated workload replayed by the real dataflow into a fresh chDB store, with
+    the schema migrated (accounts too); returns the open store and the ground truth."""
+    from archwatch.generate import GenerateOptions, generate
+    from archwatch.migrate import migrate
+
+    truth = generate(root / "w", GenerateOptions(cases=cases, seed=seed,
+                                                 anomaly_rate=anomaly_rate, heartbeat_hours=1))
+    store = open_store(root / "db")
+    replay([root / "w" / "events.jsonl"], store,
+           EngineSettings(as_of=parse_ts(truth["asOf"]),
+                          receivers=load_registrations(root / "w" / "receivers.json")),
+           root / "rejects.jsonl", progress=False)
+    migrate(store)
+    return store, truth

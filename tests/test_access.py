@@ -13,27 +13,14 @@ from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 
 from archwatch.accounts import AccountError, Accounts, Role
-from archwatch.generate import GenerateOptions, generate
-from archwatch.migrate import migrate
-from archwatch.receivers import load_registrations
-from archwatch.replay import replay
-from archwatch.settings import EngineSettings
-from archwatch.store import ServerStore, StoreError, open_store
-from archwatch.timeutil import parse_ts
+from archwatch.store import ServerStore, StoreError
+from tests.conftest import workload_store
 from tests.kafka_helpers import free_port, poll
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("access")
-    truth = generate(root / "w", GenerateOptions(cases=800, seed=31, anomaly_rate=0.4,
-                                                 heartbeat_hours=1))
-    store = open_store(root / "db")
-    replay([root / "w" / "events.jsonl"], store,
-           EngineSettings(as_of=parse_ts(truth["asOf"]),
-                          receivers=load_registrations(root / "w" / "receivers.json")),
-           root / "rejects.jsonl", progress=False)
-    migrate(store)
+    store, truth = workload_store(tmp_path_factory.mktemp("access"), 800, 31, 0.4)
     acc = Accounts(store)
     row = max(truth["kpi"], key=lambda r: r["kpi"])
     other = next(r for r in truth["kpi"] if r["qym"] != row["qym"])

@@ -11,31 +11,18 @@ from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 
 from archwatch.accounts import Accounts, Role
-from archwatch.generate import GenerateOptions, generate
 from archwatch.kpi import time_diff_days
-from archwatch.migrate import migrate
-from archwatch.receivers import load_registrations
-from archwatch.replay import replay
 from archwatch.rules import CLASS_OF_CODE
-from archwatch.settings import EngineSettings
-from archwatch.store import open_store
 from archwatch.timeutil import parse_ts
+from tests.conftest import workload_store
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    root = tmp_path_factory.mktemp("api")
-    truth = generate(root / "w", GenerateOptions(cases=2500, seed=17, anomaly_rate=0.25,
-                                                 heartbeat_hours=1))
-    store = open_store(root / "db")
-    replay([root / "w" / "events.jsonl"], store,
-           EngineSettings(as_of=parse_ts(truth["asOf"]),
-                          receivers=load_registrations(root / "w" / "receivers.json")),
-           root / "rejects.jsonl", progress=False)
+    store, truth = workload_store(tmp_path_factory.mktemp("api"), 2500, 17, 0.25)
     app = create_app(Settings(max_page_size=50, rate_burst=10_000, rate_per_second=10_000),
                      store=store)
     with TestClient(app, raise_server_exceptions=False) as client:
-        migrate(store)
         _, password = Accounts(store).create("city-official", Role.city)
         token = client.post("/api/v1/auth/login", json={"username": "city-official",
                                                          "password": password}).json()
