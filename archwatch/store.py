@@ -189,16 +189,23 @@ class ServerStore(Store):
 
 def _literal(v: Any) -> str:
     if isinstance(v, str):
-        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return "'" + v.translate(_ESCAPES).replace("'", "\\'") + "'"
     return str(v)
 
 
+_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r",
+                          "\0": "\\0"})
+
+
 def _encode_params(params: Mapping[str, Any] | None) -> dict[str, str]:
-    """chDB takes parameter values as text; arrays must be ClickHouse literals."""
+    """chDB takes parameter values as text in ClickHouse's escaped format (a newline or a
+    backslash in a value must be escaped); arrays must be ClickHouse literals."""
     out = {}
     for k, v in (params or {}).items():
-        out[k] = "[" + ",".join(_literal(x) for x in v) + "]" if isinstance(v, list | tuple) \
-            else str(v)
+        if isinstance(v, list | tuple):
+            out[k] = "[" + ",".join(_literal(x) for x in v) + "]"
+        else:
+            out[k] = str(v).translate(_ESCAPES)
     return out
 
 

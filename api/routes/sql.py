@@ -33,7 +33,8 @@ def ping() -> PlainTextResponse:
     return PlainTextResponse("Ok.\n")
 
 
-@router.api_route("/", methods=["GET", "POST"], operation_id="clickhouse_http")
+@router.get("/", operation_id="clickhouse_http_get")
+@router.post("/", operation_id="clickhouse_http_post")
 async def clickhouse_http(
     request: Request,
     query: Annotated[str, Query(max_length=MAX_QUERY_BYTES)] = "",
