@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 import schemathesis
+from archwatch.api.app import create_app
+from archwatch.api.settings import Settings
 from hypothesis import HealthCheck, given, settings
 
 from archwatch.accounts import Accounts, Role
-from archwatch.api.app import create_app
-from archwatch.api.settings import Settings
 from tests.conftest import workload_store
 
 STATE: dict[str, Any] = {}
