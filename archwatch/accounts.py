@@ -155,8 +155,20 @@ class Accounts:
             a = Account(username, role, qym, dept_code, system_code,
                         password_hash=_hasher.hash(secret))
         self._write(a)
+        self._provision(a, secret)
         self.audit(actor, "account.create", username, f"role={role.value}")
         return a, secret
+
+    def _provision(self, a: Account, secret: str) -> None:
+        """On a ClickHouse server, an auditor is also a server user under row policies."""
+        from archwatch.store import ServerStore
+
+        if a.role is not Role.auditor or not isinstance(self.store, ServerStore):
+            return
+        from archwatch.server_access import auditor_statements, role_statements
+
+        for stmt in role_statements() + auditor_statements(a.username, secret, a.qym):
+            self.store.command(stmt)
 
     def set_disabled(self, username: str, disabled: bool, actor: str = "cli") -> Account:
         a = self._require(username)
