@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any
 
 from archwatch.timeutil import DAY_MS, parse_duration, parse_ts, shanghai_year
@@ -137,10 +138,12 @@ class CaseFacts:
         """Add one validated event's facts; returns False when it cannot change anything."""
         t = ev.type
         if t == "case.completed":
+            # item, department and system strings repeat across many cases: one copy each
             c = Completion(
-                ev.eventId, ev.occurredAt, ev.completedAt, ev.taskId, ev.taskCode, ev.taskName,
-                ev.deptCode, ev.deptName, ev.qym, ev.area, ev.systemCode, ev.systemName,
-                ev.systemLevel,
+                ev.eventId, ev.occurredAt, ev.completedAt, intern(ev.taskId),
+                intern(ev.taskCode), intern(ev.taskName), intern(ev.deptCode),
+                intern(ev.deptName), intern(ev.qym), intern(ev.area), intern(ev.systemCode),
+                intern(ev.systemName), intern(ev.systemLevel),
             )
             # The case is defined by its earliest completion; later ones change nothing.
             if self.completion is not None and self.completion.order() <= c.order():
@@ -157,8 +160,8 @@ class CaseFacts:
             self.receipts.append(
                 Receipt(
                     ev.eventId, ev.occurredAt, ev.archiveNo, ev.packageSha256,
-                    (m.get("taskCode"), m.get("deptCode"), m.get("qym"),
-                     _instant(m.get("completedAt"))),
+                    (_intern(m.get("taskCode")), _intern(m.get("deptCode")),
+                     _intern(m.get("qym")), _instant(m.get("completedAt"))),
                 )
             )
         elif t == "archive.checked":
@@ -262,6 +265,10 @@ class CaseResult:
     row: CaseRow | None
     kpi: KpiPart | None
     next_deadline: int | None  # earliest deadline >= wm whose passing would change the answer
+
+
+def _intern(value: Any) -> Any:
+    return intern(value) if isinstance(value, str) else value
 
 
 def _instant(value: Any) -> int | None:
