@@ -15,6 +15,7 @@ from archwatch.api.routes import (
     anomalies,
     auth,
     cases,
+    distribution,
     receivers,
     seed,
     sql,
@@ -62,7 +63,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.state.limiter = RateLimiter(settings.rate_per_second, settings.rate_burst)
     errors.install(app)
     for r in (auth.router, admin.router, seed.router, stats.router, anomalies.router,
-              alerts.router, cases.router, receivers.router, sql.router):
+              alerts.router, cases.router, receivers.router, distribution.router,
+              sql.router):
         app.include_router(r)
 
     @app.middleware("http")

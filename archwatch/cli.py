@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--url")
     u.set_defaults(func=cmd_users)
 
+    from archwatch.distribution import add_parser as add_distribute_parser
+
+    add_distribute_parser(sub)
+
     d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
     d.add_argument("--dir", default="demo-data")
     d.add_argument("--cases", type=int, default=20_000)

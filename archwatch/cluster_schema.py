@@ -48,13 +48,17 @@ SHARDING_KEYS: dict[str, str] = {
     "kpi_task": "cityHash64(src)",
     "receiver_status": "cityHash64(receiver_id)",
     "receiver": "cityHash64(receiver_id)",
+    # the distribution queue: one row per distributionNo; endpoints beside their receiver
+    "distribution": "cityHash64(distribution_no)",
+    "receiver_endpoint": "cityHash64(receiver_id)",
     # append-only (MergeTree): by actor, so a retried insert lands where its first try did
     "audit_log": "cityHash64(actor)",
 }
 
 # Small tables replicated whole to every node instead of sharded: bookkeeping, and the
-# accounts every API node reads at each login (no fan-out across shards for those).
-NOT_DISTRIBUTED: frozenset[str] = frozenset({"schema_migrations", "account"})
+# accounts every API node reads at each login, the knowledge articles (no fan-out across
+# shards for those).
+NOT_DISTRIBUTED: frozenset[str] = frozenset({"schema_migrations", "account", "article"})
 
 # The cluster form of the bookkeeping table that archwatch.migrate creates on one node:
 # one replicated copy shared by the whole cluster (no {shard} in its Keeper path).
