@@ -41,3 +41,20 @@ def watch_open_anomalies(store: object, stop: threading.Event, every: float = 5.
             continue
         for r in rows:
             OPEN_ANOMALIES.labels(r["code"]).set(r["n"])
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> dict[str, float]:
+    """Read a running archwatch's ``/metrics`` as {sample name with labels: value}; empty
+    when nothing answers (tests and benchmarks poll it to see a live run's progress)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=timeout).read()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

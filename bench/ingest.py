@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,8 @@ from _common import (
     target,
     write_results,
 )
+
+from archwatch.metrics import scrape
 
 BROKERS = "127.0.0.1:19092"
 PARTITIONS = 4
@@ -88,19 +89,6 @@ def bare_consumer(topics: list[str], total: int, timeout: float = 300) -> dict[s
 
 
 # --------------------------------------------------------------------------- (b)
-def scrape(port: int) -> dict[str, float]:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def _sum(m: dict[str, float], name: str) -> int:
     return int(sum(v for k, v in m.items() if k.startswith(name + "{")))
 

@@ -9,10 +9,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from archwatch.metrics import scrape
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = f"127.0.0.1:{os.environ.get('KAFKA_PORT', '19092')}"
@@ -37,16 +38,7 @@ def poll(check: Callable[[], Any], timeout: float, every: float = 0.2, what: str
 
 
 def metrics(port: int) -> dict[str, float]:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+    return scrape(port)
 
 
 def positions(m: dict[str, float], name: str = "archwatch_input_position") -> int:
