@@ -260,3 +260,15 @@ def _city() -> object:
     from archwatch.accounts import Account
 
     return Account("city-official", Role.city)
+
+
+def test_interface_errors_are_grouped_into_incidents(world: Any) -> None:
+    client, truth = world
+    incidents = client.get("/api/v1/interface-errors").json()
+    assert incidents == [{
+        "receiverId": "recv-330110", "errorCode": "E503", "qym": "330110",
+        "endpoint": "/archive/receive", "count": 1,
+        "firstSeen": incidents[0]["firstSeen"], "lastSeen": incidents[0]["firstSeen"],
+        "lastMessage": "上游超时"}]
+    assert client.get("/api/v1/interface-errors",
+                      params={"receiverId": "recv-330109"}).json() == []

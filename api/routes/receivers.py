@@ -189,3 +189,33 @@ def request_audit(store: Any, who: Principal, action: str, target: str) -> None:
     from archwatch.accounts import Accounts
 
     Accounts(store).audit(who.username, action, target, "")
+
+
+@router.get("/interface-errors")
+def interface_errors(
+    store: StoreDep, p: ReaderDep,
+    receiverId: Annotated[str | None, Query(max_length=128)] = None,  # noqa: N803
+) -> list[dict[str, Any]]:
+    """interface.error events grouped into incidents by receiver and error code, with
+    counts and first/last seen (newest first)."""
+    params: dict[str, Any] = {}
+    cond = "type = 'interface.error'"
+    if receiverId:
+        cond += " AND entity = {r:String}"
+        params["r"] = receiverId
+    if p.qym:
+        cond += " AND JSONExtractString(payload, 'qym') = {q:String}"
+        params["q"] = p.qym
+    rows = store.query(
+        "SELECT entity AS receiver, JSONExtractString(payload, 'errorCode') AS code,"
+        " any(JSONExtractString(payload, 'qym')) AS qym,"
+        " any(JSONExtractString(payload, 'endpoint')) AS endpoint,"
+        " argMax(JSONExtractString(payload, 'message'), occurred_at) AS last_message,"
+        " count() AS n, toUnixTimestamp64Milli(min(occurred_at)) AS first,"
+        " toUnixTimestamp64Milli(max(occurred_at)) AS last"
+        f" FROM event_log FINAL WHERE {cond} GROUP BY receiver, code"
+        " ORDER BY last DESC LIMIT 500", params)
+    return [{"receiverId": r["receiver"], "errorCode": r["code"], "qym": r["qym"],
+             "endpoint": r["endpoint"], "count": r["n"], "firstSeen": to_iso_utc(r["first"]),
+             "lastSeen": to_iso_utc(r["last"]), "lastMessage": r["last_message"]}
+            for r in rows]
