@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint kafka-fetch kafka-start kafka-stop clean
+.PHONY: setup console-setup demo test test-fast lint kafka-fetch kafka-start kafka-stop clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# the web console's ECharts (npm) and, for its browser test, Debian's chromium + CJK font
+console-setup: setup
+	scripts/console-setup.sh
 
 demo: setup
 	$(BIN)/archwatch demo --dir demo-data
@@ -26,7 +30,7 @@ kafka-start: kafka-fetch
 kafka-stop:
 	scripts/kafka.sh stop
 
-test: setup
+test: setup console-setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

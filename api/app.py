@@ -15,6 +15,7 @@ from archwatch.api.routes import (
     anomalies,
     auth,
     cases,
+    console,
     distribution,
     receivers,
     seed,
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     errors.install(app)
     for r in (auth.router, admin.router, seed.router, stats.router, anomalies.router,
               alerts.router, cases.router, receivers.router, distribution.router,
-              sql.router):
+              console.router, sql.router):
         app.include_router(r)
 
     @app.middleware("http")
