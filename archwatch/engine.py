@@ -180,30 +180,31 @@ def diff_anomalies(
 
 
 class _Snapshottable:
-    """Pickles without its clocks: a restored shard takes fresh ones (versions keep
-    growing because they follow the wall clock, also across restarts)."""
+    """Pickles without what belongs to the process (clocks, the store loader): a restored
+    shard gets defaults (a fresh version clock, the wall clock, no eviction) and then,
+    through :meth:`adopt`, the running process's own. Versions keep growing across a
+    restart because they follow the wall clock."""
 
-    _INJECTED = ("clock", "wall_ms", "eviction")  # per process, never pickled
+    _INJECTED = ("clock", "wall_ms", "eviction")
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for name in self._INJECTED:
-            state.pop(name, None)
+        state = {k: v for k, v in self.__dict__.items() if k not in self._INJECTED}
+        state["_injected"] = [n for n in self._INJECTED if n in self.__dict__]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from archwatch.timeutil import now_ms
+
+        defaults = {"clock": VersionClock, "wall_ms": lambda: now_ms, "eviction": lambda: None}
+        for name in state.pop("_injected", ()):
+            setattr(self, name, defaults[name]())
+        self.__dict__.update(state)
 
     def adopt(self, fresh: Any) -> None:
         """After a restore: take this process's clocks and loader from a fresh shard."""
         for name in self._INJECTED:
             if hasattr(fresh, name):
                 setattr(self, name, getattr(fresh, name))
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        from archwatch.timeutil import now_ms
-
-        self.__dict__.update(state)
-        self.clock = VersionClock()
-        if "wall_ms" in type(self).__init__.__code__.co_varnames:
-            self.wall_ms = now_ms
 
 
 # ---------------------------------------------------------------------------
