@@ -310,6 +310,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="archwatch", description=__doc__)
+    p.add_argument("--config", type=Path, help="TOML settings file (flags and ARCHWATCH_* "
+                   "environment variables take precedence)")
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("replay", help="feed JSONL event files through the dataflow into a store")
@@ -412,11 +414,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cases", type=int, default=20_000)
     d.add_argument("--seed", type=int, default=7)
     d.set_defaults(func=cmd_demo)
+    for sp in sub.choices.values():  # --config is also accepted after the command
+        sp.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     return p
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """Defaults from --config FILE and ARCHWATCH_* variables (flags still win)."""
+    from archwatch.config import ConfigError, load
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        values = load(known.config)
+    except ConfigError as exc:
+        parser.exit(2, f"archwatch: {exc}\n")
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for sp in sub.choices.values():
+        dests = {a.dest for a in sp._actions}
+        sp.set_defaults(**{k: v for k, v in values.items() if k in dests})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    _apply_config(parser, argv)
     args = parser.parse_args(argv)
     if getattr(args, "db", None) is None and getattr(args, "url", None) is None and \
             args.command in ("replay", "sql", "serve", "run", "up", "users"):
