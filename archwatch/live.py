@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -95,13 +94,12 @@ def prepare_recovery(path: Path, workers: int) -> RecoveryConfig:
     return RecoveryConfig(path)
 
 
-def run_live(store: Store, settings: EngineSettings, opts: LiveOptions,
-             stop: threading.Event | None = None) -> Tally:
+def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally:
     """Run until interrupted (SIGINT/SIGTERM): the dataflow consumes and writes forever."""
     migrate(store)
     settings = replace(settings, live=True, recovery=opts.recovery_dir is not None,
                        as_of=None)
-    register_receivers(store, settings, VersionClock())
+    register_receivers(store, settings)
     tally = Tally()
     flow = build_live_flow(store, settings, opts, tally)
     recovery = prepare_recovery(opts.recovery_dir, opts.workers) if opts.recovery_dir else None

@@ -19,7 +19,6 @@ from archwatch.migrate import migrate
 from archwatch.models import Reject
 from archwatch.settings import EngineSettings
 from archwatch.store import Store
-from archwatch.timeutil import ch_time
 
 COUNT_KEYS = ("read", "applied", "duplicate", "rejected", "afterAsOf")
 
@@ -48,11 +47,10 @@ class RejectsFile:
         self.fh.close()
 
 
-def register_receivers(store: Store, settings: EngineSettings, clock: VersionClock) -> None:
+def register_receivers(store: Store, settings: EngineSettings) -> None:
     """Record the run's receivers in the registry (keys and owners already set stay)."""
     from archwatch.registry import Registry
 
-    del clock
     if settings.receivers:
         Registry(store).merge_file(settings.receivers)
 
@@ -83,7 +81,7 @@ def replay(
     for table in ENGINE_TABLES:
         store.command(f"TRUNCATE TABLE IF EXISTS {table}")
     clock = VersionClock()
-    register_receivers(store, settings, clock)
+    register_receivers(store, settings)
     tally = Tally()
     rejects = RejectsFile(rejects_path)
     bar: Any = None
@@ -106,7 +104,3 @@ def replay(
     counts = {k: tally.counts.get(k, 0) for k in COUNT_KEYS if k != "read"}
     counts["read"] = sum(counts.values())
     return ReplayResult(counts, dict(tally.rows))
-
-
-def as_of_text(ms: int | None) -> str | None:
-    return None if ms is None else ch_time(ms)
