@@ -161,6 +161,20 @@ def _live_start(args: argparse.Namespace):
     return settings, opts, _open_migrated(args)
 
 
+def _exit_now(code: int) -> None:
+    """Leave without the interpreter's teardown once a live run has stopped cleanly.
+
+    Every row is written by then (live writes are synchronous per batch, the DLQ is
+    flushed per batch, recovery snapshots are committed); what remains is the native
+    threads of chDB, librdkafka and Bytewax, whose teardown order at interpreter exit
+    has crashed the process (SIGSEGV) after a clean stop."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from archwatch.connectors.kafka import create_topics, wait_for_broker
 
@@ -232,6 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("archwatch.live").info("stopped")
     finally:
         store.close()
+    _exit_now(0)
     return 0
 
 
@@ -265,6 +280,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         server.should_exit = True
         api.join(timeout=10)
         store.close()
+    _exit_now(0)
     return 0
 
 
