@@ -41,7 +41,8 @@ class KpiQuery:
     offset: int = 0
 
 
-def _where(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def where_of(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``col = {dim:Type}`` conditions (and parameters) for the API dimensions given."""
     parts, params = [], {}
     for dim, value in filters.items():
         if value is None:
@@ -54,7 +55,7 @@ def _where(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def kpi_groups(store: Store, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     """KPI numbers grouped by ``q.group_by``, filtered, sorted and paginated."""
-    where, params = _where(q.filters)
+    where, params = where_of(q.filters)
     cols = [DIMENSIONS[d][0] for d in q.group_by]
     select_keys = ", ".join(f"toString({c}) AS k_{i}" for i, c in enumerate(cols))
     name_agg = DIMENSIONS[q.group_by[-1]][2] if q.group_by else None

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from archwatch.api.auth import Principal, ReaderDep
 from archwatch.api.deps import PageDep, StoreDep
 from archwatch.api.models import CaseOut, KpiGroup, Paged
-from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups
+from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups, where_of
 from fastapi import APIRouter, Query
 
 from archwatch.timeutil import to_iso_utc
@@ -132,19 +132,14 @@ def item_cases(
     """Level 4 (both chains): the cases of one item, each linking to its trace."""
     filters = p.narrow({"taskId": taskId, "year": year, "qym": qym, "deptCode": deptCode,
                         "systemCode": systemCode})
-    parts, params = [], {}
-    for dim, value in filters.items():
-        if value is not None:
-            col, typ, _ = DIMENSIONS[dim]
-            parts.append(f"{col} = {{{dim}:{typ}}}")
-            params[dim] = value
+    where, params = where_of(filters)
     if status is not None:
-        parts.append("status = {status:String}")
+        where += " AND status = {status:String}"
         params["status"] = status
     rows = store.query(
         f"SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         f" toUnixTimestamp64Milli(first_received_at) AS f_ms, count() OVER () AS total"
-        f" FROM case_state FINAL WHERE {' AND '.join(parts)}"
+        f" FROM case_state FINAL WHERE {where}"
         f" ORDER BY {CASE_SORTS[sort]} {order.value.upper()}, case_no"
         f" LIMIT {page.size} OFFSET {page.offset}", params)
     total = rows[0]["total"] if rows else 0
