@@ -66,15 +66,20 @@ class Write:
 @dataclass(frozen=True, slots=True)
 class Reconcile:
     """After a restore from a snapshot: make the store hold exactly what shard ``src``
-    believes it wrote (``rows``), tombstoning whatever else of ``src`` it holds.
+    believes it wrote (``rows``), tombstoning whatever else of ``src`` it holds, except
+    the rows of the cases in ``keep`` (evicted: settled, written, and out of memory).
 
     Output emitted after the snapshot and before a crash is not part of the restored
     belief, and a replay of the same input may deliver it in another interleaving (across
     topics) that never produces, so never withdraws, some transient row; this resets the
-    store to the belief so that diffs are exact again."""
+    store to the belief so that diffs are exact again. A shard that starts without a
+    snapshot while the store already holds rows of an earlier run (a crash before the
+    shard's first snapshot, a restart without recovery) does the same with its fresh
+    belief: otherwise those rows would never be withdrawn."""
 
     src: str
     rows: list[Write]
+    keep: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

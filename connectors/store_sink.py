@@ -196,13 +196,15 @@ def reconcile(store: Store, rec: Reconcile) -> None:
             live[w.table].add(tuple(w.row[c] for c in _IDENTITY[w.table]))
     clock = VersionClock()
     for table, cols in _IDENTITY.items():
+        extra = ", case_no" if rec.keep and "case_no" not in cols and table != "kpi_task" else ""
         stored = store.query(
-            f"SELECT {', '.join(cols)} FROM {table} FINAL WHERE src = {{src:String}}",
+            f"SELECT {', '.join(cols)}{extra} FROM {table} FINAL WHERE src = {{src:String}}",
             {"src": rec.src})
-        stale = [r for r in stored if tuple(r[c] for c in cols) not in live[table]]
+        stale = [r for r in stored if tuple(r[c] for c in cols) not in live[table]
+                 and r.get("case_no") not in rec.keep]
         if stale:
-            store.insert(table, [{**r, "src": rec.src, "version": clock.next(), "is_deleted": 1}
-                                 for r in stale])
+            store.insert(table, [{**{c: r[c] for c in cols}, "src": rec.src,
+                                  "version": clock.next(), "is_deleted": 1} for r in stale])
     for table, rows in by_table.items():
         store.insert(table, rows)
 

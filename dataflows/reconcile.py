@@ -66,16 +66,21 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """
 
     def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None,
-                 recovery: bool = False, restored: bool = False) -> None:
+                 recovery: bool = False, reconcile: bool = False) -> None:
         self.shard = shard
         self._eof = eof
         self._recovery = recovery
-        # a shard rebuilt from a snapshot first resets the store to what it believes
-        self._reconcile = restored and hasattr(shard, "live_rows")
+        # first reset the store to what the shard believes (see Reconcile), as soon as
+        # the shard knows which rows are its own
+        self._reconcile = reconcile and hasattr(shard, "live_rows")
 
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
-                recovery: bool = False) -> Callable[[bytes | None], _ShardLogic]:
+                recovery: bool = False, fresh_reconcile: bool = False,
+                ) -> Callable[[bytes | None], _ShardLogic]:
+        """``fresh_reconcile``: a shard built without a snapshot reconciles too (live: the
+        store outlives the run, and may hold rows of this shard from an earlier one)."""
+
         def build(resume: bytes | None) -> _ShardLogic:
             shard = make()
             if resume is not None:
@@ -83,16 +88,16 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
                 if hasattr(restored, "adopt"):
                     restored.adopt(shard)
                 shard = restored
-            return cls(shard, eof, recovery, restored=resume is not None)
+            return cls(shard, eof, recovery, reconcile=resume is not None or fresh_reconcile)
 
         return build
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         out = self.shard.on_batch(values)
-        if self._reconcile:
+        if self._reconcile and self.shard.src:
             self._reconcile = False
-            if self.shard.src:
-                out = [Reconcile(self.shard.src, self.shard.live_rows()), *out]
+            keep = frozenset(getattr(self.shard, "evicted", ()))
+            out = [Reconcile(self.shard.src, self.shard.live_rows(), keep), *out]
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
@@ -237,7 +242,7 @@ def build_flow(
     case_out = op.key_rm("cases_out", op.stateful_batch(
         "cases", case_in,
         _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction),
-                            recovery=rec),
+                            recovery=rec, fresh_reconcile=settings.live),
     ))
     facts = op.branch("is_fact", case_out, lambda x: isinstance(x, ReceiptFact))
     archive_in = op.merge(
@@ -247,7 +252,8 @@ def build_flow(
     )
     archive_rows = op.key_rm("archive_nos_out", op.stateful_batch(
         "archive_nos", archive_in,
-        _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec),
+        _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
+                            fresh_reconcile=settings.live),
     ))
 
     # --- receivers (live: registrations polled from the registry reach every shard)
@@ -263,7 +269,8 @@ def build_flow(
     recv_rows = op.key_rm("receivers_out", op.stateful_batch(
         "receivers", recv_in,
         _ShardLogic.builder(
-            lambda: ReceiverShard(n, settings.sla, versions, settings.receivers), recovery=rec),
+            lambda: ReceiverShard(n, settings.sla, versions, settings.receivers), recovery=rec,
+            fresh_reconcile=settings.live),
     ))
 
     everything = op.merge(

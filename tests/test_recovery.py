@@ -92,3 +92,45 @@ def test_reapplying_the_same_output_changes_nothing(store, tmp_path: Path) -> No
     part.write_batch(list(out))
     part.drain()  # everything written before going on
     assert json.dumps(report.full(store), sort_keys=True) == once
+
+
+@pytest.mark.parametrize("fresh_reconcile", [True, False])
+def test_fresh_shard_withdraws_rows_of_an_earlier_run(store, fresh_reconcile: bool) -> None:
+    """A crash before a shard's first snapshot (or a restart without recovery): the
+    shard starts empty, but the store holds what it wrote; live, it reconciles too."""
+    migrate(store)
+    clock = VersionClock()
+    build = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0), recovery=True,
+                                fresh_reconcile=fresh_reconcile)
+    write(store, build(None), [FAR, ev(COMPLETION)])  # MISSING_ARCHIVE, then a crash
+    assert report.summary(store) == {"MISSING_ARCHIVE": {"total": 1, "open": 1}}
+    write(store, build(None), [ev(RECEIPT), ev(COMPLETION), FAR])  # the rerun, receipt first
+    summary = report.summary(store)
+    if fresh_reconcile:
+        assert "MISSING_ARCHIVE" not in summary
+        assert [c["status"] for c in report.cases(store)] == ["ARCHIVED_UNCHECKED"]
+    else:  # the failure the flag exists for
+        assert summary.get("MISSING_ARCHIVE") == {"total": 1, "open": 1}
+
+
+def test_reconcile_keeps_the_rows_of_evicted_cases(store) -> None:
+    """Evicted cases are out of the shard's memory, not out of its belief."""
+    from archwatch.engine import Eviction
+
+    migrate(store)
+    clock = VersionClock()
+    loader_calls: list[list[str]] = []
+    eviction = Eviction(lambda nos: loader_calls.append(nos) or {}, 0, 0)
+    build = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0, eviction),
+                                recovery=True)
+    logic = build(None)
+    write(store, logic, [ev(COMPLETION), ev(RECEIPT), FAR])
+    assert logic.shard.evicted == {"HZ2022030100001"}  # settled and left memory
+    before = report.cases(store)
+    restored = build(logic.snapshot())
+    other = json.loads(COMPLETION)
+    other.update(eventId="other-case", caseNo="HZ2022030100002")
+    write(store, restored, [ev(json.dumps(other))])
+    after = {c["caseNo"]: c for c in report.cases(store)}
+    assert after["HZ2022030100001"] == before[0]
+    assert set(after) == {"HZ2022030100001", "HZ2022030100002"} and not loader_calls
