@@ -224,8 +224,22 @@ def _live_opts(args: argparse.Namespace):
 
     recovery = None if args.no_recovery else (
         args.recovery_dir or (Path(args.db) / "recovery" if args.db else Path("recovery")))
+    addresses = tuple(a.strip() for a in (getattr(args, "addresses", None) or "").split(",")
+                      if a.strip())
+    process_id = getattr(args, "process_id", 0) or 0
+    if addresses:
+        if args.db is not None:
+            raise CliError("the processes of a cluster share one store through a server: "
+                           "start `archwatch store-server --db DIR` (or use a ClickHouse "
+                           "server) and give every process --url instead of --db")
+        if not 0 <= process_id < len(addresses):
+            raise CliError(f"--process-id {process_id} is not an index of the "
+                           f"{len(addresses)} --addresses")
+    elif process_id:
+        raise CliError("--process-id needs --addresses (every process's host:port)")
     return LiveOptions(kafka=_kafka(args), workers=args.workers, recovery_dir=recovery,
-                       epoch_interval=timedelta(seconds=args.epoch_interval))
+                       epoch_interval=timedelta(seconds=args.epoch_interval),
+                       addresses=addresses, process_id=process_id)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -279,6 +293,30 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         server.should_exit = True
         api.join(timeout=10)
+        store.close()
+    _exit_now(0)
+    return 0
+
+
+def cmd_store_server(args: argparse.Namespace) -> int:
+    """Own an embedded store and serve it over ClickHouse's HTTP protocol."""
+    import os
+
+    import uvicorn
+
+    from archwatch.chserver import create_app
+
+    password = args.store_password or os.environ.get("ARCHWATCH_STORE_PASSWORD", "")
+    if not password:
+        raise CliError("a password is needed: set ARCHWATCH_STORE_PASSWORD (or "
+                       "store_password in --config)")
+    store = _open_migrated(args)
+    print(json.dumps({"listening": f"http://{args.host}:{args.port}/", "db": str(args.db),
+                      "user": args.user}), flush=True)
+    try:
+        uvicorn.run(create_app(store, args.user, password), host=args.host, port=args.port,
+                    log_level="warning")
+    finally:
         store.close()
     _exit_now(0)
     return 0
@@ -402,12 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
                             help="serve Prometheus /metrics on this port")
+            rp.add_argument("-a", "--addresses", help="a Bytewax cluster: every process's "
+                            "host:port, comma-separated, in process-id order (needs --url)")
+            rp.add_argument("-i", "--process-id", dest="process_id", type=int, default=0,
+                            help="this process's index in --addresses")
         else:
             rp.add_argument("--host", default="127.0.0.1")
             rp.add_argument("--port", type=int, default=8000)
         kafka_flags(rp)
         _add_engine_flags(rp)
         rp.set_defaults(func=func)
+
+    ss = sub.add_parser("store-server", help="own an embedded store and serve it over "
+                        "ClickHouse's HTTP protocol (for a cluster's processes: --url)")
+    ss.add_argument("--db", type=Path, required=True)
+    ss.add_argument("--host", default="127.0.0.1")
+    ss.add_argument("--port", type=int, default=8123)
+    ss.add_argument("--user", default="archwatch")
+    ss.add_argument("--store-password", dest="store_password",
+                    help="prefer ARCHWATCH_STORE_PASSWORD (a flag shows in `ps`)")
+    ss.set_defaults(func=cmd_store_server, url=None)
 
     u = sub.add_parser("users", help="open and manage accounts (administrator)")
     u.add_argument("action", choices=["create", "disable", "enable", "rekey", "list"])

@@ -43,6 +43,9 @@ class FileConfig(BaseModel):
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65_535)
     metrics_port: int | None = Field(default=None, ge=0, le=65_535)
+    addresses: str | None = None
+    process_id: int | None = Field(default=None, ge=0, le=10_000)
+    store_password: str | None = None
     archive_sla: str | None = None
     push_sla: str | None = None
     check_sla: str | None = None

@@ -41,6 +41,8 @@ class LiveOptions:
     epoch_interval: timedelta = timedelta(seconds=1)
     tick: timedelta = timedelta(milliseconds=100)
     flush_delay: float = 0.2
+    addresses: tuple[str, ...] = ()  # a cluster: every process's host:port (empty: alone)
+    process_id: int = 0
 
 
 class _KafkaInput(KafkaSource):
@@ -87,10 +89,17 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
 
 
 def prepare_recovery(path: Path, workers: int) -> RecoveryConfig:
-    """Bytewax needs its recovery partitions created once; later runs reuse them."""
-    if not path.exists() or not any(path.glob("part-*.sqlite3")):
-        path.mkdir(parents=True, exist_ok=True)
-        init_db_dir(path, max(workers, 1))
+    """Bytewax needs its recovery partitions created once; later runs reuse them.
+
+    The processes of a cluster share one recovery directory and start together, so the
+    first one creates the partitions under a lock and the others find them made."""
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / ".init.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not any(path.glob("part-*.sqlite3")):
+            init_db_dir(path, max(workers, 1))
     return RecoveryConfig(path)
 
 
@@ -102,9 +111,10 @@ def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally
     register_receivers(store, settings)
     tally = Tally()
     flow = build_live_flow(store, settings, opts, tally)
-    recovery = prepare_recovery(opts.recovery_dir, opts.workers) if opts.recovery_dir else None
-    cluster_main(flow, [], 0, epoch_interval=opts.epoch_interval, recovery_config=recovery,
-                 worker_count_per_proc=opts.workers)
+    total_workers = opts.workers * max(len(opts.addresses), 1)
+    recovery = prepare_recovery(opts.recovery_dir, total_workers) if opts.recovery_dir else None
+    cluster_main(flow, list(opts.addresses), opts.process_id, epoch_interval=opts.epoch_interval,
+                 recovery_config=recovery, worker_count_per_proc=opts.workers)
     return tally
 
 

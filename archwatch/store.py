@@ -105,12 +105,16 @@ class ChdbStore(Store):
         concurrent parameterised queries on one connection lose their parameters)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            import chdb
+            conn = self._local.conn = self._new_connection()
+        return conn
 
-            conn = chdb.connect(self._dsn)
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
+    def _new_connection(self) -> Any:
+        """A connection to this store, closed with it."""
+        import chdb
+
+        conn = chdb.connect(self._dsn)
+        with self._conns_lock:
+            self._conns.append(conn)
         return conn
 
     def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> str:

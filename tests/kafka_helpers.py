@@ -52,18 +52,20 @@ def outcomes(m: dict[str, float]) -> int:
 class Archwatch:
     """One `archwatch run` (or `up`) subprocess."""
 
-    def __init__(self, tmp: Path, prefix: str, *extra: str, command: str = "run") -> None:
+    def __init__(self, tmp: Path, prefix: str, *extra: str, command: str = "run",
+                 url: str | None = None, name: str = "") -> None:
         self.tmp = tmp
         self.prefix = prefix
         self.extra = extra
         self.command = command
+        self.store = ("--url", url) if url else ("--db", str(tmp / "db"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tmp / f"{command}-{prefix}.log"
+        self.log = tmp / f"{command}-{prefix}{name}.log"
 
     def start(self) -> Archwatch:
         port_flag = "--metrics-port" if self.command == "run" else "--port"
-        args = [sys.executable, "-m", "archwatch.cli", self.command, "--db", str(self.tmp / "db"),
+        args = [sys.executable, "-m", "archwatch.cli", self.command, *self.store,
                 "--brokers", BROKERS, "--topic-prefix", self.prefix, port_flag, str(self.port),
                 *self.extra]
         self.proc = subprocess.Popen(args, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,

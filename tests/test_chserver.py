@@ -1,0 +1,96 @@
+"""`archwatch store-server`: the embedded store behind ClickHouse's HTTP protocol, spoken
+to by the project's own server backend (clickhouse-connect) as a cluster's processes do."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from archwatch import report
+from archwatch.chserver import create_app
+from archwatch.migrate import migrate
+from archwatch.store import ChdbStore, ServerStore, StoreError
+from tests.conftest import GOLDEN, comparable_anomalies, replay_into, scenario_settings
+from tests.kafka_helpers import free_port, poll
+
+PASSWORD = "s3cret"
+
+
+@pytest.fixture
+def served(store: ChdbStore) -> Iterator[tuple[ChdbStore, str]]:
+    migrate(store)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(store, "archwatch", PASSWORD),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    poll(lambda: server.started, 30, what="uvicorn")
+    yield store, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize("name", ["duplicates", "heartbeats", "late-evidence"])
+def test_golden_scenarios_through_the_server(served: tuple[ChdbStore, str], name: str,
+                                             tmp_path: Any) -> None:
+    """The whole engine writes through clickhouse-connect and gets the contract's answer;
+    what it wrote is what the embedded store holds."""
+    store, base = served
+    remote = ServerStore(base.replace("http://", f"http://archwatch:{PASSWORD}@") + "/")
+    expected = json.loads((GOLDEN / name / "expected.json").read_text())
+    got = replay_into(remote, [GOLDEN / name / "events.jsonl"], scenario_settings(name),
+                      tmp_path)
+    remote.close()
+    assert got["summary"] == expected["summary"]
+    assert comparable_anomalies(got["anomalies"]) == comparable_anomalies(expected["anomalies"])
+    assert got["cases"] == expected["cases"] and got["kpi"] == expected["kpi"]
+    assert report.full(store)["anomalies"] == got["anomalies"]
+
+
+def test_refuses_wrong_credentials_and_answers_clickhouse_style_errors(
+        served: tuple[ChdbStore, str]) -> None:
+    _store, base = served
+    r = httpx.post(base + "/", content="SELECT 1", auth=("archwatch", "wrong"))
+    assert r.status_code == 401 and r.headers["X-ClickHouse-Exception-Code"] == "516"
+    r = httpx.post(base + "/", content="SELECT nope", auth=("archwatch", PASSWORD))
+    assert r.status_code == 500 and r.text.startswith("Code: 47. DB::Exception:")
+    assert "Stack trace" not in r.text
+    r = httpx.post(base + "/?bad-name=1", content="SELECT 1", auth=("archwatch", PASSWORD))
+    assert r.status_code == 400
+    r = httpx.post(base + "/", content=b"\x00not gzip", auth=("archwatch", PASSWORD),
+                   headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "cannot decode" in r.text
+    assert httpx.get(base + "/ping").text == "Ok.\n"
+
+
+def test_compressed_inserts_and_settings_that_do_not_leak(
+        served: tuple[ChdbStore, str]) -> None:
+    _store, base = served
+    auth = ("archwatch", PASSWORD)
+    row = ('{"entity":"c1","occurred_at":"2025-01-01 00:00:00.000","event_id":"e1",'
+           '"type":"case.completed","archive_no":"","source":"t","payload":"{}"}\n')
+    r = httpx.post(base + "/?query=INSERT%20INTO%20event_log%20FORMAT%20JSONEachRow",
+                   content=gzip.compress(row.encode()), auth=auth,
+                   headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 200, r.text
+    q = "SELECT getSetting('max_result_rows') FORMAT TSV"
+    assert httpx.post(base + "/?max_result_rows=7", content=q, auth=auth).text == "7\n"
+    assert httpx.post(base + "/", content=q, auth=auth).text == "0\n"  # not this request's
+    r = httpx.post(base + "/?param_id=e1", auth=auth,
+                   content="SELECT count() FROM event_log WHERE event_id = {id:String} FORMAT TSV")
+    assert r.text == "1\n"
+
+
+def test_server_store_errors_carry_clickhouse_messages(served: tuple[ChdbStore, str]) -> None:
+    _store, base = served
+    remote = ServerStore(base.replace("http://", f"http://archwatch:{PASSWORD}@") + "/")
+    with pytest.raises(StoreError, match="UNKNOWN_TABLE|Unknown table"):
+        remote.query("SELECT * FROM no_such_table")
+    remote.close()

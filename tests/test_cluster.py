@@ -1,0 +1,182 @@
+"""The dataflow as a Bytewax cluster of two processes on loopback (`run -i/-a`): exactly
+the tables of one process, also across the death and restart of one process.
+
+The processes share the embedded store the way production processes share a ClickHouse
+server: `archwatch store-server` owns the chDB directory and every process writes through
+clickhouse-connect (`--url`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from archwatch.connectors.kafka import KafkaSettings, create_topics, produce_lines
+
+from archwatch import report
+from archwatch.store import ServerStore
+from tests.kafka_helpers import (
+    ROOT,
+    Archwatch,
+    free_port,
+    metrics,
+    outcomes,
+    poll,
+    positions,
+    prefix_for,
+)
+from tests.test_kafka import assert_same, broker, replay_tables, workload  # noqa: F401
+
+pytestmark = pytest.mark.kafka
+PASSWORD = "cluster-test-secret"
+
+
+class StoreServer:
+    """`archwatch store-server` on a free loopback port."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://archwatch:{PASSWORD}@127.0.0.1:{self.port}/"
+        self.log = tmp / "store-server.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "archwatch.cli", "store-server", "--db", str(tmp / "db"),
+             "--port", str(self.port)],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "ARCHWATCH_STORE_PASSWORD": PASSWORD})
+
+        def up() -> bool:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/ping", timeout=1).is_success
+            except httpx.TransportError:
+                return False
+
+        poll(up, 60, what="the store server")
+
+    def tables(self) -> dict[str, Any]:
+        store = ServerStore(self.url)
+        try:
+            return report.full(store)
+        finally:
+            store.close()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def converge(server: StoreServer, batch: dict[str, Any], timeout: float = 60) -> float:
+    """Wait until the cluster's tables equal the batch answer; the seconds it took.
+
+    Every record's outcome being counted does not mean every derived row is written yet:
+    receipts cross to the archive-number step, possibly in the other process, and
+    deadlines fire on the next wall-clock ticks."""
+    t0 = time.monotonic()
+
+    def same() -> bool:
+        try:
+            assert_same(server.tables(), batch)
+        except AssertionError:
+            return False
+        return True
+
+    poll(lambda: same() or time.monotonic() - t0 > timeout, timeout + 5, every=0.5)
+    assert_same(server.tables(), batch)  # the difference, if it never converged
+    return time.monotonic() - t0
+
+
+class Cluster:
+    """Two `archwatch run` processes forming one Bytewax cluster."""
+
+    def __init__(self, tmp: Path, prefix: str, url: str, receivers: Path,
+                 addresses: str | None = None) -> None:
+        self.addresses = addresses or f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+        self.procs = [
+            Archwatch(tmp, prefix, "--receivers", str(receivers), "-a", self.addresses,
+                      "-i", str(i), "--recovery-dir", str(tmp / "recovery"),
+                      "--epoch-interval", "0.5", url=url, name=f"-p{i}")
+            for i in range(2)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def totals(self) -> tuple[int, int, int]:
+        ms = [metrics(p.port) for p in self.procs]
+        read = sum(positions(m) for m in ms)
+        start = sum(positions(m, "archwatch_input_start") for m in ms)
+        return read, start, sum(outcomes(m) for m in ms)
+
+    def wait_consumed(self, total: int, timeout: float = 240) -> None:
+        def done() -> bool:
+            for p in self.procs:
+                assert p.alive(), p.log.read_text()[-3000:]
+            read, start, out = self.totals()
+            return read >= total and out == read - start
+
+        poll(done, timeout, what=f"{total} records read and written by the cluster")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.alive():
+                p.proc.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            assert p.stop() == 0, p.log.read_text()[-3000:]
+
+
+def test_two_processes_give_the_tables_of_one(broker: str, workload: Any,  # noqa: F811
+                                              tmp_path: Path) -> None:
+    out, _truth = workload
+    prefix = prefix_for("cluster")
+    lines = (out / "events.jsonl").read_text().splitlines()
+    create_topics(KafkaSettings(brokers=broker, topic_prefix=prefix), 4)
+    produce_lines(lines, KafkaSettings(brokers=broker, topic_prefix=prefix))
+    batch = replay_tables(out, tmp_path)
+    server = StoreServer(tmp_path)
+    try:
+        cluster = Cluster(tmp_path, prefix, server.url, out / "receivers.json")
+        try:
+            cluster.wait_consumed(len([x for x in lines if x.strip()]))
+            per_process = [positions(metrics(p.port)) for p in cluster.procs]
+            assert all(n > 0 for n in per_process), per_process  # both read partitions
+            print(f"converged {converge(server, batch):.1f} s after the last outcome")
+        finally:
+            cluster.stop()
+        assert_same(server.tables(), batch)  # and nothing changes at the stop
+    finally:
+        server.stop()
+
+
+def test_restart_of_one_process(broker: str, workload: Any, tmp_path: Path) -> None:  # noqa: F811
+    out, _truth = workload
+    prefix = prefix_for("clusterkill")
+    lines = (out / "events.jsonl").read_text().splitlines()
+    half = len(lines) // 2
+    ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
+    create_topics(ks, 4)
+    produce_lines(lines[:half], ks)
+    batch = replay_tables(out, tmp_path)
+    server = StoreServer(tmp_path)
+    receivers = out / "receivers.json"
+    try:
+        first = Cluster(tmp_path, prefix, server.url, receivers)
+        poll(lambda: first.totals()[2] > half // 3, 180, what="some events written")
+        produce_lines(lines[half:], ks)  # more arrive while it runs ...
+        time.sleep(0.3)
+        first.procs[1].kill()  # ... and one process dies without a chance to snapshot
+        # a Bytewax cluster cannot go on without one of its processes: the other stops too
+        poll(lambda: not first.procs[0].alive(), 60, what="the surviving process to stop")
+        second = Cluster(tmp_path, prefix, server.url, receivers, first.addresses)
+        try:
+            second.wait_consumed(len([x for x in lines if x.strip()]))
+            converge(server, batch)
+        finally:
+            second.stop()
+        assert_same(server.tables(), batch)
+    finally:
+        server.stop()
