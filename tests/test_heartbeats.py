@@ -34,8 +34,7 @@ def test_silent_receiver_goes_down_on_the_wall_clock_and_recovers(
          "--db", str(tmp_path / "db")], capture_output=True, text=True, check=True, cwd=ROOT)
     password = json.loads(made.stdout)["password"]
     aw = Archwatch(tmp_path, prefix_for("hb"), "--lateness", "PT0S", "--no-recovery",
-                   "--epoch-interval", "0.2",
-                   command="up").start()
+                   command="up").start()  # default epoch interval (1 s)
     try:
         poll(lambda: _ok(aw, "/healthz"), 60, what="the API")
         token = api(aw, "POST", "/api/v1/auth/login",
@@ -59,9 +58,10 @@ def test_silent_receiver_goes_down_on_the_wall_clock_and_recovers(
         poll(lambda: api(aw, "GET", url, token).json()["total"] == 1, 30, every=0.05,
              what="RECEIVER_DOWN")
         seen = now_ms()
-        # issue #6 asks for 1 s; with 0.2 s epochs this machine measures 0.2-1.3 s (Bytewax
-        # parks its worker up to an epoch while only the clock ticks). Asserted: what holds.
-        assert deadline < seen <= deadline + 2000, f"{seen - deadline} ms after the deadline"
+        # issue #6: within 1 s of the deadline on the wall clock, with nothing else arriving
+        # (measured 70-280 ms here, polled every 50 ms through the API, 4 other test runs
+        # beside it)
+        assert deadline < seen <= deadline + 1000, f"{seen - deadline} ms after the deadline"
         down = api(aw, "GET", url, token).json()["items"][0]
         assert down["qym"] == "330109" and parse_ts(down["openedAt"]) == deadline
         assert _receiver(aw, token)["state"] == "down"
