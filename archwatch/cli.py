@@ -239,6 +239,8 @@ def _live_opts(args: argparse.Namespace):
         raise CliError("--process-id needs --addresses (every process's host:port)")
     return LiveOptions(kafka=_kafka(args), workers=args.workers, recovery_dir=recovery,
                        epoch_interval=timedelta(seconds=args.epoch_interval),
+                       backup_interval=(timedelta(seconds=args.backup_interval)
+                                        if args.backup_interval else None),
                        addresses=addresses, process_id=process_id)
 
 
@@ -437,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("--no-recovery", dest="no_recovery", action="store_true")
         rp.add_argument("--epoch-interval", dest="epoch_interval", type=float, default=1.0,
                         help="seconds between recovery snapshots")
+        rp.add_argument("--backup-interval", dest="backup_interval", type=float, default=0.0,
+                        help="seconds a superseded snapshot is kept, so that a copy of the "
+                        "recovery partitions taken while running can be restored")
         if name == "run":
             rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
                             help="serve Prometheus /metrics on this port")

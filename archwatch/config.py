@@ -39,6 +39,7 @@ class FileConfig(BaseModel):
     shards: int | None = Field(default=None, ge=1, le=4096)
     recovery_dir: Path | None = None
     epoch_interval: float | None = Field(default=None, gt=0, le=3600)
+    backup_interval: float | None = Field(default=None, ge=0, le=30 * 86400)
     receivers: Path | None = None
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65_535)

@@ -41,6 +41,7 @@ class LiveOptions:
     epoch_interval: timedelta = timedelta(seconds=1)
     tick: timedelta = timedelta(milliseconds=100)
     flush_delay: float = 0.2
+    backup_interval: timedelta | None = None  # keep superseded snapshots this long
     addresses: tuple[str, ...] = ()  # a cluster: every process's host:port (empty: alone)
     process_id: int = 0
 
@@ -88,7 +89,8 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                       registrations=registry_source(store), loader=store_loader(store))
 
 
-def prepare_recovery(path: Path, workers: int) -> RecoveryConfig:
+def prepare_recovery(path: Path, workers: int,
+                     backup_interval: timedelta | None = None) -> RecoveryConfig:
     """Bytewax needs its recovery partitions created once; later runs reuse them.
 
     The processes of a cluster share one recovery directory and start together, so the
@@ -100,7 +102,9 @@ def prepare_recovery(path: Path, workers: int) -> RecoveryConfig:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not any(path.glob("part-*.sqlite3")):
             init_db_dir(path, max(workers, 1))
-    return RecoveryConfig(path)
+    # Bytewax deletes a superseded snapshot only after backup_interval: a copy of the
+    # partitions taken one by one while running then still holds a common snapshot
+    return RecoveryConfig(path, backup_interval=backup_interval)
 
 
 def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally:
@@ -112,7 +116,8 @@ def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally
     tally = Tally()
     flow = build_live_flow(store, settings, opts, tally)
     total_workers = opts.workers * max(len(opts.addresses), 1)
-    recovery = prepare_recovery(opts.recovery_dir, total_workers) if opts.recovery_dir else None
+    recovery = (prepare_recovery(opts.recovery_dir, total_workers, opts.backup_interval)
+                if opts.recovery_dir else None)
     cluster_main(flow, list(opts.addresses), opts.process_id, epoch_interval=opts.epoch_interval,
                  recovery_config=recovery, worker_count_per_proc=opts.workers)
     return tally

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,3 +86,39 @@ def test_generate_is_deterministic_and_reports(tmp_path: Path) -> None:
     assert info["cases"] == 300 and info["events"] > 300 * 5
     truth = json.loads((tmp_path / "w" / "truth.json").read_text())
     assert truth["counts"]["read"] == info["events"]
+
+
+def test_cluster_and_store_server_flags_are_checked_before_anything_starts(
+        tmp_path: Path) -> None:
+    """A cluster needs --url (the processes share one store), a valid -i, and a
+    store-server needs a password; each refusal is one line, exit 2."""
+    base = ("run", "--brokers", "127.0.0.1:1", "--timeout", "0.1")
+    proc = run(*base, "--db", str(tmp_path / "db"), "-a", "h:1,h:2", "-i", "0", check=False)
+    assert proc.returncode == 2 and "store-server" in proc.stderr
+    proc = run(*base, "--url", "http://x:y@127.0.0.1:1/", "-a", "h:1,h:2", "-i", "2",
+               check=False)
+    assert proc.returncode == 2 and "--process-id 2" in proc.stderr
+    proc = run(*base, "--url", "http://x:y@127.0.0.1:1/", "-i", "1", check=False)
+    assert proc.returncode == 2 and "--addresses" in proc.stderr
+    proc = subprocess.run([*ARCHWATCH, "store-server", "--db", str(tmp_path / "db")],
+                          capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items()
+                               if k != "ARCHWATCH_STORE_PASSWORD"})
+    assert proc.returncode == 2 and "ARCHWATCH_STORE_PASSWORD" in proc.stderr
+    assert not (tmp_path / "db").exists()  # refused before opening anything
+
+
+def test_backup_interval_reaches_bytewax_recovery(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from archwatch.cli import _live_opts, build_parser
+    from archwatch.live import prepare_recovery
+
+    args = build_parser().parse_args(["run", "--url", "http://u:p@h:1/", "--backup-interval",
+                                      "600", "--recovery-dir", str(tmp_path / "rec")])
+    opts = _live_opts(args)
+    assert opts.backup_interval == timedelta(minutes=10)
+    config = prepare_recovery(opts.recovery_dir, 2, opts.backup_interval)
+    assert config.backup_interval == timedelta(minutes=10)
+    assert sorted(p.name for p in (tmp_path / "rec").glob("part-*")) == \
+        ["part-0.sqlite3", "part-1.sqlite3"]
