@@ -96,9 +96,12 @@ class Tick:
 
 @dataclass(frozen=True, slots=True)
 class Count:
-    """A tally for the replay report (duplicate, afterAsOf)."""
+    """A tally for the replay report (duplicate, afterAsOf), or with a ``stage:`` kind,
+    how many items a keyed step has processed: counted by the sink once the rows emitted
+    with it are written, so a run knows when every applied event's rows are in the store."""
 
     kind: str
+    n: int = 1
 
 
 class VersionClock:

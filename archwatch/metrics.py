@@ -17,14 +17,20 @@ INPUT_POSITION = Gauge("archwatch_input_position", "Next offset to read, per par
                        ["topic", "partition"])
 INPUT_START = Gauge("archwatch_input_start", "Offset this run started reading from",
                     ["topic", "partition"])
+STAGE = PCounter("archwatch_stage_items_total", "Events (cases, receivers) and receipt "
+                 "facts (archive_nos; facts_sent by the cases) each keyed step processed, "
+                 "counted once the rows it emitted with them are written", ["stage"])
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
 
 
-def record(counts: Counter[str], rows: Counter[str]) -> None:
+def record(counts: Counter[str], rows: Counter[str],
+           stages: Counter[str] | None = None) -> None:
     for k, v in counts.items():
         EVENTS.labels(k).inc(v)
     for k, v in rows.items():
         ROWS.labels(k).inc(v)
+    for k, v in (stages or {}).items():
+        STAGE.labels(k).inc(v)
     LAST_FLUSH.set(time.time())
 
 

@@ -41,14 +41,19 @@ class Tally:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.rows: Counter[str] = Counter()
+        self.stages: Counter[str] = Counter()
         self.flushes = 0
 
     def add(self, counts: Counter[str], rows: Counter[str]) -> None:
+        stages = Counter({k[6:]: v for k, v in counts.items() if k.startswith("stage:")})
+        if stages:
+            counts = Counter({k: v for k, v in counts.items() if not k.startswith("stage:")})
         with self._lock:
             self.counts.update(counts)
+            self.stages.update(stages)
             self.rows.update(rows)
             self.flushes += 1
-        metrics.record(counts, rows)
+        metrics.record(counts, rows, stages)
 
 
 class _Writer:
@@ -136,7 +141,7 @@ class _Partition(StatelessSinkPartition[Any]):
                 self.rejects.append(item)
                 counts["rejected"] += 1
             elif isinstance(item, Count):
-                counts[item.kind] += 1
+                counts[item.kind] += item.n
             elif isinstance(item, Tick):
                 continue  # only gives the time-based flush below a chance when idle
             elif isinstance(item, Reconcile):

@@ -66,8 +66,10 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     """
 
     def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None,
-                 recovery: bool = False, reconcile: bool = False) -> None:
+                 recovery: bool = False, reconcile: bool = False,
+                 stage: str | None = None) -> None:
         self.shard = shard
+        self._stage = stage
         self._eof = eof
         self._recovery = recovery
         # first reset the store to what the shard believes (see Reconcile), as soon as
@@ -77,9 +79,10 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
                 recovery: bool = False, fresh_reconcile: bool = False,
-                ) -> Callable[[bytes | None], _ShardLogic]:
+                stage: str | None = None) -> Callable[[bytes | None], _ShardLogic]:
         """``fresh_reconcile``: a shard built without a snapshot reconciles too (live: the
-        store outlives the run, and may hold rows of this shard from an earlier one)."""
+        store outlives the run, and may hold rows of this shard from an earlier one).
+        ``stage``: count the events and receipt facts each batch processed (``Count``)."""
 
         def build(resume: bytes | None) -> _ShardLogic:
             shard = make()
@@ -88,7 +91,8 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
                 if hasattr(restored, "adopt"):
                     restored.adopt(shard)
                 shard = restored
-            return cls(shard, eof, recovery, reconcile=resume is not None or fresh_reconcile)
+            return cls(shard, eof, recovery, reconcile=resume is not None or fresh_reconcile,
+                       stage=stage)
 
         return build
 
@@ -98,6 +102,8 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
             self._reconcile = False
             keep = frozenset(getattr(self.shard, "evicted", ()))
             out = [Reconcile(self.shard.src, self.shard.live_rows(), keep), *out]
+        if self._stage is not None:
+            out = _count_stage(self._stage, values, out)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
@@ -109,6 +115,19 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         if not self._recovery:
             return None
         return pickle.dumps(self.shard, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _count_stage(stage: str, values: list[Any], out: Any) -> list[Any]:
+    """Append how many events/facts this batch took in (and, for the cases, how many
+    receipt facts it sent on): the sink tallies them with the rows of the same batch."""
+    out = list(out)
+    taken = sum(1 for v in values if isinstance(v, Envelope | ReceiptFact))
+    if taken:
+        out.append(Count(f"stage:{stage}", taken))
+    sent = sum(1 for x in out if isinstance(x, ReceiptFact))
+    if sent:
+        out.append(Count("stage:facts_sent", sent))
+    return out
 
 
 class _Dedup:
@@ -242,7 +261,7 @@ def build_flow(
     case_out = op.key_rm("cases_out", op.stateful_batch(
         "cases", case_in,
         _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction),
-                            recovery=rec, fresh_reconcile=settings.live),
+                            recovery=rec, fresh_reconcile=settings.live, stage="cases"),
     ))
     facts = op.branch("is_fact", case_out, lambda x: isinstance(x, ReceiptFact))
     archive_in = op.merge(
@@ -253,7 +272,7 @@ def build_flow(
     archive_rows = op.key_rm("archive_nos_out", op.stateful_batch(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
-                            fresh_reconcile=settings.live),
+                            fresh_reconcile=settings.live, stage="archive_nos"),
     ))
 
     # --- receivers (live: registrations polled from the registry reach every shard)
@@ -270,7 +289,7 @@ def build_flow(
         "receivers", recv_in,
         _ShardLogic.builder(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers), recovery=rec,
-            fresh_reconcile=settings.live),
+            fresh_reconcile=settings.live, stage="receivers"),
     ))
 
     everything = op.merge(

@@ -49,6 +49,28 @@ def outcomes(m: dict[str, float]) -> int:
     return int(sum(v for k, v in m.items() if k.startswith("archwatch_events_total{")))
 
 
+def stages(m: dict[str, float]) -> dict[str, int]:
+    pre = 'archwatch_stage_items_total{stage="'
+    return {k[len(pre):-2]: int(v) for k, v in m.items() if k.startswith(pre)}
+
+
+def all_written(ms: list[dict[str, float]], total: int) -> bool:
+    """Every record read (``total``), each counted once (applied, duplicate, rejected), and
+    every applied event's and receipt fact's rows written by the keyed steps (summed over
+    the processes of a cluster)."""
+    read = sum(positions(m) for m in ms)
+    start = sum(positions(m, "archwatch_input_start") for m in ms)
+    if read < total or sum(outcomes(m) for m in ms) != read - start:
+        return False
+    st: dict[str, int] = {}
+    for m in ms:
+        for k, v in stages(m).items():
+            st[k] = st.get(k, 0) + v
+    applied = sum(m.get('archwatch_events_total{outcome="applied"}', 0) for m in ms)
+    return (st.get("cases", 0) + st.get("receivers", 0) == applied
+            and st.get("archive_nos", 0) == st.get("facts_sent", 0))
+
+
 class Archwatch:
     """One `archwatch run` (or `up`) subprocess."""
 
@@ -81,15 +103,10 @@ class Archwatch:
 
     def wait_consumed(self, total: int, timeout: float = 180.0) -> None:
         """Every produced record read and its outcome written (each record read since the
-        run's start offsets is counted once: applied, duplicate or rejected)."""
-
-        def done() -> bool:
-            m = self.metrics()
-            read = positions(m)
-            return read >= total and outcomes(m) == read - positions(m, "archwatch_input_start")
-
-        poll(done, timeout, what=f"{total} records read and written")
-        time.sleep(1.0)  # deadline rows fired by the next wall-clock ticks
+        run's start offsets is counted once: applied, duplicate or rejected), and the rows
+        each applied event leads to written too."""
+        poll(lambda: all_written([self.metrics()], total), timeout,
+             what=f"{total} records read and their rows written")
 
     def kill(self) -> None:
         assert self.proc is not None

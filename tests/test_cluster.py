@@ -24,6 +24,7 @@ from archwatch.store import ServerStore
 from tests.kafka_helpers import (
     ROOT,
     Archwatch,
+    all_written,
     free_port,
     metrics,
     outcomes,
@@ -71,26 +72,6 @@ class StoreServer:
         self.proc.wait(30)
 
 
-def converge(server: StoreServer, batch: dict[str, Any], timeout: float = 60) -> float:
-    """Wait until the cluster's tables equal the batch answer; the seconds it took.
-
-    Every record's outcome being counted does not mean every derived row is written yet:
-    receipts cross to the archive-number step, possibly in the other process, and
-    deadlines fire on the next wall-clock ticks."""
-    t0 = time.monotonic()
-
-    def same() -> bool:
-        try:
-            assert_same(server.tables(), batch)
-        except AssertionError:
-            return False
-        return True
-
-    poll(lambda: same() or time.monotonic() - t0 > timeout, timeout + 5, every=0.5)
-    assert_same(server.tables(), batch)  # the difference, if it never converged
-    return time.monotonic() - t0
-
-
 class Cluster:
     """Two `archwatch run` processes forming one Bytewax cluster."""
 
@@ -116,10 +97,9 @@ class Cluster:
         def done() -> bool:
             for p in self.procs:
                 assert p.alive(), p.log.read_text()[-3000:]
-            read, start, out = self.totals()
-            return read >= total and out == read - start
+            return all_written([metrics(p.port) for p in self.procs], total)
 
-        poll(done, timeout, what=f"{total} records read and written by the cluster")
+        poll(done, timeout, what=f"{total} records read and their rows written by the cluster")
 
     def stop(self) -> None:
         for p in self.procs:
@@ -144,7 +124,7 @@ def test_two_processes_give_the_tables_of_one(broker: str, workload: Any,  # noq
             cluster.wait_consumed(len([x for x in lines if x.strip()]))
             per_process = [positions(metrics(p.port)) for p in cluster.procs]
             assert all(n > 0 for n in per_process), per_process  # both read partitions
-            print(f"converged {converge(server, batch):.1f} s after the last outcome")
+            assert_same(server.tables(), batch)
         finally:
             cluster.stop()
         assert_same(server.tables(), batch)  # and nothing changes at the stop
@@ -174,7 +154,7 @@ def test_restart_of_one_process(broker: str, workload: Any, tmp_path: Path) -> N
         second = Cluster(tmp_path, prefix, server.url, receivers, first.addresses)
         try:
             second.wait_consumed(len([x for x in lines if x.strip()]))
-            converge(server, batch)
+            assert_same(server.tables(), batch)
         finally:
             second.stop()
         assert_same(server.tables(), batch)
