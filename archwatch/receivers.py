@@ -174,7 +174,7 @@ def parse_registration(item: Any) -> Registration:
         raise ValueError("needs a string receiverId")
     schedule = item.get("schedule") or ""
     if schedule and item.get("period"):
-        raise ValueError("give period or schedule, not both")
+        raise ValueError("period or schedule: give one, not both")
     try:
         tz = check_tz(item.get("tz") or DEFAULT_TZ)
     except ValueError as exc:

@@ -117,7 +117,7 @@ class TestValidation:
         ({"schedule": "61 * * * *"}, "schedule: cron expression '61 * * * *'"),
         ({"schedule": "* * *"}, "needs 5 fields"),
         ({"schedule": "0 0 30 2 *"}, "schedule: cron expression"),
-        ({"schedule": "0 * * * *", "period": "PT1M"}, "period or schedule, not both"),
+        ({"schedule": "0 * * * *", "period": "PT1M"}, "period or schedule: give one, not both"),
         ({"tz": "Mars/Olympus"}, "tz: unknown time zone 'Mars/Olympus'"),
         ({"tz": "../../etc/passwd"}, "unknown time zone"),
         ({"period": "PT0S"}, "period must be positive"),
