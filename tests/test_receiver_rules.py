@@ -310,3 +310,25 @@ def test_any_order_of_heartbeats_same_receiver_down_rows(data: st.DataObject) ->
     got = run_batches(s, [b for b in batches if b]).tables
     assert got.final("anomaly") == reference.final("anomaly")
     assert got.final("receiver_status") == reference.final("receiver_status")
+
+
+CRON_ATOMS = st.sampled_from(["*", "0", "59", "60", "*/0", "*/7", "1-5", "5-1", "L", "LW",
+                              "MON", "FRI#2", "1#6", "?", ",", "-", "/", "99999999999", "15W",
+                              "JAN-DEC", "0,30", "3L", "ÿ", ""])
+
+
+@settings(max_examples=400, deadline=None)
+@given(fields=st.lists(CRON_ATOMS, min_size=0, max_size=7),
+       tz=st.one_of(st.text(max_size=20), st.sampled_from(["UTC", "Europe/Berlin", "x/../y"])))
+def test_any_schedule_or_zone_is_accepted_or_a_clear_value_error(fields: list[str],
+                                                                   tz: str) -> None:
+    """Whatever a client sends, the verdict is a registration or a ValueError (the API's
+    422), never another exception (a 500); an accepted schedule always has a next tick."""
+    try:
+        r = parse_registration({"receiverId": "r", "qym": "330109",
+                                "schedule": " ".join(fields), "tz": tz or "UTC"})
+    except ValueError as exc:
+        assert str(exc)
+        return
+    if r.schedule:
+        assert check_at(r, T0) is not None and check_at(r, T0) > T0
