@@ -171,7 +171,7 @@ def test_schedule_window_and_flaps_live(broker: str, tmp_path: Path) -> None:  #
         poll(lambda: any(a["resolvedAt"] for a in downs("s-flap")), 20, every=0.05,
              what="s-flap resolved")
         before_silence = [a for a in downs("s-flap")
-                          if parse_ts(a["openedAt"]) <= good[-1] + 2000]
+                          if parse_ts(a["openedAt"]) < good[-1] + 2000]
         assert len(before_silence) == 1, before_silence
         assert parse_ts(before_silence[0]["openedAt"]) == f0 + 2000
         assert parse_ts(before_silence[0]["resolvedAt"]) == good[-1]
