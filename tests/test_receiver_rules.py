@@ -332,3 +332,29 @@ def test_any_schedule_or_zone_is_accepted_or_a_clear_value_error(fields: list[st
         return
     if r.schedule:
         assert check_at(r, T0) is not None and check_at(r, T0) > T0
+
+
+def contract_gaps(beats: list[tuple[int, str]], period: int, grace: int,
+                  wm: int) -> set[tuple[str, int, int | None]]:
+    """The contract's rule, written out plainly: heartbeat i's gap opens at
+    ``at_i + period + grace`` if the watermark passed it and the next heartbeat is later,
+    and resolves at that next heartbeat."""
+    out = set()
+    for i, (at, eid) in enumerate(beats):
+        d = at + period + grace
+        nxt = beats[i + 1][0] if i + 1 < len(beats) else None
+        if d < wm and (nxt is None or nxt > d):
+            out.add((eid, d, nxt))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(times=st.lists(st.integers(0, 600), min_size=1, max_size=60, unique=True),
+       wm=st.integers(0, 700), period=st.integers(1, 5), grace=st.integers(0, 5))
+def test_defaults_are_exactly_the_contract(times: list[int], wm: int, period: int,
+                                           grace: int) -> None:
+    reg = Registration("r1", "330109", period * MIN, grace * MIN).with_defaults(1, 1)
+    f = facts(*times)
+    got = {(a.detail, a.opened_at, a.resolved_at)
+           for a in scan(f, reg, T0 + wm * MIN).anomalies.values()}
+    assert got == contract_gaps(f.beats, period * MIN, grace * MIN, T0 + wm * MIN)
