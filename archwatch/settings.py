@@ -28,7 +28,6 @@ class EngineSettings:
     evict_after_ms: int | None = 86_400_000
     evict_min_wall_ms: int = 60_000
 
-
     @property
     def flap(self) -> tuple[int, int]:
         return self.down_after, self.up_after
