@@ -566,9 +566,13 @@ class ReceiverShard(_Snapshottable):
                 st.facts.forget_open()
                 self.pending.pop(rid, None)
             if reg is not None:
-                if start >= 10**12 and st.facts.pending_from is None and not any(
-                        a.resolved_at is None for a in st.anomalies.values()):
-                    start = len(st.facts.beats) - 1  # (re)registered: judge the last silence
+                if start >= 10**12 and st.facts.beats and st.facts.pending_from is None \
+                        and not any(a.resolved_at is None for a in st.anomalies.values()):
+                    # (re)registered while silent: a change applies to gaps that open after
+                    # it, so the last silence counts only if its deadline is still ahead
+                    d = alert_after(reg, st.facts.beats[-1][0])
+                    if d is not None and d >= self.last_wm:
+                        start = len(st.facts.beats) - 1
                 res = scan(st.facts, reg, wm, start)
                 candidates = gap_ids(st.facts, res.start)
                 prev = {k: v for k, v in st.anomalies.items() if k in candidates}

@@ -358,3 +358,35 @@ def test_defaults_are_exactly_the_contract(times: list[int], wm: int, period: in
     got = {(a.detail, a.opened_at, a.resolved_at)
            for a in scan(f, reg, T0 + wm * MIN).anomalies.values()}
     assert got == contract_gaps(f.beats, period * MIN, grace * MIN, T0 + wm * MIN)
+
+
+def test_a_registration_applies_to_gaps_that_open_after_it() -> None:
+    """Contract §4: registering (or un-pausing) a silent receiver does not open a gap whose
+    deadline passed before; one still ahead opens on time. Pausing withdraws an open one."""
+    from archwatch.engine import ReceiverShard, Registrations, VersionClock, Watermark
+    from archwatch.models import ReceiverHeartbeat
+    from archwatch.rules import Sla
+
+    def beat(rid: str, at: int) -> ReceiverHeartbeat:
+        return ReceiverHeartbeat.model_construct(
+            eventId=f"{rid}-{at}", type="receiver.heartbeat", occurredAt=at, source=rid,
+            receiverId=rid, qym="330109")
+
+    def opened(out: list) -> list[tuple[str, int, int]]:
+        return [(w.row["receiver_id"], w.row["is_deleted"], w.row["opened_at"])
+                for w in out if w.table == "anomaly"]
+
+    sh = ReceiverShard(1, Sla(), VersionClock(), {})
+    sh.on_batch([beat("old", T0), beat("new", T0 + 9 * MIN), Watermark(T0 + 10 * MIN)])
+    regs = {r: Registration(r, "330109", MIN, 2 * MIN) for r in ("old", "new")}
+    assert opened(sh.on_batch([Registrations(regs)])) == []  # old's deadline T0+3 passed
+    out = sh.on_batch([Watermark(T0 + 12 * MIN + 1)])  # new's deadline T0+12 was ahead
+    assert [(r, d) for r, d, _o in opened(out)] == [("new", 0)]
+    # paused: its open gap is withdrawn; un-paused while still silent: nothing reopens
+    out = sh.on_batch([Registrations({"old": regs["old"]})])
+    assert [(r, d) for r, d, _o in opened(out)] == [("new", 1)]
+    assert opened(sh.on_batch([Registrations(regs), Watermark(T0 + 20 * MIN)])) == []
+    # ... until it beats and falls silent again (the heartbeat also re-judges the silence
+    # before it under the registration now in force, as a late heartbeat would)
+    out = sh.on_batch([beat("new", T0 + 21 * MIN), Watermark(T0 + 30 * MIN)])
+    assert ("new", 0, f"{(T0 + 24 * MIN) // 1000}.000") in opened(out)
