@@ -33,6 +33,14 @@ def _duration(text: str) -> str:
     return text
 
 
+def _checks(text: str) -> int:
+    from archwatch.receivers import MAX_CHECKS
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_CHECKS:
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_CHECKS}: {text!r}")
+    return int(text)
+
+
 def _timestamp(text: str) -> int:
     try:
         return parse_ts(text)
@@ -46,6 +54,12 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
         g.add_argument(flag, dest=dest, type=_duration, default=None,
                        help=f"{key} (default {default})")
     p.add_argument("--receivers", type=Path, help="JSON file of registered receivers")
+    p.add_argument("--down-after", dest="down_after", type=_checks, default=None,
+                   help="receivers: consecutive missed checks before RECEIVER_DOWN opens, "
+                        "where a registration sets none (default 1)")
+    p.add_argument("--up-after", dest="up_after", type=_checks, default=None,
+                   help="receivers: consecutive good heartbeats before it resolves, where a "
+                        "registration sets none (default 1)")
     p.add_argument("--shards", type=int, default=None,
                    help="key shards of each stateful step (default 32)")
 
@@ -65,7 +79,8 @@ def _engine_settings(args: argparse.Namespace, as_of: int | None, live: bool = F
     shards = args.shards or DEFAULT_SHARDS
     if shards < 1:
         raise CliError("--shards must be at least 1")
-    return EngineSettings(sla=sla, shards=shards, as_of=as_of, receivers=regs, live=live)
+    return EngineSettings(sla=sla, shards=shards, as_of=as_of, receivers=regs, live=live,
+                          down_after=args.down_after or 1, up_after=args.up_after or 1)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -54,6 +54,8 @@ class FileConfig(BaseModel):
     distribution_sla: str | None = None
     orphan_grace: str | None = None
     lateness: str | None = None
+    down_after: int | None = Field(default=None, ge=1, le=1000)
+    up_after: int | None = Field(default=None, ge=1, le=1000)
 
     @field_validator(*DURATIONS)
     @classmethod

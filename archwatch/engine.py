@@ -24,7 +24,7 @@ from typing import Any
 
 from archwatch.kpi import KpiAcc
 from archwatch.models import Envelope, ReceiverHeartbeat
-from archwatch.receivers import ReceiverFacts, Registration, gap_ids, gaps
+from archwatch.receivers import ReceiverFacts, Registration, alert_after, gap_ids, scan
 from archwatch.rules import (
     CLASS_OF_CODE,
     Anomaly,
@@ -505,21 +505,28 @@ class ReceiverState:
 
 
 class ReceiverShard(_Snapshottable):
-    """Heartbeats of the receivers of one shard; RECEIVER_DOWN for registered ones."""
+    """Heartbeats of the receivers of one shard; RECEIVER_DOWN for registered ones (the
+    rules, cron schedules, maintenance windows and flap counts: archwatch.receivers)."""
 
     def __init__(
-        self, shards: int, sla: Sla, clock: VersionClock, registrations: dict[str, Registration]
+        self, shards: int, sla: Sla, clock: VersionClock, registrations: dict[str, Registration],
+        flap: tuple[int, int] = (1, 1),
     ) -> None:
         self.shards = shards
         self.src = ""
         self.sla = sla
         self.clock = clock
-        self.regs = registrations
+        self.flap = flap  # global (downAfter, upAfter) for registrations that set none
+        self.regs = self._resolved(registrations)
         self.receivers: dict[str, ReceiverState] = {}
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
         self.last_wm = MIN_TIME
         self.pending: dict[str, int] = {}  # receiver -> next deadline
+
+    def _resolved(self, regs: dict[str, Registration]) -> dict[str, Registration]:
+        down, up = getattr(self, "flap", (1, 1))
+        return {rid: r.with_defaults(down, up) for rid, r in regs.items()}
 
     @property
     def watermark(self) -> int:
@@ -532,11 +539,12 @@ class ReceiverShard(_Snapshottable):
                 self.external_wm = max(self.external_wm, item.at)
                 continue
             if isinstance(item, Registrations):
-                for rid in set(item.regs) ^ set(self.regs) | {
-                        r for r in item.regs if item.regs[r] != self.regs.get(r)}:
+                regs = self._resolved(item.regs)
+                for rid in set(regs) ^ set(self.regs) | {
+                        r for r in regs if regs[r] != self.regs.get(r)}:
                     if rid in self.receivers:  # re-evaluate what is not settled yet
-                        changed[rid] = 0 if rid not in item.regs else changed.get(rid, 10**12)
-                self.regs = dict(item.regs)
+                        changed[rid] = 0 if rid not in regs else changed.get(rid, 10**12)
+                self.regs = regs
                 continue
             ev = item.event if isinstance(item, Envelope) else item
             self.max_seen = max(self.max_seen, ev.occurredAt)
@@ -553,8 +561,7 @@ class ReceiverShard(_Snapshottable):
         if wm > self.last_wm:
             for rid, deadline in list(self.pending.items()):
                 if deadline < wm:
-                    st = self.receivers[rid]
-                    start = st.facts.first_unsettled(self.last_wm, self.regs[rid])
+                    start = self.receivers[rid].facts.pending_index()
                     changed[rid] = min(start, changed.get(rid, start))
         out: list[Write] = []
         for rid, start in changed.items():
@@ -564,20 +571,27 @@ class ReceiverShard(_Snapshottable):
                 still = {k: a for k, a in st.anomalies.items() if a.resolved_at is not None}
                 out.extend(diff_anomalies(st.anomalies, still, self.src, self.clock))
                 st.anomalies = still
+                st.facts.forget_open()
                 self.pending.pop(rid, None)
             if reg is not None:
-                start = min(start, st.facts.first_unsettled(self.last_wm, reg))
-                new, pending = gaps(st.facts, reg, wm, start)
-                candidates = gap_ids(st.facts, start)
+                if start >= 10**12 and st.facts.beats and st.facts.pending_from is None \
+                        and not any(a.resolved_at is None for a in st.anomalies.values()):
+                    # (re)registered while silent: a change applies to gaps that open after
+                    # it, so the last silence counts only if its deadline is still ahead
+                    d = alert_after(reg, st.facts.beats[-1][0])
+                    if d is not None and d >= self.last_wm:
+                        start = len(st.facts.beats) - 1
+                res = scan(st.facts, reg, wm, start)
+                candidates = gap_ids(st.facts, res.start)
                 prev = {k: v for k, v in st.anomalies.items() if k in candidates}
-                out.extend(diff_anomalies(prev, new, self.src, self.clock))
+                out.extend(diff_anomalies(prev, res.anomalies, self.src, self.clock))
                 for k in prev:
                     st.anomalies.pop(k)
-                st.anomalies.update(new)
-                if pending is None:
+                st.anomalies.update(res.anomalies)
+                if res.pending is None:
                     self.pending.pop(rid, None)
                 else:
-                    self.pending[rid] = pending
+                    self.pending[rid] = res.pending
             out.extend(self._status(rid, st, reg, wm))
         self.last_wm = max(self.last_wm, wm)
         return out
@@ -597,12 +611,15 @@ class ReceiverShard(_Snapshottable):
         down = any(a.resolved_at is None for a in st.anomalies.values())
         state = "unregistered" if reg is None else "new" if last is None else (
             "down" if down else "up")
-        row = (reg.qym if reg else st.qym, last, len(st.facts.beats), state)
+        # when it goes down if nothing else comes (none while down: it already is)
+        after = alert_after(reg, last) if reg is not None and last is not None and not down \
+            else None
+        row = (reg.qym if reg else st.qym, last, len(st.facts.beats), state, after)
         if row == st.status_row:
             return []
         st.status_row = row
         return [Write("receiver_status", {
             "receiver_id": rid, "qym": row[0], "registered": int(reg is not None),
-            "last_beat_at": _t(last), "beats": row[2], "state": state, "src": self.src,
-            "version": self.clock.next(),
+            "last_beat_at": _t(last), "beats": row[2], "state": state,
+            "alert_after": _t(after), "src": self.src, "version": self.clock.next(),
         })]

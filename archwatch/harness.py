@@ -110,7 +110,7 @@ class Engine:
         sh = self.receivers.get(key)
         if sh is None:
             sh = self.receivers[key] = ReceiverShard(self.s.shards, self.s.sla, self.clock,
-                                                     self.s.receivers)
+                                                     self.s.receivers, self.s.flap)
         return sh
 
     def feed(self, lines: Iterable[str]) -> None:

@@ -10,12 +10,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from archwatch.engine import VersionClock
-from archwatch.receivers import DEFAULT_GRACE_MS, DEFAULT_PERIOD_MS, Registration
+from archwatch.receivers import (
+    DEFAULT_GRACE_MS,
+    DEFAULT_PERIOD_MS,
+    DEFAULT_TZ,
+    Registration,
+    Window,
+    windows_from_json,
+    windows_to_json,
+)
 from archwatch.store import Store
 
 _clock = VersionClock()
@@ -30,9 +38,22 @@ class ReceiverEntry:
     grace_ms: int = DEFAULT_GRACE_MS
     paused: bool = False
     key_hash: str = ""
+    schedule: str = ""
+    tz: str = DEFAULT_TZ
+    maintenance: tuple[Window, ...] = ()
+    down_after: int = 0  # 0: the engine's global default
+    up_after: int = 0
 
     def registration(self) -> Registration:
-        return Registration(self.receiver_id, self.qym, self.period_ms, self.grace_ms)
+        return Registration(self.receiver_id, self.qym, self.period_ms, self.grace_ms,
+                            self.schedule, self.tz, self.maintenance, self.down_after,
+                            self.up_after)
+
+    @classmethod
+    def of(cls, r: Registration, owner: str = "", paused: bool = False,
+           key_hash: str = "") -> ReceiverEntry:
+        return cls(r.receiver_id, r.qym, owner, r.period, r.grace, paused, key_hash,
+                   r.schedule, r.tz, r.maintenance, r.down_after, r.up_after)
 
 
 def _hash(key: str) -> str:
@@ -45,11 +66,13 @@ class Registry:
 
     def all(self) -> dict[str, ReceiverEntry]:
         rows = self.store.query(
-            "SELECT receiver_id, qym, owner, period_ms, grace_ms, paused, key_hash"
-            " FROM receiver FINAL ORDER BY receiver_id")
-        return {r["receiver_id"]: ReceiverEntry(r["receiver_id"], r["qym"], r["owner"],
-                                                r["period_ms"], r["grace_ms"],
-                                                bool(r["paused"]), r["key_hash"])
+            "SELECT receiver_id, qym, owner, period_ms, grace_ms, paused, key_hash, schedule,"
+            " tz, maintenance, down_after, up_after FROM receiver FINAL ORDER BY receiver_id")
+        return {r["receiver_id"]: ReceiverEntry(
+                    r["receiver_id"], r["qym"], r["owner"], r["period_ms"], r["grace_ms"],
+                    bool(r["paused"]), r["key_hash"], r["schedule"], r["tz"] or DEFAULT_TZ,
+                    windows_from_json(r["maintenance"], r["tz"] or DEFAULT_TZ),
+                    r["down_after"], r["up_after"])
                 for r in rows}
 
     def get(self, receiver_id: str) -> ReceiverEntry | None:
@@ -59,13 +82,14 @@ class Registry:
         self.store.insert("receiver", [{
             "receiver_id": e.receiver_id, "qym": e.qym, "owner": e.owner,
             "period_ms": e.period_ms, "grace_ms": e.grace_ms, "key_hash": e.key_hash,
+            "schedule": e.schedule, "tz": e.tz, "maintenance": windows_to_json(e.maintenance),
+            "down_after": e.down_after, "up_after": e.up_after,
             "paused": int(e.paused), "version": _clock.next(), "is_deleted": 0}])
 
     def register(self, e: ReceiverEntry) -> str:
         """Register (or re-key) a receiver; returns its heartbeat key, shown once."""
         key = "rk_" + secrets.token_urlsafe(24)
-        self.put(ReceiverEntry(e.receiver_id, e.qym, e.owner, e.period_ms, e.grace_ms,
-                               e.paused, _hash(key)))
+        self.put(replace(e, key_hash=_hash(key)))
         return key
 
     def merge_file(self, regs: dict[str, Registration]) -> None:
@@ -73,9 +97,8 @@ class Registry:
         current = self.all()
         for r in regs.values():
             old = current.get(r.receiver_id)
-            self.put(ReceiverEntry(r.receiver_id, r.qym, old.owner if old else "", r.period,
-                                   r.grace, old.paused if old else False,
-                                   old.key_hash if old else ""))
+            self.put(ReceiverEntry.of(r, old.owner if old else "", old.paused if old else False,
+                                      old.key_hash if old else ""))
 
     def verify(self, receiver_id: str, key: str) -> ReceiverEntry | None:
         e = self.get(receiver_id)

@@ -18,11 +18,19 @@ class EngineSettings:
     as_of: int | None = None  # replay: the moment the answer describes (epoch ms)
     receivers: dict[str, Registration] = field(default_factory=dict)
     live: bool = False  # live: the watermark also follows the wall clock
+    # receivers' flap suppression where a registration sets none (archwatch.receivers):
+    # consecutive missed checks before down, consecutive good heartbeats before up again
+    down_after: int = 1
+    up_after: int = 1
     recovery: bool = False  # Bytewax recovery on: shards must snapshot their state
     # settled cases leave memory after this much event time (None: never) and this much
     # wall time (so their events are surely written), and are reloaded on a late event
     evict_after_ms: int | None = 86_400_000
     evict_min_wall_ms: int = 60_000
+
+    @property
+    def flap(self) -> tuple[int, int]:
+        return self.down_after, self.up_after
 
 
 def shard_of(key: str, shards: int) -> str:

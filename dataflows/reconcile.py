@@ -288,7 +288,8 @@ def build_flow(
     recv_rows = op.key_rm("receivers_out", op.stateful_batch(
         "receivers", recv_in,
         _ShardLogic.builder(
-            lambda: ReceiverShard(n, settings.sla, versions, settings.receivers), recovery=rec,
+            lambda: ReceiverShard(n, settings.sla, versions, settings.receivers,
+                                  settings.flap), recovery=rec,
             fresh_reconcile=settings.live, stage="receivers"),
     ))
 

@@ -91,3 +91,89 @@ def _ok(aw: Archwatch, path: str) -> bool:
 def _receiver(aw: Archwatch, token: str) -> dict[str, Any] | None:
     rows = api(aw, "GET", "/api/v1/receivers", token).json()
     return next((r for r in rows if r["receiverId"] == "recv-330109" and r["lastBeatAt"]), None)
+
+
+def test_schedule_window_and_flaps_live(broker: str, tmp_path: Path) -> None:  # noqa: F811
+    """Through `archwatch up` on the wall clock: a receiver silent inside its maintenance
+    window alerts only at the window's end + grace (its twin without a window alerts at
+    its deadline); a cron-scheduled one alerts at its next tick + grace; a flapping one
+    with upAfter=3 gives one alert where the default would give two."""
+    from datetime import datetime
+
+    from archwatch.receivers import cron_tick
+    from archwatch.timeutil import SHANGHAI
+
+    made = subprocess.run(
+        [sys.executable, "-m", "archwatch.cli", "users", "create", "city", "--role", "city",
+         "--db", str(tmp_path / "db")], capture_output=True, text=True, check=True, cwd=ROOT)
+    password = json.loads(made.stdout)["password"]
+    aw = Archwatch(tmp_path, prefix_for("hbsched"), "--lateness", "PT0S", "--no-recovery",
+                   "--epoch-interval", "0.2", command="up").start()
+    try:
+        poll(lambda: _ok(aw, "/healthz"), 60, what="the API")
+        token = api(aw, "POST", "/api/v1/auth/login",
+                    json={"username": "city", "password": password}).json()["accessToken"]
+        # a window opening in 4 s for 8 s (6-field cron: second minute hour, Shanghai)
+        w0 = (now_ms() // 1000 + 4) * 1000
+        start = datetime.fromtimestamp(w0 / 1000, SHANGHAI)
+        window = {"cron": f"{start.second} {start.minute} {start.hour} * * *",
+                  "duration": "PT8S"}
+        keys = {}
+        for rid, extra in (
+                ("s-maint", {"period": "PT1S", "grace": "PT1S", "maintenance": [window]}),
+                ("s-ctl", {"period": "PT1S", "grace": "PT1S"}),
+                ("s-cron", {"schedule": "*/4 * * * * *", "grace": "PT1S"}),
+                ("s-flap", {"period": "PT1S", "grace": "PT1S", "upAfter": 3})):
+            r = api(aw, "POST", "/api/v1/receivers", token,
+                    json={"receiverId": rid, "qym": "330109", **extra})
+            assert r.status_code == 201, r.text
+            keys[rid] = r.json()["key"]
+
+        def beat(rid: str) -> int:
+            r = api(aw, "POST", f"/api/v1/heartbeats/{rid}",
+                    headers={"X-Receiver-Key": keys[rid]})
+            assert r.status_code == 202, r.text
+            return parse_ts(r.json()["occurredAt"])
+
+        def downs(rid: str) -> list[dict[str, Any]]:
+            return api(aw, "GET", f"/api/v1/anomalies?code=RECEIVER_DOWN&receiverId={rid}",
+                       token).json()["items"]
+
+        poll(lambda: now_ms() >= w0 - 1500, 10, every=0.02, what="just before the window")
+        b_maint, b_ctl, b_cron = beat("s-maint"), beat("s-ctl"), beat("s-cron")
+        assert w0 <= b_maint + 2000 < w0 + 8000  # its deadline falls inside the window
+        cron_deadline = cron_tick("*/4 * * * * *", "Asia/Shanghai", b_cron) + 1000
+        # the control receiver goes down at its deadline, inside the other's window
+        [ctl] = poll(lambda: downs("s-ctl"), 20, every=0.05, what="s-ctl down")
+        assert parse_ts(ctl["openedAt"]) == b_ctl + 2000
+        assert downs("s-maint") == []
+        rows = {r["receiverId"]: r for r in api(aw, "GET", "/api/v1/receivers", token).json()}
+        assert rows["s-maint"]["inMaintenance"] and not rows["s-ctl"]["inMaintenance"]
+        # the scheduled one, at its next 4-second tick + 1 s grace
+        [cron] = poll(lambda: downs("s-cron"), 20, every=0.05, what="s-cron down")
+        seen = now_ms()
+        assert parse_ts(cron["openedAt"]) == cron_deadline
+        assert cron_deadline < seen <= cron_deadline + 3000, seen - cron_deadline
+        # the windowed one only at the window's end + grace, still silent
+        [maint] = poll(lambda: downs("s-maint"), 30, every=0.05, what="s-maint down")
+        seen = now_ms()
+        assert parse_ts(maint["openedAt"]) == w0 + 8000 + 1000
+        assert w0 + 9000 < seen <= w0 + 9000 + 3000, seen - w0 - 9000
+
+        # flapping: down, up for 2 heartbeats, down (a missed check), up for 3
+        f0 = beat("s-flap")
+        poll(lambda: downs("s-flap"), 20, every=0.05, what="s-flap down")
+        beat("s-flap")
+        f2 = beat("s-flap")
+        poll(lambda: now_ms() > f2 + 2300, 10, every=0.05, what="a missed check")
+        good = [beat("s-flap") for _ in range(3)]
+        assert good[-1] - good[0] < 2000, "the three heartbeats must be on time"
+        poll(lambda: any(a["resolvedAt"] for a in downs("s-flap")), 20, every=0.05,
+             what="s-flap resolved")
+        before_silence = [a for a in downs("s-flap")
+                          if parse_ts(a["openedAt"]) < good[-1] + 2000]
+        assert len(before_silence) == 1, before_silence
+        assert parse_ts(before_silence[0]["openedAt"]) == f0 + 2000
+        assert parse_ts(before_silence[0]["resolvedAt"]) == good[-1]
+    finally:
+        assert aw.stop() == 0, aw.log.read_text()[-3000:]

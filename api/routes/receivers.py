@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
@@ -15,12 +16,23 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from archwatch.accounts import Role
+from archwatch.receivers import MAX_WINDOWS, check_at, in_maintenance, parse_registration
 from archwatch.registry import ReceiverEntry, Registry
-from archwatch.timeutil import DAY_MS, SHANGHAI, now_ms, parse_duration, to_iso_utc
+from archwatch.timeutil import DAY_MS, SHANGHAI, now_ms, to_iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["receivers"])
 RID = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")]
 ManagerDep = Annotated[Principal, Depends(require(Role.sysadmin, Role.city))]
+
+
+class WindowIn(BaseModel):
+    """A recurring maintenance window: no RECEIVER_DOWN opens inside it."""
+
+    cron: str = Field(max_length=200, description="when it starts (5 cron fields, or 6 with "
+                                                  "seconds first)", examples=["0 2 * * *"])
+    duration: str = Field(max_length=40, description="ISO 8601 duration", examples=["PT2H"])
+    tz: str | None = Field(default=None, max_length=64,
+                           description="IANA time zone (default: the receiver's tz)")
 
 
 class ReceiverIn(BaseModel):
@@ -29,6 +41,19 @@ class ReceiverIn(BaseModel):
     owner: str = Field(default="", max_length=256, description="who to call when it is down")
     period: str = Field(default="PT1M", description="ISO 8601 duration between heartbeats")
     grace: str = Field(default="PT2M", description="ISO 8601 duration tolerated past period")
+    schedule: str | None = Field(
+        default=None, max_length=200, examples=["*/5 * * * *"],
+        description="cron expression: a heartbeat is due at its next tick after the last "
+                    "one (instead of period); 5 fields, or 6 with seconds first")
+    tz: str = Field(default="Asia/Shanghai", max_length=64,
+                    description="IANA time zone of schedule and maintenance windows")
+    maintenance: list[WindowIn] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    downAfter: int | None = Field(
+        default=None, description="consecutive missed checks before RECEIVER_DOWN opens "
+                                  "(default: the engine's, 1)")
+    upAfter: int | None = Field(
+        default=None, description="consecutive good heartbeats before it resolves "
+                                  "(default: the engine's, 1)")
     paused: bool = False
 
 
@@ -38,13 +63,17 @@ class HeartbeatIn(BaseModel):
 
 
 def _entry(body: ReceiverIn) -> ReceiverEntry:
+    """The registry entry, or a 422 naming what cannot be used (a bad cron expression,
+    time zone, duration or count): the same rules as a receivers file."""
+    item = body.model_dump(exclude_none=True)
+    if "period" not in body.model_fields_set:
+        item.pop("period")  # with a schedule, only an explicit period is a conflict
+    item["maintenance"] = [w.model_dump(exclude_none=True) for w in body.maintenance]
     try:
-        period, grace = parse_duration(body.period), parse_duration(body.grace)
+        r = parse_registration(item)
     except ValueError as exc:
-        raise ApiError(400, "invalid_parameter", str(exc)) from None
-    if period <= 0:
-        raise ApiError(400, "invalid_parameter", "period must be positive")
-    return ReceiverEntry(body.receiverId, body.qym, body.owner, period, grace, body.paused)
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
+    return ReceiverEntry.of(r, body.owner, body.paused)
 
 
 def _state(e: ReceiverEntry, last: int | None, down: bool, wm: int) -> str:
@@ -54,7 +83,8 @@ def _state(e: ReceiverEntry, last: int | None, down: bool, wm: int) -> str:
         return "new"
     if down:
         return "down"
-    return "late" if wm > last + e.period_ms else "up"
+    due = check_at(e.registration(), last)
+    return "late" if due is not None and wm > due else "up"
 
 
 @router.get("/receivers")
@@ -63,12 +93,13 @@ def list_receivers(store: StoreDep, p: ReaderDep, request: Request) -> list[dict
     receivers heard from but not registered are listed as unregistered."""
     reg = Registry(store).all()
     status = {r["receiver_id"]: r for r in store.query(
-        "SELECT receiver_id, qym, toUnixTimestamp64Milli(last_beat_at) AS last, beats"
-        " FROM receiver_status FINAL")}
+        "SELECT receiver_id, qym, toUnixTimestamp64Milli(last_beat_at) AS last, beats,"
+        " toUnixTimestamp64Milli(alert_after) AS alert_after FROM receiver_status FINAL")}
     open_down = {r["receiver_id"] for r in store.query(
         "SELECT DISTINCT receiver_id FROM anomaly FINAL WHERE code = 'RECEIVER_DOWN'"
         " AND resolved_at IS NULL")}
-    wm = now_ms() - request.app.state.settings.lateness_ms
+    now = now_ms()
+    wm = now - request.app.state.settings.lateness_ms
     out = []
     for rid in sorted(set(reg) | set(status)):
         e, s = reg.get(rid), status.get(rid, {})
@@ -81,6 +112,12 @@ def list_receivers(store: StoreDep, p: ReaderDep, request: Request) -> list[dict
             "registered": e is not None,
             "state": _state(e, last, rid in open_down, wm) if e else "unregistered",
             "period": e.period_ms if e else None, "grace": e.grace_ms if e else None,
+            "schedule": (e.schedule or None) if e else None, "tz": e.tz if e else None,
+            "maintenance": [w.as_json() for w in e.maintenance] if e else [],
+            "inMaintenance": bool(e and in_maintenance(e.registration(), now)),
+            "downAfter": (e.down_after or None) if e else None,
+            "upAfter": (e.up_after or None) if e else None,
+            "alertAfter": to_iso_utc(s.get("alert_after")) if e and not e.paused else None,
             "lastBeatAt": to_iso_utc(last), "beats": s.get("beats", 0),
         })
     return out
@@ -97,14 +134,13 @@ def register(body: ReceiverIn, store: StoreDep, who: ManagerDep) -> dict[str, An
 @router.put("/receivers/{receiverId}")
 def update(receiverId: RID, body: ReceiverIn, store: StoreDep,  # noqa: N803
            who: ManagerDep) -> dict[str, Any]:
-    """Change period, grace, owner or pause; the key stays. Applies to gaps after it."""
+    """Change period or schedule, grace, windows, flap counts, owner or pause; the key
+    stays. Applies to gaps after it."""
     reg = Registry(store)
     old = reg.get(receiverId)
     if old is None or body.receiverId != receiverId:
         raise ApiError(404, "not_found", f"no receiver {receiverId!r}")
-    e = _entry(body)
-    reg.put(ReceiverEntry(e.receiver_id, e.qym, e.owner, e.period_ms, e.grace_ms, e.paused,
-                          old.key_hash))
+    reg.put(replace(_entry(body), key_hash=old.key_hash))
     request_audit(store, who, "receiver.update", receiverId)
     return body.model_dump()
 

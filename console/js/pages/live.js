@@ -179,7 +179,10 @@ export async function receivers(ctx) {
         h("td", {}, badge(RECEIVER_STATES[r.state] || r.state, stateTone(r.state))),
         h("td", { class: "nowrap" }, when(r.lastBeatAt)),
         h("td", { class: "num" }, num(r.beats)),
-        h("td", { class: "nowrap" }, r.period ? `${r.period / 1000} 秒 / ${r.grace / 1000} 秒` : "—"),
+        h("td", { class: "nowrap", title: r.alertAfter ? `若无心跳，${when(r.alertAfter)} 告警` : null },
+          r.schedule ? `${r.schedule}（${r.tz}）/ ${r.grace / 1000} 秒`
+            : r.period ? `${r.period / 1000} 秒 / ${r.grace / 1000} 秒` : "—",
+          r.inMaintenance ? [" ", badge("维护中", "warn")] : null),
         h("td", { class: "num" }, mean === null ? "—" : pct(mean, 2)),
         h("td", {}, h("div", { class: "uptime" }, daysList.map((d) => h("span", {
           class: `up-day up-${d.availability === null ? "none" : d.availability >= 0.999 ? "good" : d.availability >= 0.95 ? "warn" : "bad"}`,
@@ -189,7 +192,7 @@ export async function receivers(ctx) {
     });
     board.append(h("section", { class: "card" }, h("table", { class: "table", "data-testid": "receivers" },
       h("thead", {}, h("tr", {}, h("th", {}, "接收系统"), h("th", {}, "区县"), h("th", {}, "状态"),
-        h("th", {}, "最近心跳"), h("th", {}, "心跳次数"), h("th", {}, "周期 / 宽限"),
+        h("th", {}, "最近心跳"), h("th", {}, "心跳次数"), h("th", {}, "周期或计划 / 宽限"),
         h("th", {}, `可用率（${from} 至 ${to}）`), h("th", {}, "每日"), h("th", {}, "离线次数"),
         h("th", {}, "负责人"))),
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 10, class: "muted center" }, "暂无接收系统"))))));
