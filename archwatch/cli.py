@@ -260,9 +260,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     from archwatch.api.app import create_app
     from archwatch.api.settings import Settings
     from archwatch.live import run_live, sigterm_as_interrupt
+    from archwatch.notify import load_webhook_file, settings_from, start_thread
 
     logging.basicConfig(level=logging.INFO)
+    try:
+        settings_from(args)
+        if args.webhooks is not None:
+            load_webhook_file(args.webhooks)
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     settings, opts, store = _live_start(args)
+    notifier = None if args.no_notify else start_thread(store, args)
     app = create_app(Settings(db=args.db, url=args.url, brokers=opts.kafka.brokers,
                               topic_prefix=opts.kafka.topic_prefix,
                               lateness_ms=settings.sla.lateness), store=store)
@@ -278,6 +286,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         pass
     finally:
         server.should_exit = True
+        if notifier is not None:
+            notifier[1].set()
+            notifier[0].join(timeout=15)
         api.join(timeout=10)
         store.close()
     _exit_now(0)
@@ -405,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             rp.add_argument("--host", default="127.0.0.1")
             rp.add_argument("--port", type=int, default=8000)
+            rp.add_argument("--no-notify", dest="no_notify", action="store_true",
+                            help="do not deliver webhooks from this process")
+            from archwatch.notify import add_flags as add_notify_flags
+
+            add_notify_flags(rp)
         kafka_flags(rp)
         _add_engine_flags(rp)
         rp.set_defaults(func=func)
@@ -424,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     from archwatch.distribution import add_parser as add_distribute_parser
 
     add_distribute_parser(sub)
+
+    from archwatch.notify import add_parser as add_notify_parser
+
+    add_notify_parser(sub)
 
     d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
     d.add_argument("--dir", default="demo-data")

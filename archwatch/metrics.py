@@ -18,6 +18,16 @@ INPUT_POSITION = Gauge("archwatch_input_position", "Next offset to read, per par
 INPUT_START = Gauge("archwatch_input_start", "Offset this run started reading from",
                     ["topic", "partition"])
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
+# Webhook delivery (archwatch/notify.py): every POST's outcome (failed: it will be retried
+# unless it was the last attempt), deliveries that gave up, and the queue by status
+# (failed = waiting for a retry).
+WEBHOOK_ATTEMPTS = PCounter("archwatch_webhook_attempts_total",
+                            "Webhook POSTs by outcome (delivered, failed)", ["outcome"])
+WEBHOOK_DEAD = PCounter("archwatch_webhook_dead_total",
+                        "Webhook deliveries that gave up after the attempt cap")
+WEBHOOK_QUEUE = Gauge("archwatch_webhook_deliveries",
+                      "Webhook deliveries by status (pending, sending, delivered, failed: "
+                      "retrying, dead)", ["status"])
 
 
 def record(counts: Counter[str], rows: Counter[str]) -> None:
