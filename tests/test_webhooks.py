@@ -571,6 +571,20 @@ def test_silent_receivers_reach_the_webhook_through_archwatch_up(
         assert g["at"] - silent_since < 12, g["at"] - silent_since
         lone = next(r["body"] for r in rx.requests if r["body"]["type"] == "anomaly.opened")
         assert lone["alert"]["receiverId"] == "r8-0"
+        print(f"\ngroup.opened {g['at'] - silent_since:.2f} s after the last heartbeat")
+        # they all come back: one grouped resolution, and the lone one's own
+        for rid, key in keys.items():
+            httpx.post(f"{base}/api/v1/heartbeats/{rid}", headers={"X-Receiver-Key": key},
+                       timeout=10)
+        poll(lambda: len(rx.requests) >= 4, 60, every=0.05, what="the resolutions")
+        time.sleep(1.0)
+        types = Counter(r["body"]["type"] for r in rx.requests)
+        assert types == Counter({"group.opened": 1, "anomaly.opened": 1, "group.resolved": 1,
+                                 "anomaly.resolved": 1}), types
+        res = next(r["body"]["group"] for r in rx.requests
+                   if r["body"]["type"] == "group.resolved")
+        assert res["allResolved"] and res["groupId"] == g["body"]["group"]["groupId"]
+        assert len(rx.keys()) == 4 and max(rx.keys().values()) == 1
     finally:
         assert aw.stop() == 0, aw.log.read_text()[-3000:]
 
