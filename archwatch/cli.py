@@ -270,6 +270,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise CliError(str(exc)) from None
     settings, opts, store = _live_start(args)
+    if args.metrics_port:
+        from archwatch.metrics_server import start_metrics
+
+        start_metrics(args.metrics_port, store)
     notifier = None if args.no_notify else start_thread(store, args)
     app = create_app(Settings(db=args.db, url=args.url, brokers=opts.kafka.brokers,
                               topic_prefix=opts.kafka.topic_prefix,
@@ -410,10 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("--no-recovery", dest="no_recovery", action="store_true")
         rp.add_argument("--epoch-interval", dest="epoch_interval", type=float, default=1.0,
                         help="seconds between recovery snapshots")
-        if name == "run":
-            rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
-                            help="serve Prometheus /metrics on this port")
-        else:
+        rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
+                        help="serve Prometheus /metrics on this port")
+        if name == "up":
             rp.add_argument("--host", default="127.0.0.1")
             rp.add_argument("--port", type=int, default=8000)
             rp.add_argument("--no-notify", dest="no_notify", action="store_true",

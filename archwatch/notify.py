@@ -650,10 +650,21 @@ class Deliverer:
         self.webhooks = Webhooks(store, clock)
 
     # -- cursor ----------------------------------------------------------------
-    def cursor(self) -> int:
+    def cursor(self, hooks: Sequence[Webhook] = ()) -> int:
+        """Where the last intake stopped. The first start begins when the oldest
+        subscription was created (without any, at the feed's head): history written
+        before anyone subscribed is not sent."""
         rows = self.store.query("SELECT seq FROM notifier_cursor FINAL WHERE name = {n:String}",
                                 {"n": CURSOR})
-        return int(rows[0]["seq"]) if rows else 0
+        if rows:
+            return int(rows[0]["seq"])
+        if hooks:
+            start = min(w.created_at for w in hooks) * 1_000_000
+        else:
+            head = self.store.query("SELECT max(seq) AS m FROM anomaly_feed")
+            start = int(head[0]["m"]) if head else 0
+        self._set_cursor(start)
+        return start
 
     def _set_cursor(self, seq: int) -> None:
         self.store.insert("notifier_cursor", [{"name": CURSOR, "seq": seq,
@@ -663,7 +674,7 @@ class Deliverer:
     def intake(self, hooks: Sequence[Webhook]) -> tuple[int, int]:
         """Feed rows after the cursor into the outbox; (rows read, notifications new)."""
         s = self.settings
-        start = cur = self.cursor()
+        start = cur = self.cursor(hooks)
         enabled = [w for w in hooks if w.enabled]
         read = made = 0
         while True:
@@ -763,9 +774,11 @@ class Deliverer:
             if not ready:
                 return total
             now = self.clock()
+            # a subscription receives what was written after its creation
             rows = [Delivery(w.webhook_id, n.notification_id, n.seq, PENDING, 0, "", 0, now,
                              now, now)
-                    for n in ready for w in enabled if w.matches(n.code, n.cls, n.qym)]
+                    for n in ready for w in enabled
+                    if w.matches(n.code, n.cls, n.qym) and w.created_at * 1_000_000 <= n.seq]
             total += self.deliveries.add(rows)
             self.outbox.put([replace(n, state=DONE) for n in ready])
             if len(ready) < self.settings.batch:

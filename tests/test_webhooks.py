@@ -373,10 +373,32 @@ def test_a_stop_mid_send_resends_only_the_unrecorded_post_after_the_lease(
     keys = rx.keys()
     assert len(keys) == 10 and sorted(keys.values()) == [1] * 9 + [2]
     assert all(r.status == DELIVERED for r in Deliveries(store).list("ops", limit=100)[0])
+    # the engine re-emits transitions after its own crash (same content, new seqs):
+    # recognised by their transition id, not sent again
+    write_feed(store, [case_anomaly(i) for i in range(10, 20)])
     clock.sleep(10**7)
     again.cycle()
     assert sum(rx.keys().values()) == 11
     poster.close()
+
+
+def test_history_before_the_first_subscription_is_not_sent(
+        store: Any, receiver: Callable[..., Receiver]) -> None:
+    migrate(store)
+    rx = receiver()
+    write_feed(store, [case_anomaly(i) for i in range(30, 35)])  # before any subscription
+    time.sleep(0.01)
+    Webhooks(store).put("ops", rx.url)
+    write_feed(store, [case_anomaly(40)])
+    d = Deliverer(store, NotifySettings(settle_ms=0))
+    d.cycle()
+    assert [r["body"]["alert"]["caseNo"] for r in rx.requests] == ["CASE0040"]
+    time.sleep(0.01)
+    Webhooks(store).put("late", rx.url)  # a later subscription: from its creation on
+    write_feed(store, [case_anomaly(41)])
+    d.cycle()
+    got = sorted((r["body"]["webhookId"], r["body"]["alert"]["caseNo"]) for r in rx.requests)
+    assert got == [("late", "CASE0041"), ("ops", "CASE0040"), ("ops", "CASE0041")]
 
 
 def test_grouped_region_through_the_store(store: Any, receiver: Callable[..., Receiver]
@@ -536,10 +558,12 @@ def test_silent_receivers_reach_the_webhook_through_archwatch_up(
     hooks.write_text(json.dumps([{"webhookId": "ops", "url": rx.url, "secret": secret,
                                   "codes": ["RECEIVER_DOWN"]}]))
     made = run_cli("users", "create", "city", "--role", "city", "--db", str(tmp_path / "db"))
+    mport = free_port()
     password = json.loads(made.stdout)["password"]
     aw = Archwatch(tmp_path, prefix_for("wh"), "--lateness", "PT0S", "--no-recovery",
                    "--epoch-interval", "0.2", "--webhooks", str(hooks), "--group-window",
-                   "PT3S", "--notify-interval", "0.2", command="up").start()
+                   "PT3S", "--notify-interval", "0.2", "--metrics-port", str(mport),
+                   command="up").start()
     base = f"http://127.0.0.1:{aw.port}"
     try:
         poll(lambda: _ok(base), 60, what="the API")
@@ -585,6 +609,8 @@ def test_silent_receivers_reach_the_webhook_through_archwatch_up(
                    if r["body"]["type"] == "group.resolved")
         assert res["allResolved"] and res["groupId"] == g["body"]["group"]["groupId"]
         assert len(rx.keys()) == 4 and max(rx.keys().values()) == 1
+        m = metrics.scrape(mport)
+        assert m['archwatch_webhook_attempts_total{outcome="delivered"}'] == 4, m
     finally:
         assert aw.stop() == 0, aw.log.read_text()[-3000:]
 
