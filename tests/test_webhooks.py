@@ -497,7 +497,7 @@ def sse(base: str, token: str, since: int, want: int, extra: str = ""
 # --------------------------------------------------------------------------- processes
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "archwatch.cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "archwatch", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -523,7 +523,7 @@ def test_killed_and_restarted_notify_loses_nothing_and_repeats_nothing_acknowled
                        "--format", "TSV").stdout)
     assert want > 3
     args = ["notify", "--db", str(db), "--notify-interval", "0.1", "--lease", "PT1S"]
-    p = subprocess.Popen([sys.executable, "-m", "archwatch.cli", *args], cwd=ROOT,
+    p = subprocess.Popen([sys.executable, "-m", "archwatch", *args], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         poll(lambda: len(rx.requests) >= 2, 60, every=0.01, what="some deliveries")
@@ -531,7 +531,7 @@ def test_killed_and_restarted_notify_loses_nothing_and_repeats_nothing_acknowled
         p.wait(10)
         at_kill = len(rx.requests)
         assert at_kill < want, "killed too late to test anything"
-        p = subprocess.Popen([sys.executable, "-m", "archwatch.cli", *args], cwd=ROOT,
+        p = subprocess.Popen([sys.executable, "-m", "archwatch", *args], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         poll(lambda: len(rx.keys()) >= want, 90, what="every transition delivered")
         time.sleep(2.5)  # past the lease: a resend of the in-flight one would show now
@@ -620,3 +620,17 @@ def _ok(base: str) -> bool:
         return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_settings_are_validated_before_anything_starts(tmp_path: Path) -> None:
+    from archwatch.config import ConfigError, load
+
+    assert load(None, {"ARCHWATCH_GROUP_WINDOW": "PT10S"})["group_window"] == "PT10S"
+    with pytest.raises(ConfigError, match="group_window"):
+        load(None, {"ARCHWATCH_GROUP_WINDOW": "ten seconds"})
+    bad = tmp_path / "hooks.json"
+    bad.write_text(json.dumps([{"webhookId": "x", "url": "ftp://nowhere/"}]))
+    r = run_cli("notify", "--db", str(tmp_path / "db"), "--once", "--webhooks", str(bad))
+    assert r.returncode == 2 and "archwatch notify:" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("notify", "--once")
+    assert r.returncode == 2 and "--db or --url" in r.stderr
