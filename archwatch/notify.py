@@ -928,6 +928,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                    help="retry delay cap")
     g.add_argument("--max-attempts", dest="max_attempts", type=int, default=12,
                    help="attempts before a delivery is dead")
+    g.add_argument("--http-timeout", dest="http_timeout", type=float, default=10.0,
+                   help="seconds a webhook POST may take")
     g.add_argument("--lease", type=_ms, default="PT1M",
                    help="a POST whose answer was not recorded (the deliverer stopped) is "
                         "sent again after this")
@@ -936,8 +938,14 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> NotifySettings:
     if args.group_min < 1 or args.max_attempts < 1:
         raise ValueError("--group-min and --max-attempts: at least 1")
+    if args.http_timeout <= 0 or args.notify_interval <= 0:
+        raise ValueError("--http-timeout and --notify-interval must be positive")
+    if args.lease <= args.http_timeout * 1000:
+        raise ValueError("--lease must exceed --http-timeout (a POST still running must "
+                         "not be sent again)")
     return NotifySettings(base_delay_ms=args.retry_base, max_delay_ms=args.retry_max,
                           max_attempts=args.max_attempts, lease_ms=args.lease,
+                          timeout_s=args.http_timeout,
                           group=GroupRule(window_ms=args.group_window,
                                           min_size=args.group_min))
 

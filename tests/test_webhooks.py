@@ -523,7 +523,8 @@ def test_killed_and_restarted_notify_loses_nothing_and_repeats_nothing_acknowled
                        " opened_at, resolved_at, detail FROM anomaly_feed)", "--db", str(db),
                        "--format", "TSV").stdout)
     assert want > 30
-    args = ["notify", "--db", str(db), "--notify-interval", "0.1", "--lease", "PT1S"]
+    args = ["notify", "--db", str(db), "--notify-interval", "0.1", "--lease", "PT1S",
+            "--http-timeout", "0.5"]
     p = subprocess.Popen([sys.executable, "-m", "archwatch", *args], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
