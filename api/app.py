@@ -21,6 +21,7 @@ from archwatch.api.routes import (
     seed,
     sql,
     stats,
+    webhooks,
 )
 from archwatch.api.settings import Settings
 from fastapi import FastAPI, Request
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     errors.install(app)
     for r in (auth.router, admin.router, seed.router, stats.router, anomalies.router,
               alerts.router, cases.router, receivers.router, distribution.router,
-              console.router, sql.router):
+              webhooks.router, webhooks.notifier_router, console.router, sql.router):
         app.include_router(r)
 
     @app.middleware("http")

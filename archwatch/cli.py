@@ -291,9 +291,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     from archwatch.api.app import create_app
     from archwatch.api.settings import Settings
     from archwatch.live import run_live, sigterm_as_interrupt
+    from archwatch.notify import load_webhook_file, settings_from, start_thread
 
     logging.basicConfig(level=logging.INFO)
+    try:
+        settings_from(args)
+        if args.webhooks is not None:
+            load_webhook_file(args.webhooks)
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
     settings, opts, store = _live_start(args)
+    if args.metrics_port:
+        from archwatch.metrics_server import start_metrics
+
+        start_metrics(args.metrics_port, store)
+    notifier = None if args.no_notify else start_thread(store, args)
     app = create_app(Settings(db=args.db, url=args.url, brokers=opts.kafka.brokers,
                               topic_prefix=opts.kafka.topic_prefix,
                               lateness_ms=settings.sla.lateness), store=store)
@@ -309,6 +321,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         pass
     finally:
         server.should_exit = True
+        if notifier is not None:
+            notifier[1].set()
+            notifier[0].join(timeout=15)
         api.join(timeout=10)
         store.close()
     _exit_now(0)
@@ -457,9 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("--backup-interval", dest="backup_interval", type=float, default=0.0,
                         help="seconds a superseded snapshot is kept, so that a copy of the "
                         "recovery partitions taken while running can be restored")
+        rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
+                        help="serve Prometheus /metrics on this port")
         if name == "run":
-            rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
-                            help="serve Prometheus /metrics on this port")
             rp.add_argument("-a", "--addresses", help="a Bytewax cluster: every process's "
                             "host:port, comma-separated, in process-id order (needs --url)")
             rp.add_argument("-i", "--process-id", dest="process_id", type=int, default=0,
@@ -467,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             rp.add_argument("--host", default="127.0.0.1")
             rp.add_argument("--port", type=int, default=8000)
+            rp.add_argument("--no-notify", dest="no_notify", action="store_true",
+                            help="do not deliver webhooks from this process")
+            from archwatch.notify import add_flags as add_notify_flags
+
+            add_notify_flags(rp)
         kafka_flags(rp)
         _add_engine_flags(rp)
         rp.set_defaults(func=func)
@@ -496,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     from archwatch.distribution import add_parser as add_distribute_parser
 
     add_distribute_parser(sub)
+
+    from archwatch.notify import add_parser as add_notify_parser
+
+    add_notify_parser(sub)
 
     d = sub.add_parser("demo", help="generate a modest workload, replay it, print results")
     d.add_argument("--dir", default="demo-data")

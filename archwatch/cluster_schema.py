@@ -53,12 +53,17 @@ SHARDING_KEYS: dict[str, str] = {
     "receiver_endpoint": "cityHash64(receiver_id)",
     # append-only (MergeTree): by actor, so a retried insert lands where its first try did
     "audit_log": "cityHash64(actor)",
+    # webhook delivery: one outbox row per notification, one delivery row per
+    # (webhook, notification), beside its notification
+    "alert_notification": "cityHash64(notification_id)",
+    "webhook_delivery": "cityHash64(notification_id)",
 }
 
 # Small tables replicated whole to every node instead of sharded: bookkeeping, and the
-# accounts every API node reads at each login, the knowledge articles (no fan-out across
-# shards for those).
-NOT_DISTRIBUTED: frozenset[str] = frozenset({"schema_migrations", "account", "article"})
+# accounts every API node reads at each login, the knowledge articles, the webhook
+# subscriptions and the deliverer's feed cursor (no fan-out across shards for those).
+NOT_DISTRIBUTED: frozenset[str] = frozenset({"schema_migrations", "account", "article",
+                                              "webhook", "notifier_cursor"})
 
 # The cluster form of the bookkeeping table that archwatch.migrate creates on one node:
 # one replicated copy shared by the whole cluster (no {shard} in its Keeper path).

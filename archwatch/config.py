@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from archwatch.timeutil import TimeFormatError, parse_duration
 
 DURATIONS = ("archive_sla", "push_sla", "check_sla", "backup_sla", "distribution_sla",
-             "orphan_grace", "lateness")
+             "orphan_grace", "lateness", "group_window")
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,10 @@ class FileConfig(BaseModel):
     lateness: str | None = None
     down_after: int | None = Field(default=None, ge=1, le=1000)
     up_after: int | None = Field(default=None, ge=1, le=1000)
+    webhooks: Path | None = None
+    group_window: str | None = None
+    group_min: int | None = Field(default=None, ge=1, le=10_000)
+    notify_interval: float | None = Field(default=None, gt=0, le=3600)
 
     @field_validator(*DURATIONS)
     @classmethod
@@ -67,7 +71,7 @@ class FileConfig(BaseModel):
                 raise ValueError(str(exc)) from None
         return v
 
-    @field_validator("receivers")
+    @field_validator("receivers", "webhooks")
     @classmethod
     def _exists(cls, v: Path | None) -> Path | None:
         if v is not None and not v.is_file():

@@ -21,6 +21,16 @@ STAGE = PCounter("archwatch_stage_items_total", "Events (cases, receivers) and r
                  "facts (archive_nos; facts_sent by the cases) each keyed step processed, "
                  "counted once the rows it emitted with them are written", ["stage"])
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
+# Webhook delivery (archwatch/notify.py): every POST's outcome (failed: it will be retried
+# unless it was the last attempt), deliveries that gave up, and the queue by status
+# (failed = waiting for a retry).
+WEBHOOK_ATTEMPTS = PCounter("archwatch_webhook_attempts_total",
+                            "Webhook POSTs by outcome (delivered, failed)", ["outcome"])
+WEBHOOK_DEAD = PCounter("archwatch_webhook_dead_total",
+                        "Webhook deliveries that gave up after the attempt cap")
+WEBHOOK_QUEUE = Gauge("archwatch_webhook_deliveries",
+                      "Webhook deliveries by status (pending, sending, delivered, failed: "
+                      "retrying, dead)", ["status"])
 
 
 def record(counts: Counter[str], rows: Counter[str],

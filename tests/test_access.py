@@ -169,6 +169,43 @@ def test_only_the_administrator_opens_accounts_and_cannot_read_cases(world: Any)
                            json={"username": "x", "role": "city"}).status_code == 403
 
 
+ADMIN_ONLY = [  # (method, path, json): webhook subscriptions and delivery status
+    ("GET", "/api/v1/admin/webhooks", None),
+    ("POST", "/api/v1/admin/webhooks", {"webhookId": "matrix", "url": "http://127.0.0.1:9/h"}),
+    ("GET", "/api/v1/admin/webhooks/matrix", None),
+    ("PUT", "/api/v1/admin/webhooks/matrix", {"webhookId": "matrix",
+                                              "url": "http://127.0.0.1:9/h2",
+                                              "codes": ["RECEIVER_DOWN"]}),
+    ("GET", "/api/v1/admin/webhooks/matrix/deliveries", None),
+    ("POST", "/api/v1/admin/webhooks/matrix/deliveries/t-" + "0" * 32 + "/retry", None),
+    ("GET", "/api/v1/admin/notifier", None),
+    ("DELETE", "/api/v1/admin/webhooks/matrix", None),
+]
+
+
+def test_webhook_administration_is_for_the_administrator_only(world: Any) -> None:
+    client, _truth, users, _, _, _ = world
+    for who in ("city", "district", "dept", "sys", "auditor", "cityauditor"):
+        h = headers(client, users, who)
+        for method, path, body in ADMIN_ONLY:
+            r = client.request(method, path, headers=h, json=body)
+            assert r.status_code == 403, (who, method, path, r.status_code)
+    for method, path, body in ADMIN_ONLY:
+        assert client.request(method, path, json=body).status_code == 401, path
+    admin = headers(client, users, "admin")
+    codes = [client.request(method, path, headers=admin, json=body).status_code
+             for method, path, body in ADMIN_ONLY]
+    assert codes == [200, 201, 200, 200, 200, 404, 200, 204]  # no such delivery: 404
+    created = client.post("/api/v1/admin/webhooks", headers=admin,
+                          json={"webhookId": "matrix2", "url": "http://127.0.0.1:9/h"}).json()
+    assert len(created["secret"]) >= 32  # shown once
+    listed = client.get("/api/v1/admin/webhooks/matrix2", headers=admin).json()
+    assert listed["secret"] is None and created["secret"] not in str(listed)
+    bad = client.post("/api/v1/admin/webhooks", headers=admin,
+                      json={"webhookId": "x", "url": "ftp://example.org/"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_parameter"
+
+
 def test_disable_and_rekey_take_effect_at_once(world: Any) -> None:
     client, _truth, users, _, _, store = world
     admin = headers(client, users, "admin")

@@ -1,4 +1,9 @@
-"""The live anomaly feed as Server-Sent Events, resumable with ``Last-Event-ID``."""
+"""The live anomaly feed as Server-Sent Events, resumable with ``Last-Event-ID``.
+
+Besides each transition (``opened``, ``updated``, ``resolved``, ``withdrawn``), the feed
+carries the regional groups of RECEIVER_DOWN that the deliverer forms
+(``group_opened``, ``group_resolved``; archwatch/grouping.py), in the same ``seq`` order,
+so a client that ignores unknown event names sees exactly what it saw before."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from archwatch.api.deps import StoreDep
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from archwatch.timeutil import to_iso_utc
+from archwatch.notify import Outbox, alert_data
 
 router = APIRouter(prefix="/api/v1/alerts", tags=["alerts"])
 POLL_SECONDS = 0.2
@@ -21,17 +26,19 @@ KEEPALIVE_SECONDS = 15.0
 
 
 def _event(r: dict[str, Any]) -> str:
-    data = {
-        "seq": r["seq"], "kind": r["kind"], "anomalyId": r["anomaly_id"], "code": r["code"],
-        "class": r["class"], "caseNo": r["case_no"] or None,
-        "archiveNo": r["archive_no"] or None, "receiverId": r["receiver_id"] or None,
-        "qym": r["qym"] or None, "deptCode": r["dept_code"] or None,
-        "systemCode": r["system_code"] or None, "taskCode": r["task_code"] or None,
-        "openedAt": to_iso_utc(r["opened"]), "resolvedAt": to_iso_utc(r["resolved"]),
-        "detail": r["detail"],
-    }
+    # a group notification (alert_notification) carries its payload; a transition its row
+    data = {**json.loads(r["payload"]), "seq": r["seq"]} if "payload" in r else alert_data(r)
     return (f"id: {r['seq']}\nevent: {r['kind']}\n"
             f"data: {json.dumps(data, ensure_ascii=False)}\n\n")
+
+
+def _merge(feed: list[dict[str, Any]], groups: list[dict[str, Any]],
+           limit: int) -> list[dict[str, Any]]:
+    """Both pages in seq order, cut where a full page could hide rows of the other."""
+    rows = sorted(feed + groups, key=lambda r: r["seq"])
+    cut = min([page[-1]["seq"] for page in (feed, groups) if len(page) >= limit],
+              default=None)
+    return rows if cut is None else [r for r in rows if r["seq"] <= cut]
 
 
 @router.get("/stream")
@@ -58,18 +65,25 @@ async def stream(
         parts.append("code = {f_code:String}")
         params["f_code"] = code
     where = " AND ".join(parts)
+    group_where = " AND ".join(p for p in parts if not p.startswith("code ="))
+    if code and code != "RECEIVER_DOWN":
+        group_where = "0"
     start = last_event_id if last_event_id and last_event_id.isdigit() else since
     if start is None:
-        rows = await asyncio.to_thread(store.query, "SELECT max(seq) AS m FROM anomaly_feed")
+        rows = await asyncio.to_thread(
+            store.query, "SELECT greatest((SELECT max(seq) FROM anomaly_feed), (SELECT"
+            " max(seq) FROM alert_notification WHERE kind IN ('group_opened',"
+            " 'group_resolved'))) AS m")
         start = int(rows[0]["m"]) if rows else 0
     cursor = int(start)
+    outbox = Outbox(store)
 
     async def events() -> AsyncIterator[str]:
         nonlocal cursor
         yield "retry: 1000\n\n"
         quiet_since = time.monotonic()
         while not await request.is_disconnected():
-            rows = await asyncio.to_thread(
+            feed = await asyncio.to_thread(
                 store.query,
                 "SELECT seq, kind, anomaly_id, code, class, case_no, archive_no, receiver_id,"
                 " qym, dept_code, system_code, task_code,"
@@ -77,6 +91,9 @@ async def stream(
                 " toUnixTimestamp64Milli(resolved_at) AS resolved, detail"
                 f" FROM anomaly_feed WHERE seq > {{cursor:UInt64}} AND {where}"
                 " ORDER BY seq LIMIT 500", {**params, "cursor": cursor})
+            groups = await asyncio.to_thread(outbox.group_events, cursor, group_where,
+                                             params, 500)
+            rows = _merge(feed, groups, 500)
             for r in rows:
                 cursor = r["seq"]
                 yield _event(r)

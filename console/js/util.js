@@ -60,7 +60,8 @@ export const CODES = {
   ARCHIVE_NO_CONFLICT: "档号冲突", RECEIVER_DOWN: "接收系统离线",
 };
 
-export const KINDS = { opened: "新发", updated: "更新", resolved: "已解除", withdrawn: "撤回" };
+export const KINDS = { opened: "新发", updated: "更新", resolved: "已解除", withdrawn: "撤回",
+  group_opened: "区域成组中断", group_resolved: "区域成组恢复" };
 
 export const EVENT_TYPES = {
   "case.completed": "业务系统办结", "province.pushed": "省级平台下发",

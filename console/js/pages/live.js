@@ -34,8 +34,10 @@ function feedRow(ev) {
   const d = ev.data;
   const subject = d.caseNo
     ? h("a", { href: route(["cases", d.caseNo]), class: "mono" }, d.caseNo)
-    : d.receiverId ? h("span", { class: "mono" }, `接收系统 ${d.receiverId}`) : "—";
-  const kindTone = { opened: "bad", updated: "warn", resolved: "good", withdrawn: "plain" }[ev.type];
+    : d.receiverId ? h("span", { class: "mono" }, `接收系统 ${d.receiverId}`)
+    : d.groupId ? h("span", {}, `${(d.receivers || []).length} 个接收系统`) : "—";
+  const kindTone = { opened: "bad", updated: "warn", resolved: "good", withdrawn: "plain",
+    group_opened: "bad", group_resolved: "good" }[ev.type];
   return h("tr", { class: "fresh", dataset: { seq: ev.id, kind: ev.type, case: d.caseNo || "" } },
     h("td", { class: "nowrap" }, when(new Date().toISOString())),
     h("td", {}, badge(KINDS[ev.type] || ev.type, kindTone)),
