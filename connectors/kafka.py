@@ -51,7 +51,27 @@ def create_topics(ks: KafkaSettings, partitions: int, timeout: float = 30.0) -> 
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
             del topic
+        _wait_until_listed(admin, [t.topic for t in new], timeout)
     return [t.topic for t in new]
+
+
+def _wait_until_listed(admin: AdminClient, topics: list[str], timeout: float) -> None:
+    """A created topic's metadata reaches the broker that answers a consumer's metadata
+    request a moment later; Bytewax's KafkaSource lists partitions once at start and
+    fails on "Unknown topic or partition". Wait until every partition has a leader."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    pending = set(topics)
+    while pending:
+        md = admin.list_topics(timeout=timeout).topics
+        pending = {t for t in pending
+                   if t not in md or md[t].error is not None or not md[t].partitions
+                   or any(p.leader < 0 for p in md[t].partitions.values())}
+        if pending and time.monotonic() > deadline:
+            raise KafkaException(f"topics not visible after {timeout} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.05)
 
 
 def wait_for_broker(brokers: str, timeout: float = 30.0) -> None:
