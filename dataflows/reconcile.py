@@ -53,6 +53,7 @@ from archwatch.settings import EngineSettings, all_shards, shard_of
 from archwatch.timeutil import ch_time, now_ms
 
 CLOCK_KEY = "clock"
+REJECT_KEY = "rejects"  # the dedup key that carries parse rejects (no state is kept)
 RECEIVER_TYPES = frozenset({"receiver.heartbeat", "interface.error"})
 
 
@@ -107,11 +108,40 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
 
 class _Dedup:
-    def __init__(self) -> None:
-        self.d = DedupShard()
+    """The event-id shard, and everything decided per event right after it: duplicates
+    and reused ids, events after ``--as-of``, and the event-log row of an applied event.
 
-    def on_batch(self, envs: list[Envelope]) -> list[tuple[str, Envelope]]:
-        return [(self.d.classify(e), e) for e in envs]
+    One step instead of a chain of per-item maps and branches: Bytewax's cost is per item
+    and per step, so the applied events leave here as Envelopes beside the sink's items,
+    and batch-level steps split them (see build_flow)."""
+
+    def __init__(self, as_of: int | None = None) -> None:
+        self.d = DedupShard()
+        self.as_of = as_of
+
+    def on_batch(self, items: list[Envelope | Reject]) -> list[Any]:
+        out: list[Any] = []
+        classify = self.d.classify
+        as_of = self.as_of
+        for env in items:
+            if type(env) is not Envelope:
+                out.append(env)  # a parse reject, passed on to the sink
+                continue
+            status = classify(env)  # type: ignore[arg-type]
+            if status == "duplicate":
+                out.append(Count("duplicate"))
+            elif status == "reused":
+                out.append(Reject("eventId reused", env.raw, env.pos))
+            elif as_of is not None and env.event.occurredAt > as_of:
+                out.append(Count("afterAsOf"))
+            else:
+                out.append(_event_log_row(env))
+                out.append(env)
+        return out
+
+    def adopt(self, fresh: _Dedup) -> None:
+        """After a restore: the running settings' ``--as-of``, not the snapshot's."""
+        self.as_of = fresh.as_of
 
 
 class _Clock:
@@ -150,20 +180,8 @@ class _Clock:
         return [] if final is None else [Watermark(final)]
 
 
-def _route(settings: EngineSettings) -> Callable[[tuple[str, Envelope]], list[Any]]:
-    as_of = settings.as_of
-
-    def route(item: tuple[str, Envelope]) -> list[Any]:
-        status, env = item
-        if status == "duplicate":
-            return [Count("duplicate")]
-        if status == "reused":
-            return [Reject("eventId reused", env.raw, env.pos)]
-        if as_of is not None and env.event.occurredAt > as_of:
-            return [Count("afterAsOf")]
-        return [env]
-
-    return route
+def _values(batch: list[tuple[str, Any]]) -> list[Any]:
+    return [v for _k, v in batch]
 
 
 def _event_log_row(env: Envelope) -> Write:
@@ -196,22 +214,33 @@ def build_flow(
     flow = Dataflow("archwatch")
 
     records = op.input("input", flow, source)
-    parsed = op.map("parse", records, lambda rp: parse_record(rp[0], rp[1]))
-    valid = op.branch("valid", parsed, lambda x: isinstance(x, Envelope))
-    by_eid = op.key_on("key_event_id", valid.trues, lambda e: shard_of(e.event.eventId, n))
+
+    # Bytewax costs per item and per step, so the per-event work is done in few steps,
+    # each over a whole batch: parse+key, dedup (which also decides duplicates, --as-of
+    # and the event-log row), then batch-level splits of its output.
+    def parse_keyed(batch: list[tuple[str | bytes, str]]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for raw, pos in batch:
+            rec = parse_record(raw, pos)
+            # a reject only passes through the dedup step on its way to the sink
+            key = shard_of(rec.event.eventId, n) if type(rec) is Envelope else REJECT_KEY
+            out.append((key, rec))
+        return out
+
+    by_eid = op.flat_map_batch("parse", records, parse_keyed)
     rec = settings.recovery
-    classified = op.stateful_batch(
-        "dedup", by_eid, _ShardLogic.builder(_Dedup, recovery=rec))
-    routed = op.flat_map("route", op.key_rm("dedup_out", classified), _route(settings))
-    is_applied = op.branch("applied", routed, lambda x: isinstance(x, Envelope))
-    applied = is_applied.trues
-    event_log = op.map("event_log", applied, _event_log_row)
+    as_of = settings.as_of
+    deduped = op.stateful_batch(
+        "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of), recovery=rec))
+    to_sink = op.flat_map_batch(
+        "dedup_sink", deduped, lambda b: [v for _k, v in b if type(v) is not Envelope])
 
     # --- clock: event-time maximum per batch, wall ticks (live), end of input
-    maxima = op.flat_map_batch(
-        "batch_max", applied,
-        lambda envs: [(CLOCK_KEY, ("event", max(e.event.occurredAt for e in envs)))],
-    )
+    def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, int]]]:
+        ats = [v.event.occurredAt for _k, v in batch if type(v) is Envelope]
+        return [(CLOCK_KEY, ("event", max(ats)))] if ats else []
+
+    maxima = op.flat_map_batch("batch_max", deduped, batch_max)
     clock_in = maxima
     sink_ticks: list[Any] = []
     if ticks is not None:
@@ -228,47 +257,48 @@ def build_flow(
     archive_ticks = op.filter("archive_ticks", broadcast, lambda _kw: settings.recovery)
 
     # --- cases
-    kinds = op.branch("is_receiver", applied, lambda e: e.event.type in RECEIVER_TYPES)
-    case_in = op.merge(
-        "case_in",
-        op.key_on("key_case", kinds.falses, lambda e: shard_of(e.event.caseNo, n)),
-        broadcast,
-    )
-    case_out = op.key_rm("cases_out", op.stateful_batch(
+    def case_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Envelope]]:
+        return [(shard_of(v.event.caseNo, n), v) for _k, v in batch
+                if type(v) is Envelope and v.event.type not in RECEIVER_TYPES]
+
+    case_in = op.merge("case_in", op.flat_map_batch("key_case", deduped, case_keyed), broadcast)
+    case_out = op.stateful_batch(
         "cases", case_in,
         _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction),
                             recovery=rec),
-    ))
-    facts = op.branch("is_fact", case_out, lambda x: isinstance(x, ReceiptFact))
+    )
+    case_rows = op.flat_map_batch(
+        "cases_sink", case_out, lambda b: [v for _k, v in b if type(v) is not ReceiptFact])
     archive_in = op.merge(
         "archive_in",
-        op.key_on("key_archive_no", facts.trues, lambda f: shard_of(f.archive_no, n)),
+        op.flat_map_batch("key_archive_no", case_out, lambda b: [
+            (shard_of(v.archive_no, n), v) for _k, v in b if type(v) is ReceiptFact]),
         archive_ticks,  # with recovery: a restored shard reconciles on its first tick
     )
-    archive_rows = op.key_rm("archive_nos_out", op.stateful_batch(
+    archive_rows = op.flat_map_batch("archive_nos_out", op.stateful_batch(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec),
-    ))
+    ), _values)
 
     # --- receivers (live: registrations polled from the registry reach every shard)
-    recv_streams = [
-        op.key_on("key_receiver", kinds.trues, lambda e: shard_of(e.event.receiverId, n)),
-        broadcast,
-    ]
+    def receiver_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Envelope]]:
+        return [(shard_of(v.event.receiverId, n), v) for _k, v in batch
+                if type(v) is Envelope and v.event.type in RECEIVER_TYPES]
+
+    recv_streams = [op.flat_map_batch("key_receiver", deduped, receiver_keyed), broadcast]
     if registrations is not None:
         recv_streams.append(op.flat_map(
             "registrations", op.input("registry", flow, registrations),
             lambda regs: [(k, Registrations(regs)) for k in shard_keys]))
     recv_in = op.merge("recv_in", *recv_streams)
-    recv_rows = op.key_rm("receivers_out", op.stateful_batch(
+    recv_rows = op.flat_map_batch("receivers_out", op.stateful_batch(
         "receivers", recv_in,
         _ShardLogic.builder(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers), recovery=rec),
-    ))
+    ), _values)
 
     everything = op.merge(
-        "all_out", valid.falses, is_applied.falses, event_log, facts.falses, archive_rows,
-        recv_rows, *sink_ticks,
+        "all_out", to_sink, case_rows, archive_rows, recv_rows, *sink_ticks,
     )
     op.output("store", everything, sink)
     return flow
