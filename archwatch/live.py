@@ -23,7 +23,7 @@ from bytewax.testing import cluster_main
 from archwatch import metrics
 from archwatch.connectors.kafka import DeadLetters, KafkaSettings, kafka_records
 from archwatch.connectors.store_sink import StoreSink, Tally
-from archwatch.dataflows.reconcile import build_flow, wall_ticks
+from archwatch.dataflows.reconcile import build_flow, engine_gc, wall_ticks
 from archwatch.engine import VersionClock
 from archwatch.migrate import migrate
 from archwatch.replay import register_receivers
@@ -103,8 +103,9 @@ def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally
     tally = Tally()
     flow = build_live_flow(store, settings, opts, tally)
     recovery = prepare_recovery(opts.recovery_dir, opts.workers) if opts.recovery_dir else None
-    cluster_main(flow, [], 0, epoch_interval=opts.epoch_interval, recovery_config=recovery,
-                 worker_count_per_proc=opts.workers)
+    with engine_gc():
+        cluster_main(flow, [], 0, epoch_interval=opts.epoch_interval,
+                     recovery_config=recovery, worker_count_per_proc=opts.workers)
     return tally
 
 

@@ -21,8 +21,10 @@ timers follow the system clock, which the contract's event-time deadlines must n
 
 from __future__ import annotations
 
+import gc
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -302,6 +304,26 @@ def build_flow(
     )
     op.output("store", everything, sink)
     return flow
+
+
+@contextmanager
+def engine_gc(threshold: int = 50_000) -> Iterator[None]:
+    """Run the dataflow with a less eager cyclic garbage collector.
+
+    The engine allocates a few containers per event (envelopes, rows, batches) that die
+    young by reference counting, while its state (cases, dedup ids) only grows; with
+    CPython's default threshold (700 allocations) the collector runs every few events
+    and keeps re-walking the young state. Measured on the replay of 61k events: ~15% of
+    the CPU time (tests/bench figures in the commit). Objects already alive (imports,
+    settings) are frozen out of collection; thresholds are restored afterwards."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(threshold, before[1], before[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def wall_ticks(interval: timedelta = timedelta(milliseconds=100)) -> Source[datetime]:
