@@ -30,13 +30,17 @@ from archwatch.rules import (
     Anomaly,
     CaseFacts,
     CaseRow,
+    Completion,
     KpiKey,
     KpiPart,
     ReceiptFact,
     Sla,
+    Summary,
     case_attrs,
-    evaluate,
     evaluate_archive_no,
+    evaluate_summary,
+    kpi_of,
+    row_of,
 )
 from archwatch.settings import shard_of
 from archwatch.timeutil import ch_time
@@ -230,15 +234,41 @@ class DedupShard:
 # Case shard
 
 
-@dataclass(slots=True)
 class CaseState:
-    facts: CaseFacts
-    anomalies: dict[str, Anomaly] = field(default_factory=dict)  # as last written
-    row: CaseRow | None = None
-    kpi: KpiPart | None = None
-    attrs: tuple[str, str, str, str] = ("", "", "", "")  # as last sent to archive stage
-    next_deadline: int | None = None
-    settled: tuple[int, int] | None = None  # (watermark, wall ms) when it last settled
+    """One case: its facts and what was last written for it. Compact on purpose (a city
+    has millions of open cases): no anomalies dict while there are none, and the row
+    and KPI part as written are kept as their :data:`~archwatch.rules.Summary`, not as
+    objects (they are rebuilt only to be withdrawn or subtracted)."""
+
+    __slots__ = ("facts", "anomalies", "written", "attrs_of", "next_deadline", "settled")
+
+    def __init__(self, facts: CaseFacts, anomalies: dict[str, Anomaly] | None = None,
+                 written: Summary | None = None, attrs_of: Completion | None = None,
+                 next_deadline: int | None = None) -> None:
+        self.facts = facts
+        self.anomalies = anomalies or None  # as last written
+        self.written = written  # summary of the row and KPI part as last written
+        self.attrs_of = attrs_of  # completion whose attributes the archive stage last got
+        self.next_deadline = next_deadline
+        self.settled: tuple[int, int] | None = None  # (watermark, wall ms) when it settled
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+
+    @property
+    def row(self) -> CaseRow | None:
+        return row_of(self.facts.case_no, self.written)
+
+    @property
+    def kpi(self) -> KpiPart | None:
+        return kpi_of(self.written)
+
+
+_NO_ANOMALIES: dict[str, Anomaly] = {}  # read only: what a case without anomalies diffs from
 
 
 Loader = Callable[[list[str]], dict[str, list[Any]]]
@@ -340,9 +370,9 @@ class CaseShard(_Snapshottable):
                     facts.add(ev)
             # settled means its answer no longer depends on the watermark: this is exactly
             # what was written before it left
-            res = evaluate(facts, wm, self.sla)
-            self.cases[case_no] = CaseState(facts, res.anomalies, res.row, res.kpi,
-                                            case_attrs(facts.completion), res.next_deadline)
+            anomalies, summary, next_deadline = evaluate_summary(facts, wm, self.sla)
+            self.cases[case_no] = CaseState(facts, anomalies, summary, facts.completion,
+                                            next_deadline)
             self.evicted.discard(case_no)
             self.reloads += 1
 
@@ -363,53 +393,64 @@ class CaseShard(_Snapshottable):
     def _reevaluate(
         self, st: CaseState, wm: int, n_new_receipts: int, out: list[Any], dirty: set[KpiKey]
     ) -> None:
-        res = evaluate(st.facts, wm, self.sla)
-        out.extend(diff_anomalies(st.anomalies, res.anomalies, self.src, self.clock))
-        st.anomalies = res.anomalies
-        if res.row != st.row:
-            if st.row is not None and (
-                res.row is None or _case_sort_key(st.row) != _case_sort_key(res.row)
-            ):
-                out.append(Write("case_state", case_row(st.row, self.src, self.clock.next(), True)))
-            if res.row is not None:
-                out.append(Write("case_state", case_row(res.row, self.src, self.clock.next())))
-            st.row = res.row
-        if res.kpi != st.kpi:
-            if st.kpi is not None:
-                self.kpi[st.kpi.key].apply(st.kpi, -1)
-                dirty.add(st.kpi.key)
-            if res.kpi is not None:
-                acc = self.kpi.get(res.kpi.key)
-                if acc is None:
-                    acc = self.kpi[res.kpi.key] = KpiAcc()
-                acc.apply(res.kpi, +1)
-                dirty.add(res.kpi.key)
-            st.kpi = res.kpi
+        facts = st.facts
+        anomalies, summary, next_deadline = evaluate_summary(facts, wm, self.sla)
+        prev = st.anomalies
+        if anomalies or prev:
+            out.extend(diff_anomalies(prev or _NO_ANOMALIES, anomalies, self.src, self.clock))
+        st.anomalies = anomalies or None
+        if summary != st.written:
+            # the row and the KPI part only change with the summary: built only now
+            old_row, new_row = row_of(facts.case_no, st.written), row_of(facts.case_no, summary)
+            if new_row != old_row:
+                if old_row is not None and (
+                    new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row)
+                ):
+                    out.append(Write("case_state",
+                                     case_row(old_row, self.src, self.clock.next(), True)))
+                if new_row is not None:
+                    out.append(Write("case_state", case_row(new_row, self.src, self.clock.next())))
+            old_kpi, new_kpi = kpi_of(st.written), kpi_of(summary)
+            if new_kpi != old_kpi:
+                if old_kpi is not None:
+                    self.kpi[old_kpi.key].apply(old_kpi, -1)
+                    dirty.add(old_kpi.key)
+                if new_kpi is not None:
+                    acc = self.kpi.get(new_kpi.key)
+                    if acc is None:
+                        acc = self.kpi[new_kpi.key] = KpiAcc()
+                    acc.apply(new_kpi, +1)
+                    dirty.add(new_kpi.key)
+            st.written = summary
         # receipts travel on to the archive-number stage (ARCHIVE_NO_CONFLICT)
-        attrs = case_attrs(st.facts.completion)
-        receipts = st.facts.receipts
-        if attrs != st.attrs:
-            st.attrs = attrs
+        c = facts.completion
+        receipts = facts.receipts
+        if c is not st.attrs_of and case_attrs(c) != case_attrs(st.attrs_of):
             sent = receipts
         else:
-            sent = receipts[len(receipts) - n_new_receipts:] if n_new_receipts else []
-        for r in sent:
-            out.append(ReceiptFact(r.archive_no, r.event_id, r.at, st.facts.case_no, attrs))
-        if res.next_deadline is not None and res.next_deadline != st.next_deadline:
-            heapq.heappush(self.heap, (res.next_deadline, st.facts.case_no))
-        st.next_deadline = res.next_deadline
-        if res.next_deadline is None and self.eviction is not None:
+            sent = receipts[len(receipts) - n_new_receipts:] if n_new_receipts else ()
+        st.attrs_of = c
+        if sent:
+            attrs = case_attrs(c)
+            for r in sent:
+                out.append(ReceiptFact(r.archive_no, r.event_id, r.at, facts.case_no, attrs))
+        if next_deadline is not None and next_deadline != st.next_deadline:
+            heapq.heappush(self.heap, (next_deadline, facts.case_no))
+        st.next_deadline = next_deadline
+        if next_deadline is None and self.eviction is not None:
             st.settled = (wm, self.wall_ms())
-            self.settled.append((*st.settled, st.facts.case_no))
+            self.settled.append((*st.settled, facts.case_no))
 
     def live_rows(self) -> list[Write]:
         """Every row this shard believes the store holds, with fresh versions."""
         out: list[Write] = []
         for st in self.cases.values():
-            out.extend(Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
-                       for a in st.anomalies.values())
-            if st.row is not None:
-                out.append(Write("case_state", case_row(st.row, self.src, self.clock.next())))
+            if st.anomalies:
+                out.extend(Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
+                           for a in st.anomalies.values())
+            row = st.row
+            if row is not None:
+                out.append(Write("case_state", case_row(row, self.src, self.clock.next())))
         self.kpi_written.clear()
         out.extend(self._kpi_rows(set(self.kpi)))
         return out
