@@ -237,18 +237,20 @@ class DedupShard:
 class CaseState:
     """One case: its facts and what was last written for it. Compact on purpose (a city
     has millions of open cases): no anomalies dict while there are none, and the row
-    and KPI part as written are kept as their :data:`~archwatch.rules.Summary`, not as
-    objects (they are rebuilt only to be withdrawn or subtracted)."""
+    and KPI part as written are kept as their :data:`~archwatch.rules.Summary` (split into
+    the completion and the shared rest), not as objects: they are rebuilt only to be
+    withdrawn or subtracted."""
 
-    __slots__ = ("facts", "anomalies", "written", "attrs_of", "next_deadline", "settled")
+    __slots__ = ("facts", "anomalies", "written", "c_of", "next_deadline", "settled")
 
     def __init__(self, facts: CaseFacts, anomalies: dict[str, Anomaly] | None = None,
-                 written: Summary | None = None, attrs_of: Completion | None = None,
-                 next_deadline: int | None = None) -> None:
+                 summary: Summary | None = None, next_deadline: int | None = None) -> None:
         self.facts = facts
         self.anomalies = anomalies or None  # as last written
-        self.written = written  # summary of the row and KPI part as last written
-        self.attrs_of = attrs_of  # completion whose attributes the archive stage last got
+        # the completion of the last evaluation: its attributes are what the row and KPI
+        # part were written with and what the archive stage last got
+        self.c_of: Completion | None = facts.completion
+        self.written = _rest(summary)  # the rest of the summary as last written
         self.next_deadline = next_deadline
         self.settled: tuple[int, int] | None = None  # (watermark, wall ms) when it settled
 
@@ -258,14 +260,33 @@ class CaseState:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         for n, v in zip(self.__slots__, state, strict=True):
             setattr(self, n, v)
+        self.written = _rest(None if self.written is None else (None, *self.written))
+
+    @property
+    def summary(self) -> Summary | None:
+        return None if self.written is None else (self.c_of, *self.written)  # type: ignore[return-value]
 
     @property
     def row(self) -> CaseRow | None:
-        return row_of(self.facts.case_no, self.written)
+        return row_of(self.facts.case_no, self.summary)
 
     @property
     def kpi(self) -> KpiPart | None:
-        return kpi_of(self.written)
+        return kpi_of(self.summary)
+
+
+_RESTS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _rest(summary: Summary | tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """A summary without its completion; the ones of cases without a receipt (most open
+    cases: PENDING or MISSING, no archive) are a handful of values, shared by all."""
+    if summary is None:
+        return None
+    rest = summary[1:]
+    if rest[0] is None:
+        rest = _RESTS.setdefault(rest, rest)
+    return rest
 
 
 _NO_ANOMALIES: dict[str, Anomaly] = {}  # read only: what a case without anomalies diffs from
@@ -371,8 +392,7 @@ class CaseShard(_Snapshottable):
             # settled means its answer no longer depends on the watermark: this is exactly
             # what was written before it left
             anomalies, summary, next_deadline = evaluate_summary(facts, wm, self.sla)
-            self.cases[case_no] = CaseState(facts, anomalies, summary, facts.completion,
-                                            next_deadline)
+            self.cases[case_no] = CaseState(facts, anomalies, summary, next_deadline)
             self.evicted.discard(case_no)
             self.reloads += 1
 
@@ -399,9 +419,13 @@ class CaseShard(_Snapshottable):
         if anomalies or prev:
             out.extend(diff_anomalies(prev or _NO_ANOMALIES, anomalies, self.src, self.clock))
         st.anomalies = anomalies or None
-        if summary != st.written:
+        c = facts.completion
+        prev_c = st.c_of
+        rest = _rest(summary)
+        if rest is not st.written and rest != st.written or (c is not prev_c and c != prev_c):
             # the row and the KPI part only change with the summary: built only now
-            old_row, new_row = row_of(facts.case_no, st.written), row_of(facts.case_no, summary)
+            before = st.summary
+            old_row, new_row = row_of(facts.case_no, before), row_of(facts.case_no, summary)
             if new_row != old_row:
                 if old_row is not None and (
                     new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row)
@@ -410,7 +434,7 @@ class CaseShard(_Snapshottable):
                                      case_row(old_row, self.src, self.clock.next(), True)))
                 if new_row is not None:
                     out.append(Write("case_state", case_row(new_row, self.src, self.clock.next())))
-            old_kpi, new_kpi = kpi_of(st.written), kpi_of(summary)
+            old_kpi, new_kpi = kpi_of(before), kpi_of(summary)
             if new_kpi != old_kpi:
                 if old_kpi is not None:
                     self.kpi[old_kpi.key].apply(old_kpi, -1)
@@ -421,15 +445,14 @@ class CaseShard(_Snapshottable):
                         acc = self.kpi[new_kpi.key] = KpiAcc()
                     acc.apply(new_kpi, +1)
                     dirty.add(new_kpi.key)
-            st.written = summary
+            st.written = rest
         # receipts travel on to the archive-number stage (ARCHIVE_NO_CONFLICT)
-        c = facts.completion
         receipts = facts.receipts
-        if c is not st.attrs_of and case_attrs(c) != case_attrs(st.attrs_of):
+        if c is not prev_c and case_attrs(c) != case_attrs(prev_c):
             sent = receipts
         else:
             sent = receipts[len(receipts) - n_new_receipts:] if n_new_receipts else ()
-        st.attrs_of = c
+        st.c_of = c
         if sent:
             attrs = case_attrs(c)
             for r in sent:

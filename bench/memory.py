@@ -129,7 +129,7 @@ def breakdown(eng: Any, sample: int = 5_000) -> dict[str, float]:
             for name in ("pushes", "receipts", "checks", "backups", "dists"):
                 add("CaseFacts: containers (created on first use)", getattr(st.facts, name))
             add("CaseFacts object (7 slots)", st.facts)
-            add("written summary (row + KPI part as last written)", st.written)
+            add("written summary without its completion (shared while no receipt)", st.written)
             add("anomalies (None while there are none)", st.anomalies)
             add("CaseState object (6 slots) + next deadline", st)
     per = {k: v / n for k, v in parts.items()}
