@@ -188,10 +188,12 @@ def _values(batch: list[tuple[str, Any]]) -> list[Any]:
 
 def _event_log_row(env: Envelope) -> Write:
     ev = env.event
-    entity = ev.receiverId if ev.type in RECEIVER_TYPES else ev.caseNo  # type: ignore[union-attr]
+    fields = ev.__dict__  # a pydantic model's fields: a missing one is no exception here
+    t = fields["type"]
     return Write("event_log", {
-        "entity": entity, "occurred_at": ch_time(ev.occurredAt), "event_id": ev.eventId,
-        "type": ev.type, "archive_no": getattr(ev, "archiveNo", ""), "source": ev.source,
+        "entity": fields["receiverId"] if t in RECEIVER_TYPES else fields["caseNo"],
+        "occurred_at": ch_time(fields["occurredAt"]), "event_id": fields["eventId"],
+        "type": t, "archive_no": fields.get("archiveNo", ""), "source": fields["source"],
         "payload": env.raw,
     })
 
