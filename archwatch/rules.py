@@ -383,8 +383,20 @@ def kpi_of(s: Summary | None) -> KpiPart | None:
         kpi_key(c), archived, succ, fail,
         (first_at - c.completed_at) if first_at is not None else 0,
         first_at,
-        (c.task_code, c.task_name, c.dept_name, c.system_name, c.area),
+        _names_of(c.item),
     )
+
+
+_NAMES: dict[tuple[str, ...], tuple[str, str, str, str, str]] = {}
+
+
+def _names_of(item: tuple[str, ...]) -> tuple[str, str, str, str, str]:
+    """The display names of an item's KPI group, one tuple per item (each KPI
+    accumulator keeps the names of its latest case)."""
+    names = _NAMES.get(item)
+    if names is None:
+        names = _NAMES[item] = (item[1], item[2], item[4], item[8], item[6])
+    return names
 
 
 def kpi_key(c: Completion) -> KpiKey:
