@@ -327,7 +327,6 @@ class CaseShard(_Snapshottable):
         self.cases: dict[str, CaseState] = {}
         self.heap: list[tuple[int, str]] = []
         self.kpi: dict[KpiKey, KpiAcc] = {}
-        self.kpi_written: dict[KpiKey, tuple[Any, ...]] = {}
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
 
@@ -474,7 +473,8 @@ class CaseShard(_Snapshottable):
             row = st.row
             if row is not None:
                 out.append(Write("case_state", case_row(row, self.src, self.clock.next())))
-        self.kpi_written.clear()
+        for acc in self.kpi.values():
+            acc.written = None
         out.extend(self._kpi_rows(set(self.kpi)))
         return out
 
@@ -484,15 +484,15 @@ class CaseShard(_Snapshottable):
             acc = self.kpi[key]
             numbers = (acc.kpi, acc.archived, acc.succ, acc.fail, acc.cycle_ms_sum,
                        acc.last_receive, acc.names)
-            if self.kpi_written.get(key) == numbers:
+            if acc.written == numbers:
                 continue
             deleted = acc.empty
             if deleted:
                 del self.kpi[key]
-                if self.kpi_written.pop(key, None) is None:
+                if acc.written is None:
                     continue  # never written: nothing to withdraw
             else:
-                self.kpi_written[key] = numbers
+                acc.written = numbers
             out.append(Write("kpi_task", {
                 "year": key.year, "qym": key.qym, "dept_code": key.dept_code,
                 "system_code": key.system_code, "task_id": key.task_id,

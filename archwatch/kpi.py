@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from archwatch.rules import KpiPart
 
@@ -41,6 +42,9 @@ class KpiAcc:
     receipts: dict[int, int] | None = None
     _max: int | None = None
     names: tuple[str, str, str, str, str] = ("", "", "", "", "")  # display only, not identity
+    # the numbers of the row last written for this group and shard (None: none yet), kept
+    # here rather than in a second dict keyed by group
+    written: tuple[Any, ...] | None = None
 
     def apply(self, part: KpiPart, sign: int) -> None:
         self.kpi += sign

@@ -139,8 +139,7 @@ def breakdown(eng: Any, sample: int = 5_000) -> dict[str, float]:
         per_shard["deadline heap entries"] = per_shard.get("deadline heap entries", 0) + \
             deep_size(sh.heap, seen_shard)
         per_shard["KPI accumulators (per group and shard)"] = per_shard.get(
-            "KPI accumulators (per group and shard)", 0) + deep_size(sh.kpi, seen_shard) + \
-            deep_size(sh.kpi_written, seen_shard)
+            "KPI accumulators (per group and shard)", 0) + deep_size(sh.kpi, seen_shard)
         per_shard["shard dict of cases"] = per_shard.get("shard dict of cases", 0) + \
             sys.getsizeof(sh.cases)
     for d in eng.dedup.values():
