@@ -170,7 +170,8 @@ def worker_floor(events: Path) -> dict[str, Any]:
       pass-through logic and a sink that drops everything;
     - parse: ``parse_record`` over every line, a plain loop;
     - engine: the shards' logic (archwatch.harness.Engine: parse, dedup, cases, archive
-      numbers, receivers), rows dropped, no Bytewax and no store.
+      numbers, receivers), rows dropped, no Bytewax and no store;
+    - nostore: the replay's own dataflow (build_flow) with a sink that drops the rows.
     """
     import bytewax.operators as op
     from archwatch.connectors.files import JsonlFiles
@@ -232,7 +233,14 @@ def worker_floor(events: Path) -> dict[str, Any]:
             eng.feed(lines[i:i + 2000])
         eng.finish()
         engine_s = time.perf_counter() - t0
-    return {"events": n, "floor_s": floor_s, "parse_s": parse_s, "engine_s": engine_s}
+
+        from archwatch.dataflows.reconcile import build_flow
+
+        t0 = time.perf_counter()  # the replay's real dataflow, rows dropped at the sink
+        run_main(build_flow(JsonlFiles([events]), _Null(), EngineSettings()))
+        nostore_s = time.perf_counter() - t0
+    return {"events": n, "floor_s": floor_s, "parse_s": parse_s, "engine_s": engine_s,
+            "nostore_s": nostore_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
            f">= {TARGET_PER_WORKER:,}/s/worker", f">= {TARGET_RATIO} x bare"], rows,
           title=f"\ningest of {n:,} events ({args.cases:,} cases, {PARTITIONS} partitions per "
                 "topic; broker on the same machine)")
-    fl = {k: n / floor[f"{k}_s"] for k in ("floor", "parse", "engine")}
+    fl = {k: n / floor[f"{k}_s"] for k in ("floor", "parse", "engine", "nostore")}
     table(["part (same events, same run)", "events/s", "us/event", "x bare",
            "share of replay's time"],
           [["Bytewax: the replay's steps with no-op logic, null sink", fl["floor"],
@@ -327,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             fl["parse"] / base_rate, rrate / fl["parse"]],
            ["engine shards alone, parse included (no Bytewax, no store)", fl["engine"],
             1e6 / fl["engine"], fl["engine"] / base_rate, rrate / fl["engine"]],
+           ["the replay's dataflow, real logic, rows dropped at the sink (no store)",
+            fl["nostore"], 1e6 / fl["nostore"], fl["nostore"] / base_rate,
+            rrate / fl["nostore"]],
            ["(c) archwatch replay, for reference", rrate, 1e6 / rrate, rrate / base_rate, 1.0]],
           title="\nfloor: what each part costs alone (fresh interpreter each)")
     for r in runs:
