@@ -30,13 +30,17 @@ from archwatch.rules import (
     Anomaly,
     CaseFacts,
     CaseRow,
+    Completion,
     KpiKey,
     KpiPart,
     ReceiptFact,
     Sla,
+    Summary,
     case_attrs,
-    evaluate,
     evaluate_archive_no,
+    evaluate_summary,
+    kpi_of,
+    row_of,
 )
 from archwatch.settings import shard_of
 from archwatch.timeutil import ch_time
@@ -238,15 +242,62 @@ class DedupShard:
 # Case shard
 
 
-@dataclass(slots=True)
 class CaseState:
-    facts: CaseFacts
-    anomalies: dict[str, Anomaly] = field(default_factory=dict)  # as last written
-    row: CaseRow | None = None
-    kpi: KpiPart | None = None
-    attrs: tuple[str, str, str, str] = ("", "", "", "")  # as last sent to archive stage
-    next_deadline: int | None = None
-    settled: tuple[int, int] | None = None  # (watermark, wall ms) when it last settled
+    """One case: its facts and what was last written for it. Compact on purpose (a city
+    has millions of open cases): no anomalies dict while there are none, and the row
+    and KPI part as written are kept as their :data:`~archwatch.rules.Summary` (split into
+    the completion and the shared rest), not as objects: they are rebuilt only to be
+    withdrawn or subtracted."""
+
+    __slots__ = ("facts", "anomalies", "written", "c_of", "next_deadline", "settled")
+
+    def __init__(self, facts: CaseFacts, anomalies: dict[str, Anomaly] | None = None,
+                 summary: Summary | None = None, next_deadline: int | None = None) -> None:
+        self.facts = facts
+        self.anomalies = anomalies or None  # as last written
+        # the completion of the last evaluation: its attributes are what the row and KPI
+        # part were written with and what the archive stage last got
+        self.c_of: Completion | None = facts.completion
+        self.written = _rest(summary)  # the rest of the summary as last written
+        self.next_deadline = next_deadline
+        self.settled: tuple[int, int] | None = None  # (watermark, wall ms) when it settled
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
+        self.written = _rest(None if self.written is None else (None, *self.written))
+
+    @property
+    def summary(self) -> Summary | None:
+        return None if self.written is None else (self.c_of, *self.written)  # type: ignore[return-value]
+
+    @property
+    def row(self) -> CaseRow | None:
+        return row_of(self.facts.case_no, self.summary)
+
+    @property
+    def kpi(self) -> KpiPart | None:
+        return kpi_of(self.summary)
+
+
+_RESTS: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+
+
+def _rest(summary: Summary | tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """A summary without its completion; the ones of cases without a receipt (most open
+    cases: PENDING or MISSING, no archive) are a handful of values, shared by all."""
+    if summary is None:
+        return None
+    rest = summary[1:]
+    if rest[0] is None:
+        rest = _RESTS.setdefault(rest, rest)
+    return rest
+
+
+_NO_ANOMALIES: dict[str, Anomaly] = {}  # read only: what a case without anomalies diffs from
 
 
 Loader = Callable[[list[str]], dict[str, list[Any]]]
@@ -284,7 +335,6 @@ class CaseShard(_Snapshottable):
         self.cases: dict[str, CaseState] = {}
         self.heap: list[tuple[int, str]] = []
         self.kpi: dict[KpiKey, KpiAcc] = {}
-        self.kpi_written: dict[KpiKey, tuple[Any, ...]] = {}
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
 
@@ -348,9 +398,8 @@ class CaseShard(_Snapshottable):
                     facts.add(ev)
             # settled means its answer no longer depends on the watermark: this is exactly
             # what was written before it left
-            res = evaluate(facts, wm, self.sla)
-            self.cases[case_no] = CaseState(facts, res.anomalies, res.row, res.kpi,
-                                            case_attrs(facts.completion), res.next_deadline)
+            anomalies, summary, next_deadline = evaluate_summary(facts, wm, self.sla)
+            self.cases[case_no] = CaseState(facts, anomalies, summary, next_deadline)
             self.evicted.discard(case_no)
             self.reloads += 1
 
@@ -371,54 +420,69 @@ class CaseShard(_Snapshottable):
     def _reevaluate(
         self, st: CaseState, wm: int, n_new_receipts: int, out: list[Any], dirty: set[KpiKey]
     ) -> None:
-        res = evaluate(st.facts, wm, self.sla)
-        out.extend(diff_anomalies(st.anomalies, res.anomalies, self.src, self.clock))
-        st.anomalies = res.anomalies
-        if res.row != st.row:
-            if st.row is not None and (
-                res.row is None or _case_sort_key(st.row) != _case_sort_key(res.row)
-            ):
-                out.append(Write("case_state", case_row(st.row, self.src, self.clock.next(), True)))
-            if res.row is not None:
-                out.append(Write("case_state", case_row(res.row, self.src, self.clock.next())))
-            st.row = res.row
-        if res.kpi != st.kpi:
-            if st.kpi is not None:
-                self.kpi[st.kpi.key].apply(st.kpi, -1)
-                dirty.add(st.kpi.key)
-            if res.kpi is not None:
-                acc = self.kpi.get(res.kpi.key)
-                if acc is None:
-                    acc = self.kpi[res.kpi.key] = KpiAcc()
-                acc.apply(res.kpi, +1)
-                dirty.add(res.kpi.key)
-            st.kpi = res.kpi
+        facts = st.facts
+        anomalies, summary, next_deadline = evaluate_summary(facts, wm, self.sla)
+        prev = st.anomalies
+        if anomalies or prev:
+            out.extend(diff_anomalies(prev or _NO_ANOMALIES, anomalies, self.src, self.clock))
+        st.anomalies = anomalies or None
+        c = facts.completion
+        prev_c = st.c_of
+        rest = _rest(summary)
+        if rest is not st.written and rest != st.written or (c is not prev_c and c != prev_c):
+            # the row and the KPI part only change with the summary: built only now
+            before = st.summary
+            old_row, new_row = row_of(facts.case_no, before), row_of(facts.case_no, summary)
+            if new_row != old_row:
+                if old_row is not None and (
+                    new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row)
+                ):
+                    out.append(Write("case_state",
+                                     case_row(old_row, self.src, self.clock.next(), True)))
+                if new_row is not None:
+                    out.append(Write("case_state", case_row(new_row, self.src, self.clock.next())))
+            old_kpi, new_kpi = kpi_of(before), kpi_of(summary)
+            if new_kpi != old_kpi:
+                if old_kpi is not None:
+                    self.kpi[old_kpi.key].apply(old_kpi, -1)
+                    dirty.add(old_kpi.key)
+                if new_kpi is not None:
+                    acc = self.kpi.get(new_kpi.key)
+                    if acc is None:
+                        acc = self.kpi[new_kpi.key] = KpiAcc()
+                    acc.apply(new_kpi, +1)
+                    dirty.add(new_kpi.key)
+            st.written = rest
         # receipts travel on to the archive-number stage (ARCHIVE_NO_CONFLICT)
-        attrs = case_attrs(st.facts.completion)
-        receipts = st.facts.receipts
-        if attrs != st.attrs:
-            st.attrs = attrs
+        receipts = facts.receipts
+        if c is not prev_c and case_attrs(c) != case_attrs(prev_c):
             sent = receipts
         else:
-            sent = receipts[len(receipts) - n_new_receipts:] if n_new_receipts else []
-        for r in sent:
-            out.append(ReceiptFact(r.archive_no, r.event_id, r.at, st.facts.case_no, attrs))
-        if res.next_deadline is not None and res.next_deadline != st.next_deadline:
-            heapq.heappush(self.heap, (res.next_deadline, st.facts.case_no))
-        st.next_deadline = res.next_deadline
-        if res.next_deadline is None and self.eviction is not None:
+            sent = receipts[len(receipts) - n_new_receipts:] if n_new_receipts else ()
+        st.c_of = c
+        if sent:
+            attrs = case_attrs(c)
+            for r in sent:
+                out.append(ReceiptFact(r.archive_no, r.event_id, r.at, facts.case_no, attrs))
+        if next_deadline is not None and next_deadline != st.next_deadline:
+            heapq.heappush(self.heap, (next_deadline, facts.case_no))
+        st.next_deadline = next_deadline
+        if next_deadline is None and self.eviction is not None:
             st.settled = (wm, self.wall_ms())
-            self.settled.append((*st.settled, st.facts.case_no))
+            self.settled.append((*st.settled, facts.case_no))
 
     def live_rows(self) -> list[Write]:
         """Every row this shard believes the store holds, with fresh versions."""
         out: list[Write] = []
         for st in self.cases.values():
-            out.extend(Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
-                       for a in st.anomalies.values())
-            if st.row is not None:
-                out.append(Write("case_state", case_row(st.row, self.src, self.clock.next())))
-        self.kpi_written.clear()
+            if st.anomalies:
+                out.extend(Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
+                           for a in st.anomalies.values())
+            row = st.row
+            if row is not None:
+                out.append(Write("case_state", case_row(row, self.src, self.clock.next())))
+        for acc in self.kpi.values():
+            acc.written = None
         out.extend(self._kpi_rows(set(self.kpi)))
         return out
 
@@ -428,15 +492,15 @@ class CaseShard(_Snapshottable):
             acc = self.kpi[key]
             numbers = (acc.kpi, acc.archived, acc.succ, acc.fail, acc.cycle_ms_sum,
                        acc.last_receive, acc.names)
-            if self.kpi_written.get(key) == numbers:
+            if acc.written == numbers:
                 continue
             deleted = acc.empty
             if deleted:
                 del self.kpi[key]
-                if self.kpi_written.pop(key, None) is None:
+                if acc.written is None:
                     continue  # never written: nothing to withdraw
             else:
-                self.kpi_written[key] = numbers
+                acc.written = numbers
             out.append(Write("kpi_task", {
                 "year": key.year, "qym": key.qym, "dept_code": key.dept_code,
                 "system_code": key.system_code, "task_id": key.task_id,

@@ -144,7 +144,8 @@ class Engine:
                 by_recv.setdefault(shard_of(ev.receiverId, n), []).append(ev)
             else:
                 by_case.setdefault(shard_of(ev.caseNo, n), []).append(ev)
-                self.log.setdefault(ev.caseNo, []).append(ev)
+                if self.eviction is not None:  # the store's event log, for reloads only
+                    self.log.setdefault(ev.caseNo, []).append(ev)
         self._run(by_case, by_recv)
 
     def _run(self, by_case: dict[str, list[Any]], by_recv: dict[str, list[Any]]) -> None:

@@ -8,8 +8,9 @@ never double-counts — unlike signed deltas, which need exactly-once delivery.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 from archwatch.rules import KpiPart
 
@@ -36,10 +37,14 @@ class KpiAcc:
     succ: int = 0
     fail: int = 0
     cycle_ms_sum: int = 0
-    # multiset of first-receipt times: lastReceive is a max that can move back
-    receipts: dict[int, int] = field(default_factory=dict)
+    # multiset of first-receipt times: lastReceive is a max that can move back (created
+    # on first use: a group of open cases has none)
+    receipts: dict[int, int] | None = None
     _max: int | None = None
     names: tuple[str, str, str, str, str] = ("", "", "", "", "")  # display only, not identity
+    # the numbers of the row last written for this group and shard (None: none yet), kept
+    # here rather than in a second dict keyed by group
+    written: tuple[Any, ...] | None = None
 
     def apply(self, part: KpiPart, sign: int) -> None:
         self.kpi += sign
@@ -52,6 +57,8 @@ class KpiAcc:
         t = part.first_received_at
         if t is None:
             return
+        if self.receipts is None:
+            self.receipts = {}
         if sign > 0:
             self.receipts[t] = self.receipts.get(t, 0) + 1
             if self._max is None or t > self._max:

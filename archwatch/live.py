@@ -23,7 +23,7 @@ from bytewax.testing import cluster_main
 from archwatch import metrics
 from archwatch.connectors.kafka import DeadLetters, KafkaSettings, kafka_records
 from archwatch.connectors.store_sink import StoreSink, Tally
-from archwatch.dataflows.reconcile import build_flow, wall_ticks
+from archwatch.dataflows.reconcile import build_flow, engine_gc, wall_ticks
 from archwatch.engine import VersionClock
 from archwatch.migrate import migrate
 from archwatch.replay import register_receivers
@@ -118,8 +118,10 @@ def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally
     total_workers = opts.workers * max(len(opts.addresses), 1)
     recovery = (prepare_recovery(opts.recovery_dir, total_workers, opts.backup_interval)
                 if opts.recovery_dir else None)
-    cluster_main(flow, list(opts.addresses), opts.process_id, epoch_interval=opts.epoch_interval,
-                 recovery_config=recovery, worker_count_per_proc=opts.workers)
+    with engine_gc():
+        cluster_main(flow, list(opts.addresses), opts.process_id,
+                     epoch_interval=opts.epoch_interval, recovery_config=recovery,
+                     worker_count_per_proc=opts.workers)
     return tally
 
 

@@ -12,7 +12,7 @@ from bytewax.testing import run_main
 
 from archwatch.connectors.files import JsonlFiles
 from archwatch.connectors.store_sink import StoreSink, Tally
-from archwatch.dataflows.reconcile import build_flow
+from archwatch.dataflows.reconcile import build_flow, engine_gc
 from archwatch.engine import VersionClock
 from archwatch.eventlog import store_loader
 from archwatch.migrate import migrate
@@ -96,7 +96,8 @@ def replay(
     try:
         sink = StoreSink(store, tally, rejects, synchronous=synchronous)
         flow = build_flow(source, sink, settings, clock=clock, loader=store_loader(store))
-        run_main(flow)
+        with engine_gc():
+            run_main(flow)
     finally:
         rejects.close()
         if bar is not None:

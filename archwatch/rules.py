@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from sys import intern
-from typing import Any
+from typing import Any, NamedTuple
 
 from archwatch.timeutil import DAY_MS, parse_duration, parse_ts, shanghai_year
 
@@ -83,21 +83,56 @@ def anomaly_id(code: str, case_no: str, archive_no: str, receiver_id: str, disc:
 # Facts kept per case (compact; what the rules need and nothing else)
 
 
-@dataclass(slots=True)
+_ITEMS: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _shared_item(item: tuple[str, ...]) -> tuple[str, ...]:
+    """One tuple per distinct item (task, department, system, region) for all its cases:
+    the catalogue has thousands of items and a city millions of open cases."""
+    got = _ITEMS.get(item)
+    if got is None:
+        got = _ITEMS[item] = tuple(intern(s) for s in item)
+    return got
+
+
 class Completion:
-    event_id: str
-    at: int
-    completed_at: int
-    task_id: str
-    task_code: str
-    task_name: str
-    dept_code: str
-    dept_name: str
-    qym: str
-    area: str
-    system_code: str
-    system_name: str
-    system_level: str
+    """The case's defining completion: its event, times and a shared item tuple
+    (task id/code/name, dept code/name, qym, area, system code/name/level)."""
+
+    __slots__ = ("event_id", "at", "completed_at", "item")
+
+    def __init__(self, event_id: str, at: int, completed_at: int, *item: str) -> None:
+        self.event_id = event_id
+        self.at = at
+        self.completed_at = completed_at
+        self.item = _shared_item(item)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.event_id, self.at, self.completed_at, self.item)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.event_id, self.at, self.completed_at, item = state
+        self.item = _shared_item(item)  # restored snapshots share items again
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Completion) and self.__getstate__() == other.__getstate__()
+
+    def __hash__(self) -> int:
+        return hash(self.__getstate__())
+
+    def __repr__(self) -> str:
+        return f"Completion{self.__getstate__()!r}"
+
+    task_id = property(lambda self: self.item[0])
+    task_code = property(lambda self: self.item[1])
+    task_name = property(lambda self: self.item[2])
+    dept_code = property(lambda self: self.item[3])
+    dept_name = property(lambda self: self.item[4])
+    qym = property(lambda self: self.item[5])
+    area = property(lambda self: self.item[6])
+    system_code = property(lambda self: self.item[7])
+    system_name = property(lambda self: self.item[8])
+    system_level = property(lambda self: self.item[9])
 
     def order(self) -> tuple[int, str]:
         return (self.at, self.event_id)
@@ -124,15 +159,28 @@ class Step:
     value: Any  # passed (bool), sha256 (str), status (str)
 
 
-@dataclass(slots=True)
 class CaseFacts:
-    case_no: str
-    completion: Completion | None = None
-    pushes: dict[str, tuple[int, str]] = field(default_factory=dict)  # batchNo -> earliest
-    receipts: list[Receipt] = field(default_factory=list)
-    checks: dict[str, list[Step]] = field(default_factory=dict)  # archiveNo -> checks
-    backups: dict[str, list[Step]] = field(default_factory=dict)
-    dists: dict[str, list[Step]] = field(default_factory=dict)
+    """The facts of one case. Containers are created on first use (``None``/``()``
+    until then): most open cases have a completion and nothing else yet, and five empty
+    containers cost ~300 bytes a case."""
+
+    __slots__ = ("case_no", "completion", "pushes", "receipts", "checks", "backups", "dists")
+
+    def __init__(self, case_no: str) -> None:
+        self.case_no = case_no
+        self.completion: Completion | None = None
+        self.pushes: dict[str, tuple[int, str]] | None = None  # batchNo -> earliest
+        self.receipts: list[Receipt] | tuple[()] = ()
+        self.checks: dict[str, list[Step]] | None = None  # archiveNo -> checks
+        self.backups: dict[str, list[Step]] | None = None
+        self.dists: dict[str, list[Step]] | None = None
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, n) for n in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__slots__, state, strict=True):
+            setattr(self, n, v)
 
     def add(self, ev: Any) -> bool:
         """Add one validated event's facts; returns False when it cannot change anything."""
@@ -140,16 +188,17 @@ class CaseFacts:
         if t == "case.completed":
             # item, department and system strings repeat across many cases: one copy each
             c = Completion(
-                ev.eventId, ev.occurredAt, ev.completedAt, intern(ev.taskId),
-                intern(ev.taskCode), intern(ev.taskName), intern(ev.deptCode),
-                intern(ev.deptName), intern(ev.qym), intern(ev.area), intern(ev.systemCode),
-                intern(ev.systemName), intern(ev.systemLevel),
+                ev.eventId, ev.occurredAt, ev.completedAt, ev.taskId, ev.taskCode,
+                ev.taskName, ev.deptCode, ev.deptName, ev.qym, ev.area, ev.systemCode,
+                ev.systemName, ev.systemLevel,
             )
             # The case is defined by its earliest completion; later ones change nothing.
             if self.completion is not None and self.completion.order() <= c.order():
                 return False
             self.completion = c
         elif t == "province.pushed":
+            if self.pushes is None:
+                self.pushes = {}
             cur = self.pushes.get(ev.batchNo)
             new = (ev.occurredAt, ev.eventId)
             if cur is not None and cur <= new:
@@ -157,7 +206,9 @@ class CaseFacts:
             self.pushes[ev.batchNo] = new
         elif t == "archive.received":
             m = ev.meta
-            self.receipts.append(
+            if not self.receipts:
+                self.receipts = []
+            self.receipts.append(  # type: ignore[union-attr]
                 Receipt(
                     ev.eventId, ev.occurredAt, ev.archiveNo, ev.packageSha256,
                     (_intern(m.get("taskCode")), _intern(m.get("deptCode")),
@@ -165,14 +216,20 @@ class CaseFacts:
                 )
             )
         elif t == "archive.checked":
+            if self.checks is None:
+                self.checks = {}
             self.checks.setdefault(ev.archiveNo, []).append(
                 Step(ev.eventId, ev.occurredAt, "", ev.passed)
             )
         elif t == "archive.backedUp":
+            if self.backups is None:
+                self.backups = {}
             self.backups.setdefault(ev.archiveNo, []).append(
                 Step(ev.eventId, ev.occurredAt, ev.backupId, ev.sha256)
             )
         elif t == "archive.distributed":
+            if self.dists is None:
+                self.dists = {}
             self.dists.setdefault(ev.archiveNo, []).append(
                 Step(ev.eventId, ev.occurredAt, ev.distributionNo, ev.status)
             )
@@ -225,8 +282,10 @@ class CaseRow:
     year: int
 
 
-@dataclass(frozen=True, slots=True)
-class KpiKey:
+class KpiKey(NamedTuple):
+    """A KPI group. A named tuple, not a dataclass: it is hashed for every dict access
+    of the KPI accumulators, and a tuple's hash runs in C."""
+
     year: int
     qym: str
     dept_code: str
@@ -293,8 +352,63 @@ def case_attrs(c: Completion | None) -> tuple[str, str, str, str]:
     return (c.qym, c.dept_code, c.system_code, c.task_code)
 
 
+Summary = tuple[Completion, int | None, int, str, int, int, int]
+"""What a case's row and KPI part are made of: (completion, first receipt, archives,
+status, archived, succ, fail). The engine keeps this per case instead of the row and
+the KPI part themselves, and builds those only when it has to write or subtract them."""
+
+
 def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
     """The batch answer for one case at watermark ``wm`` (deadline D fires iff D < wm)."""
+    out, summary, next_deadline = evaluate_summary(f, wm, sla)
+    return CaseResult(out, row_of(f.case_no, summary), kpi_of(summary), next_deadline)
+
+
+def row_of(case_no: str, s: Summary | None) -> CaseRow | None:
+    if s is None:
+        return None
+    c, first_at, n_archives, status = s[0], s[1], s[2], s[3]
+    return CaseRow(
+        case_no, c.task_id, c.task_code, c.task_name, c.dept_code, c.dept_name, c.qym,
+        c.area, c.system_code, c.system_name, c.system_level, c.completed_at, first_at,
+        n_archives, status, shanghai_year(c.completed_at),
+    )
+
+
+def kpi_of(s: Summary | None) -> KpiPart | None:
+    if s is None:
+        return None
+    c, first_at, _n, _status, archived, succ, fail = s
+    return KpiPart(
+        kpi_key(c), archived, succ, fail,
+        (first_at - c.completed_at) if first_at is not None else 0,
+        first_at,
+        _names_of(c.item),
+    )
+
+
+_NAMES: dict[tuple[str, ...], tuple[str, str, str, str, str]] = {}
+
+
+def _names_of(item: tuple[str, ...]) -> tuple[str, str, str, str, str]:
+    """The display names of an item's KPI group, one tuple per item (each KPI
+    accumulator keeps the names of its latest case)."""
+    names = _NAMES.get(item)
+    if names is None:
+        names = _NAMES[item] = (item[1], item[2], item[4], item[8], item[6])
+    return names
+
+
+def kpi_key(c: Completion) -> KpiKey:
+    return KpiKey(shanghai_year(c.completed_at), c.qym, c.dept_code, c.system_code,
+                  c.task_id, c.system_level)
+
+
+def evaluate_summary(
+    f: CaseFacts, wm: int, sla: Sla
+) -> tuple[dict[str, Anomaly], Summary | None, int | None]:
+    """:func:`evaluate` without building the row and the KPI part: anomalies, summary
+    and the next deadline."""
     case_no = f.case_no
     c = f.completion
     qym, dept, system, task = case_attrs(c)
@@ -313,7 +427,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
         pending.append(deadline)
         return False
 
-    receipts = sorted(f.receipts, key=lambda r: (r.at, r.event_id))
+    receipts = sorted(f.receipts, key=_at_id) if len(f.receipts) > 1 else f.receipts
     first_at = receipts[0].at if receipts else None
 
     # 重: walk receipts in (occurredAt, eventId) order.
@@ -335,7 +449,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
             if first_at is not None:
                 add("LATE_ARCHIVE", "", "", first_at, None)
 
-    for batch_no, (pushed_at, _eid) in f.pushes.items():
+    for batch_no, (pushed_at, _eid) in (f.pushes or {}).items():
         deadline = pushed_at + sla.push
         if (first_at is None or first_at > deadline) and fired(deadline):
             add("PUSH_NOT_RECEIVED", "", batch_no, deadline, first_at)
@@ -360,7 +474,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
         elif c is not None and int(m.group(1)) != shanghai_year(c.completed_at):
             add("INVALID_ARCHIVE_NO", archive_no, "", max(received, c.at), None)
 
-        checks = sorted(f.checks.get(archive_no, ()), key=lambda s: (s.at, s.event_id))
+        checks = sorted(f.checks.get(archive_no, ()), key=_at_id) if f.checks else ()
         deadline = received + sla.check
         first_check = checks[0].at if checks else None
         if (first_check is None or first_check > deadline) and fired(deadline):
@@ -378,7 +492,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
         if not checks or not checks[-1].value:
             all_checked_ok = False
 
-        backups = f.backups.get(archive_no, ())
+        backups = f.backups.get(archive_no, ()) if f.backups else ()
         first_backup = min((b.at for b in backups), default=None)
         deadline = received + sla.backup
         if (first_backup is None or first_backup > deadline) and fired(deadline):
@@ -392,7 +506,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
             if b.value != first.package_sha:
                 add("BACKUP_HASH_MISMATCH", archive_no, backup_id, max(b.at, received), None)
 
-        dists = sorted(f.dists.get(archive_no, ()), key=lambda s: (s.at, s.event_id))
+        dists = sorted(f.dists.get(archive_no, ()), key=_at_id) if f.dists else ()
         if first_backup is not None:
             first_ack = min((d.at for d in dists if d.value == "acked"), default=None)
             deadline = first_backup + sla.distribution
@@ -408,7 +522,7 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
         for dist_no, s in runs.items():
             add("DISTRIBUTION_FAILED", archive_no, f"{dist_no}/{s.event_id}", s.at, None)
 
-    row = kpi = None
+    summary: Summary | None = None
     if c is not None:
         archived = first_at is not None
         fail = archived and any(a.code in ERROR_CODES and a.is_open for a in out.values())
@@ -418,20 +532,12 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
             status = "MISSING" if deadline < wm else "PENDING"
         else:
             status = "ARCHIVED_FAIL" if fail else "ARCHIVED_OK" if succ else "ARCHIVED_UNCHECKED"
-        year = shanghai_year(c.completed_at)
-        row = CaseRow(
-            case_no, c.task_id, c.task_code, c.task_name, c.dept_code, c.dept_name, c.qym,
-            c.area, c.system_code, c.system_name, c.system_level, c.completed_at, first_at,
-            len(archives), status, year,
-        )
-        kpi = KpiPart(
-            KpiKey(year, c.qym, c.dept_code, c.system_code, c.task_id, c.system_level),
-            int(archived), int(succ), int(fail),
-            (first_at - c.completed_at) if first_at is not None else 0,
-            first_at,
-            (c.task_code, c.task_name, c.dept_name, c.system_name, c.area),
-        )
-    return CaseResult(out, row, kpi, min(pending) if pending else None)
+        summary = (c, first_at, len(archives), status, int(archived), int(succ), int(fail))
+    return out, summary, min(pending) if pending else None
+
+
+def _at_id(x: Receipt | Step) -> tuple[int, str]:
+    return (x.at, x.event_id)
 
 
 def receipt_facts(f: CaseFacts) -> list[ReceiptFact]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from archwatch.receivers import Registration
 from archwatch.rules import Sla
@@ -35,8 +36,14 @@ class EngineSettings:
 
 def shard_of(key: str, shards: int) -> str:
     """Stable shard of a key (crc32, not Python's per-process salted ``hash``)."""
-    return f"{zlib.crc32(key.encode()) % shards:03d}"
+    return _names(shards)[zlib.crc32(key.encode()) % shards]
+
+
+@lru_cache(maxsize=8)
+def _names(shards: int) -> tuple[str, ...]:
+    # the shard names are formatted once, not per call (~2 calls per event)
+    return tuple(f"{i:03d}" for i in range(shards))
 
 
 def all_shards(shards: int) -> list[str]:
-    return [f"{i:03d}" for i in range(shards)]
+    return list(_names(shards))

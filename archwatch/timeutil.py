@@ -41,26 +41,39 @@ def _offset_ms(off: str) -> int:
     return (1 if off[0] == "+" else -1) * (oh * 60 + om) * 60_000
 
 
+@lru_cache(maxsize=16_384)
+def _hour_ms(head: str, off: str) -> int:
+    """Epoch ms of ``YYYY-MM-DDTHH`` at offset ``off`` (ranges checked; cached: a stream's
+    timestamps share few hours, and this is most of the arithmetic)."""
+    hh = int(head[11:13])
+    if hh > 23:
+        raise ValueError("time out of range")
+    day = _epoch_day(int(head[0:4]), int(head[5:7]), int(head[8:10]))
+    return (day * 24 + hh) * 3_600_000 - _offset_ms(off)
+
+
 def parse_ts(text: str) -> int:
     """Parse an RFC 3339 timestamp with offset into epoch milliseconds (sub-ms digits dropped).
 
-    Plain integer arithmetic on the matched fields (with the calendar day cached): this
-    runs for every timestamp of every event, and ``datetime.timestamp()`` is slow.
+    The pattern decides what is accepted; once it matched, every field sits at a fixed
+    position (``\\d`` is one character), so the arithmetic works on slices, with the
+    date, hour and offset part cached: this runs for every timestamp of every
+    event, and ``datetime.timestamp()`` is slow.
     """
-    m = _RFC3339.match(text)
-    if m is None:
+    if _RFC3339.match(text) is None:
         raise TimeFormatError(f"not an RFC 3339 timestamp with offset: {text!r}")
-    y, mo, d, h, mi, s, frac, off = m.groups()
-    hh, mm, ss = int(h), int(mi), int(s)
+    last = text[-1]
+    off = "Z" if last in "Zz" else text[-6:]
+    mm, ss = int(text[14:16]), int(text[17:19])
     try:
-        if hh > 23 or mm > 59 or ss > 60:
+        if mm > 59 or ss > 60:
             raise ValueError("time out of range")
-        day = _epoch_day(int(y), int(mo), int(d))
-        offset = _offset_ms(off)
+        base = _hour_ms(text[:13], off)
     except ValueError as exc:
         raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
-    ms = int(frac[:3].ljust(3, "0")) if frac else 0
-    return (((day * 24 + hh) * 60 + mm) * 60 + min(ss, 59)) * 1000 + ms - offset
+    end = len(text) - (1 if off == "Z" else 6)
+    ms = int(text[20:end][:3].ljust(3, "0")) if end > 19 else 0
+    return base + mm * 60_000 + min(ss, 59) * 1000 + ms
 
 
 def to_iso_utc(ms: int | None) -> str | None:

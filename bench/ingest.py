@@ -161,6 +161,88 @@ def worker_replay(events: Path, db: Path, as_of: str, receivers: Path,
     return {"elapsed_s": elapsed, "counts": res.report()}
 
 
+def worker_floor(events: Path) -> dict[str, Any]:
+    """What the dataflow's shape costs without its work, and what the work costs without
+    the dataflow, over the same events file (each in this fresh interpreter):
+
+    - floor: Bytewax running the replay's steps (file source, parse+key, dedup, the four
+      batch-level splits, cases, its two splits, archive numbers, receivers, sink) with
+      pass-through logic and a sink that drops everything;
+    - parse: ``parse_record`` over every line, a plain loop;
+    - engine: the shards' logic (archwatch.harness.Engine: parse, dedup, cases, archive
+      numbers, receivers), rows dropped, no Bytewax and no store;
+    - nostore: the replay's own dataflow (build_flow) with a sink that drops the rows.
+    """
+    import bytewax.operators as op
+    from archwatch.connectors.files import JsonlFiles
+    from archwatch.dataflows.reconcile import _ShardLogic, engine_gc
+    from bytewax.dataflow import Dataflow
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import run_main
+
+    from archwatch.harness import Engine
+    from archwatch.models import parse_record
+    from archwatch.settings import shard_of
+
+    class _Pass:
+        def on_batch(self, values: list[Any]) -> list[Any]:
+            return values
+
+    class _Drop(StatelessSinkPartition[Any]):
+        def write_batch(self, items: list[Any]) -> None:
+            return None
+
+    class _Null(DynamicSink[Any]):
+        def build(self, step_id: str, worker_index: int, worker_count: int) -> _Drop:
+            return _Drop()
+
+    lines = [x for x in events.read_text(encoding="utf-8").splitlines() if x.strip()]
+    n = len(lines)
+    flow = Dataflow("floor")
+    src = op.input("input", flow, JsonlFiles([events]))
+    keyed = op.flat_map_batch("parse", src, lambda b: [(shard_of(r[1], 32), r) for r in b])
+    dedup = op.stateful_batch("dedup", keyed, _ShardLogic.builder(_Pass))
+    sink_items = op.flat_map_batch("dedup_sink", dedup, lambda b: [v for _k, v in b[:0]])
+    op.flat_map_batch("batch_max", dedup, lambda b: [])
+    cases_in = op.flat_map_batch("key_case", dedup, lambda b: b)
+    op.flat_map_batch("key_receiver", dedup, lambda b: [])
+    cases = op.stateful_batch("cases", cases_in, _ShardLogic.builder(_Pass))
+    rows = op.flat_map_batch("cases_sink", cases, lambda b: [v for _k, v in b])
+    facts = op.flat_map_batch("key_archive_no", cases, lambda b: b[: len(b) // 7])
+    arch = op.flat_map_batch("archive_out", op.stateful_batch(
+        "archive_nos", facts, _ShardLogic.builder(_Pass)), lambda b: [v for _k, v in b])
+    op.output("store", op.merge("all_out", sink_items, rows, arch), _Null())
+    with engine_gc():
+        t0 = time.perf_counter()
+        run_main(flow)
+        floor_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i, line in enumerate(lines):
+            parse_record(line, str(i))
+        parse_s = time.perf_counter() - t0
+
+        class _NoRows(Engine):
+            def _write(self, out: Any) -> None:
+                return None
+
+        from archwatch.settings import EngineSettings
+
+        eng = _NoRows(EngineSettings())
+        t0 = time.perf_counter()
+        for i in range(0, n, 2000):
+            eng.feed(lines[i:i + 2000])
+        eng.finish()
+        engine_s = time.perf_counter() - t0
+
+        from archwatch.dataflows.reconcile import build_flow
+
+        t0 = time.perf_counter()  # the replay's real dataflow, rows dropped at the sink
+        run_main(build_flow(JsonlFiles([events]), _Null(), EngineSettings()))
+        nostore_s = time.perf_counter() - t0
+    return {"events": n, "floor_s": floor_s, "parse_s": parse_s, "engine_s": engine_s,
+            "nostore_s": nostore_s}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=8_000,
@@ -169,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts of `archwatch run`")
     ap.add_argument("--profile", action="store_true",
                     help="also run one replay under cProfile and list the hot spots")
-    ap.add_argument("--worker", choices=["replay"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["replay", "floor"], help=argparse.SUPPRESS)
     ap.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--as-of", dest="as_of", help=argparse.SUPPRESS)
@@ -178,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.worker == "replay":
         emit(worker_replay(args.events, args.db, args.as_of, args.receivers, args.profile_out))
+        return 0
+    if args.worker == "floor":
+        emit(worker_floor(args.events))
         return 0
 
     from archwatch.connectors.kafka import (
@@ -217,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
                                    str(tmp / "db-replay"), "--as-of", truth["asOf"],
                                    "--receivers", str(receivers)])
 
+    print("(d) where a replay's time goes: the dataflow's shape alone, the parser alone, "
+          "the engine alone ...", flush=True)
+    floor = run_worker("ingest.py", ["--worker", "floor", "--events", str(events)])
+
     base_rate = n / bare["steady_s"]
     rows: list[list[Any]] = [["(a) bare consumer + json.loads", 1, n / bare["steady_s"],
                               n / bare["total_s"], base_rate, 1.0, "", ""]]
@@ -237,6 +326,20 @@ def main(argv: list[str] | None = None) -> int:
            f">= {TARGET_PER_WORKER:,}/s/worker", f">= {TARGET_RATIO} x bare"], rows,
           title=f"\ningest of {n:,} events ({args.cases:,} cases, {PARTITIONS} partitions per "
                 "topic; broker on the same machine)")
+    fl = {k: n / floor[f"{k}_s"] for k in ("floor", "parse", "engine", "nostore")}
+    table(["part (same events, same run)", "events/s", "us/event", "x bare",
+           "share of replay's time"],
+          [["Bytewax: the replay's steps with no-op logic, null sink", fl["floor"],
+            1e6 / fl["floor"], fl["floor"] / base_rate, rrate / fl["floor"]],
+           ["parse_record alone (plain loop)", fl["parse"], 1e6 / fl["parse"],
+            fl["parse"] / base_rate, rrate / fl["parse"]],
+           ["engine shards alone, parse included (no Bytewax, no store)", fl["engine"],
+            1e6 / fl["engine"], fl["engine"] / base_rate, rrate / fl["engine"]],
+           ["the replay's dataflow, real logic, rows dropped at the sink (no store)",
+            fl["nostore"], 1e6 / fl["nostore"], fl["nostore"] / base_rate,
+            rrate / fl["nostore"]],
+           ["(c) archwatch replay, for reference", rrate, 1e6 / rrate, rrate / base_rate, 1.0]],
+          title="\nfloor: what each part costs alone (fresh interpreter each)")
     for r in runs:
         if r["outcomes"] and sum(r["outcomes"].values()) != n:
             print(f"note: run -w {r['workers']} outcomes {r['outcomes']} != {n}")
@@ -265,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "replay": {**rep, "rate": rrate, "ratio": ratio(rrate, base_rate),
                    "per_worker_met": ok_w, "ratio_met": ok_r},
         "targets": {"per_worker_events_s": TARGET_PER_WORKER, "ratio_to_bare": TARGET_RATIO},
-        "profile": hot, "scratch": str(tmp),
+        "floor": {**floor, "rates": fl}, "profile": hot, "scratch": str(tmp),
     })
     return 0
 

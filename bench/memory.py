@@ -123,18 +123,15 @@ def breakdown(eng: Any, sample: int = 5_000) -> dict[str, float]:
             n += 1
             add("caseNo key", key)
             c = st.facts.completion
-            for name in c.__slots__:
-                if isinstance(getattr(c, name), str):
-                    add("Completion: per-case copies of item/dept/system strings", getattr(c, name))
-            add("Completion object (13 slots)", c)
+            add("Completion: shared item tuple and its strings (once per item)", c.item)
+            add("Completion: eventId string", c.event_id)
+            add("Completion object (4 slots) + its 2 ints", c)
             for name in ("pushes", "receipts", "checks", "backups", "dists"):
-                add("CaseFacts: 5 empty containers", getattr(st.facts, name))
-            add("CaseFacts object", st.facts)
-            add("CaseRow (last written row)", st.row)
-            add("KpiPart + KpiKey + names tuple", st.kpi)
-            add("attrs tuple", st.attrs)
-            add("anomalies dict (empty)", st.anomalies)
-            add("CaseState object", st)
+                add("CaseFacts: containers (created on first use)", getattr(st.facts, name))
+            add("CaseFacts object (7 slots)", st.facts)
+            add("written summary without its completion (shared while no receipt)", st.written)
+            add("anomalies (None while there are none)", st.anomalies)
+            add("CaseState object (6 slots) + next deadline", st)
     per = {k: v / n for k, v in parts.items()}
     per_shard: dict[str, int] = {}
     seen_shard: set[int] = set(seen)
@@ -142,8 +139,7 @@ def breakdown(eng: Any, sample: int = 5_000) -> dict[str, float]:
         per_shard["deadline heap entries"] = per_shard.get("deadline heap entries", 0) + \
             deep_size(sh.heap, seen_shard)
         per_shard["KPI accumulators (per group and shard)"] = per_shard.get(
-            "KPI accumulators (per group and shard)", 0) + deep_size(sh.kpi, seen_shard) + \
-            deep_size(sh.kpi_written, seen_shard)
+            "KPI accumulators (per group and shard)", 0) + deep_size(sh.kpi, seen_shard)
         per_shard["shard dict of cases"] = per_shard.get("shard dict of cases", 0) + \
             sys.getsizeof(sh.cases)
     for d in eng.dedup.values():
