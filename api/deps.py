@@ -7,11 +7,21 @@ from typing import Annotated
 from archwatch.api.settings import Settings
 from fastapi import Depends, Query, Request
 
-from archwatch.store import Store
+from archwatch.store import ReadCache, Store
 
 
 def get_store(request: Request) -> Store:
     return request.app.state.store
+
+
+def get_reads(request: Request) -> ReadCache:
+    """The store's reads through the app's :class:`ReadCache` (statistics, drill-down,
+    anomalies: what the dashboards ask again and again between two writes)."""
+    state = request.app.state
+    reads = getattr(state, "reads", None)
+    if reads is None or reads.store is not state.store:
+        reads = state.reads = ReadCache(state.store, state.settings.read_cache_entries)
+    return reads
 
 
 def get_settings(request: Request) -> Settings:
@@ -19,6 +29,7 @@ def get_settings(request: Request) -> Settings:
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
+ReadsDep = Annotated[ReadCache, Depends(get_reads)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

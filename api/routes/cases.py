@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from typing import Annotated
 
 from archwatch.api.auth import KPI_COLUMNS, ReaderDep
-from archwatch.api.deps import StoreDep
+from archwatch.api.deps import ReadsDep
 from archwatch.api.errors import ApiError
 from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
@@ -22,7 +22,7 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 
 
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
-def case_trace(store: StoreDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
+def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
@@ -49,7 +49,7 @@ def case_trace(store: StoreDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
 
 
 @router.get("/archives/{archiveNo}/checks", response_model=list[CheckOut])
-def archive_checks(store: StoreDep, p: ReaderDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
+def archive_checks(store: ReadsDep, p: ReaderDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
     """The four-property check (四性检测) history of one archive, oldest first."""
     cond, params = p.conditions(KPI_COLUMNS)
     scope = "" if not p.scope else (
@@ -72,7 +72,7 @@ def archive_checks(store: StoreDep, p: ReaderDep, archiveNo: str) -> list[CheckO
 
 @router.get("/systems/{systemCode}/daily-log", response_model=list[DailyLog])
 def daily_log(
-    store: StoreDep, p: ReaderDep, systemCode: str,  # noqa: N803
+    store: ReadsDep, p: ReaderDep, systemCode: str,  # noqa: N803
     start: Annotated[date | None, Query(alias="from", description="first day (Asia/Shanghai)")] = None,  # noqa: E501
     end: Annotated[date | None, Query(alias="to", description="last day, inclusive")] = None,
 ) -> list[DailyLog]:
