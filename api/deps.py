@@ -9,12 +9,16 @@ from fastapi import Depends, Query, Request
 
 from archwatch.store import ReadCache, Store
 
+# The dependencies are async: they do no I/O, and FastAPI runs a sync one in its thread
+# pool (a hand-over between threads per dependency per request); the routes that query
+# the store stay sync and run there.
 
-def get_store(request: Request) -> Store:
+
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_reads(request: Request) -> ReadCache:
+async def get_reads(request: Request) -> ReadCache:
     """The store's reads through the app's :class:`ReadCache` (statistics, drill-down,
     anomalies: what the dashboards ask again and again between two writes)."""
     state = request.app.state
@@ -24,7 +28,7 @@ def get_reads(request: Request) -> ReadCache:
     return reads
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -45,7 +49,7 @@ class Page:
         return (self.no - 1) * self.size
 
 
-def get_page(
+async def get_page(
     settings: SettingsDep,
     pageNo: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page")] = 1,  # noqa: N803
     pageSize: Annotated[int, Query(ge=1, description="rows per page (capped)")] = 10,  # noqa: N803

@@ -323,6 +323,8 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("/api/v1/drill/systems/{systemCode}/items", "drill",
          lambda r: f"/api/v1/drill/systems/{r.choice(p['systems'])}/items?year={year(r)}"),
         ("/api/v1/drill/items/{taskId}/cases?systemCode", "drill", system_item),
+        ("/api/v1/cases/{caseNo}", "drill",
+         lambda r: f"/api/v1/cases/{r.choice(p['cases'])}"),
         ("/api/v1/anomalies", "drill",
          lambda r: r.choice([
              "/api/v1/anomalies",
@@ -334,8 +336,12 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 
 def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_client: int,
-           seed: int) -> dict[str, Any]:
-    """``clients`` threads, each sending ``per_client`` requests back to back."""
+           seed: int, seen: set[str] | None = None) -> dict[str, Any]:
+    """``clients`` threads, each sending ``per_client`` requests back to back. ``seen``:
+    paths asked before in this run (the server's read cache can answer a repeat: the
+    share of repeats is reported)."""
+    seen = set() if seen is None else seen
+    paths: list[str] = []
     import httpx
 
     lat: list[float] = []
@@ -345,7 +351,7 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
 
     def client(k: int) -> None:
         rng = random.Random(seed * 1000 + k)
-        mine, bad = [], []
+        mine, bad, mine_paths = [], [], []
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
             try:
                 c.get("/healthz")  # connect before the clock starts
@@ -353,6 +359,7 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
                 start.wait()
             for _ in range(per_client):
                 path = make(rng)
+                mine_paths.append(path)
                 t0 = time.perf_counter()
                 try:
                     r = c.get(path)
@@ -367,6 +374,7 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
         with lock:
             lat.extend(mine)
             errors.extend(bad)
+            paths.extend(mine_paths)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     t0 = time.perf_counter()
@@ -378,7 +386,12 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
     kinds: dict[str, int] = {}
     for e in errors:
         kinds[e.split(" ", 1)[0]] = kinds.get(e.split(" ", 1)[0], 0) + 1
+    repeats = sum(1 for p in paths if p in seen)
+    new = set(paths) - seen
+    repeats += len(paths) - repeats - len(new)  # asked twice within this pass
+    seen.update(paths)
     return {"n": len(lat), "errors": len(errors), "error_kinds": kinds,
+            "repeat_share": repeats / len(paths) if paths else None,
             "error_sample": errors[:2],
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
             "max_ms": max(lat) if lat else None, "rps": len(lat) / wall if wall else None}
@@ -461,17 +474,21 @@ def main(argv: list[str] | None = None) -> int:
         eps = endpoints(params)
         import httpx
 
+        seen: set[str] = set()
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:  # warm caches
             rng = random.Random(0)
             for _name, _kind, make in eps:
                 for _ in range(3):
-                    c.get(make(rng))
+                    path = make(rng)
+                    seen.add(path)
+                    c.get(path)
         serial = {}
         for i, (name, _kind, make) in enumerate(eps):
-            serial[name] = hammer(base, headers, make, 1, args.serial, seed=100 + i)
+            serial[name] = hammer(base, headers, make, 1, args.serial, seed=100 + i, seen=seen)
         for i, (name, _kind, make) in enumerate(eps):
             print(f"  {args.clients} clients x {args.requests}: {name} ...", flush=True)
-            results[name] = hammer(base, headers, make, args.clients, args.requests, seed=i)
+            results[name] = hammer(base, headers, make, args.clients, args.requests, seed=i,
+                                   seen=seen)
             results[name]["serial_p50_ms"] = serial[name]["p50_ms"]
         # the baseline once more at the end: did the machine change under us?
         results["/healthz (again, at the end)"] = hammer(
@@ -501,8 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict[name] = {"kind": kind, "limit_p99_ms": limit, "met": met, **r,
                          "p50_x_healthz": r["p50_ms"] / base_p50,
                          "p99_x_healthz": r["p99_ms"] / base_p99}
-        rows.append([name, kind, r["n"], r["errors"], r.get("serial_p50_ms"), r["p50_ms"],
-                     r["p99_ms"],
+        rows.append([name, kind, r["n"], r["errors"], r.get("serial_p50_ms"),
+                     r["repeat_share"], r["p50_ms"], r["p99_ms"],
                      r["p50_ms"] / base_p50, r["p99_ms"] / base_p99, r["rps"],
                      f"p99 < {limit:.0f} ms: {target(met)}" if limit else ""])
     rows_total = fill.get("rows", {})
@@ -511,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         v = rows_total.get(table_name, default)
         return f"{v:,}" if isinstance(v, int) else "?"
 
-    table(["endpoint", "kind", "requests", "errors", "1 client p50", "p50 ms", "p99 ms",
+    table(["endpoint", "kind", "requests", "errors", "1 client p50", "repeats", "p50 ms",
+           "p99 ms",
            "p50 x healthz",
            "p99 x healthz", "req/s", "target"], rows,
           title=f"\nAPI latency, {args.clients} concurrent clients, store of "
