@@ -150,7 +150,10 @@ class ChdbStore(Store):
         filed under the new number. (Merges do not change what FINAL reads.)"""
         return _GENERATIONS.get(self.path, 0)
 
-    def _wrote(self) -> None:
+    def wrote(self) -> None:
+        """Count a write. The store's own methods do; code that writes through a raw chDB
+        connection of this directory (``_conn_for_thread``) must call it afterwards, or a
+        :class:`ReadCache` in this process would keep answering from before the write."""
         with _GENERATIONS_LOCK:
             _GENERATIONS[self.path] = _GENERATIONS.get(self.path, 0) + 1
 
@@ -158,7 +161,7 @@ class ChdbStore(Store):
         try:
             self._run(sql, "CSV", params)
         finally:  # a failed statement may still have written part of its effect
-            self._wrote()
+            self.wrote()
 
     def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
         if _is_read(sql):
@@ -166,7 +169,7 @@ class ChdbStore(Store):
         try:
             return self._run(sql, fmt, params)
         finally:
-            self._wrote()
+            self.wrote()
 
     def insert_json_rows(self, table: str, lines: list[str]) -> None:
         sql = f"INSERT INTO {table} FORMAT JSONEachRow\n" + "\n".join(lines)
@@ -174,7 +177,7 @@ class ChdbStore(Store):
             try:
                 self._run(sql, "CSV", None)
             finally:
-                self._wrote()
+                self.wrote()
 
     def close(self) -> None:
         with self._conns_lock:
