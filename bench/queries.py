@@ -441,12 +441,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  filled in {fill['total_s']:.1f} s: rows {fill['rows']}, "
               f"active parts {fill['parts']}", flush=True)
         n_m = fill["rows"]["case_state"] / 1e6
+        active = sum(fill["table_bytes"].values())
         fill["per_million_cases"] = {
             "fill_s": (fill["total_s"] - fill["optimize_s"]) / n_m,
+            "active_bytes": active / n_m,
+            # the directory also holds parts a merge replaced, until they expire (8 min)
             "dir_bytes": fill["dir_bytes"] / n_m if fill["dir_bytes"] else None,
             "table_bytes": {t: b / n_m for t, b in fill["table_bytes"].items()}}
         print(f"  per million cases: fill {fill['per_million_cases']['fill_s']:.1f} s, "
-              f"disk {fill['dir_bytes'] / n_m / 2**20:.1f} MiB (store directory), "
+              f"disk {active / n_m / 2**20:.1f} MiB (active parts; "
+              f"{fill['dir_bytes'] / n_m / 2**20:.1f} MiB the whole directory), "
               f"optimize {fill['optimize_s']:.1f} s in all", flush=True)
         if args.fill_only:
             write_results(f"queries-fill-{args.cases}", {"cases": args.cases, "db": str(db),
