@@ -136,6 +136,15 @@ def item_cases(
     if status is not None:
         where += " AND status = {status:String}"
         params["status"] = status
+    if filters["qym"] is None or filters["deptCode"] is None:
+        # Without region and department the sorting key (year, qym, dept_code, task_id,
+        # case_no) narrows nothing past the year: take the item's key prefixes from its
+        # raw rows (every current row is one of them) through idx_task, so that FINAL
+        # reads primary-key ranges instead of widening every skip-index range.
+        within = " AND year = {year:UInt16}" if filters["year"] is not None else ""
+        where += (" AND (year, qym, dept_code, task_id) IN (SELECT DISTINCT year, qym,"
+                  " dept_code, task_id FROM case_state WHERE task_id = {taskId:String}"
+                  f"{within})")
     rows = store.query(
         f"SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         f" toUnixTimestamp64Milli(first_received_at) AS f_ms"
