@@ -186,16 +186,21 @@ def _cache_key(cred: tuple[str, str] | str) -> str:
 def authenticate(request: Request) -> Principal:
     """The caller of this request, or 401; disabled accounts are refused."""
     state = request.app.state
-    cred = _credentials(request)
-    if cred is None:
-        raise ApiError(401, "unauthorized", "authentication required (Bearer token)")
-    key = _cache_key(cred)
-    principal = state.principals.get(key)
+    cred, key, principal = _remembered(request)
     if principal is None:
         principal = _lookup(request, cred)
         state.principals.put(key, principal)
     state.limiter.take(principal.username)
     return principal
+
+
+def _remembered(request: Request) -> tuple[tuple[str, str] | str, str, Principal | None]:
+    """The request's credential, its cache key, and its principal if cached (no I/O)."""
+    cred = _credentials(request)
+    if cred is None:
+        raise ApiError(401, "unauthorized", "authentication required (Bearer token)")
+    key = _cache_key(cred)
+    return cred, key, request.app.state.principals.get(key)
 
 
 def _lookup(request: Request, cred: tuple[str, str] | str) -> Principal:
@@ -232,12 +237,23 @@ def _lookup(request: Request, cred: tuple[str, str] | str) -> Principal:
     return Principal.of(account)
 
 
-def get_principal(request: Request) -> Principal:
-    return authenticate(request)
+async def get_principal(request: Request) -> Principal:
+    """:func:`authenticate` as a dependency. Async so that a cached principal costs no trip
+    through the thread pool (FastAPI runs every sync dependency there, each a hand-over
+    between threads under the GIL); a lookup (a store query, a password hash) still runs
+    in the pool, off the event loop."""
+    from starlette.concurrency import run_in_threadpool
+
+    cred, key, principal = _remembered(request)
+    if principal is None:
+        principal = await run_in_threadpool(_lookup, request, cred)
+        request.app.state.principals.put(key, principal)
+    request.app.state.limiter.take(principal.username)
+    return principal
 
 
 def require(*roles: Role) -> Any:
-    def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    async def dep(p: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if p.role not in roles:
             raise ApiError(403, "forbidden", f"requires role {' or '.join(r.value for r in roles)}")
         return p

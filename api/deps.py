@@ -7,18 +7,33 @@ from typing import Annotated
 from archwatch.api.settings import Settings
 from fastapi import Depends, Query, Request
 
-from archwatch.store import Store
+from archwatch.store import ReadCache, Store
+
+# The dependencies are async: they do no I/O, and FastAPI runs a sync one in its thread
+# pool (a hand-over between threads per dependency per request); the routes that query
+# the store stay sync and run there.
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_reads(request: Request) -> ReadCache:
+    """The store's reads through the app's :class:`ReadCache` (statistics, drill-down,
+    anomalies: what the dashboards ask again and again between two writes)."""
+    state = request.app.state
+    reads = getattr(state, "reads", None)
+    if reads is None or reads.store is not state.store:
+        reads = state.reads = ReadCache(state.store, state.settings.read_cache_entries)
+    return reads
+
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
+ReadsDep = Annotated[ReadCache, Depends(get_reads)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -34,7 +49,7 @@ class Page:
         return (self.no - 1) * self.size
 
 
-def get_page(
+async def get_page(
     settings: SettingsDep,
     pageNo: Annotated[int, Query(ge=1, le=1_000_000, description="1-based page")] = 1,  # noqa: N803
     pageSize: Annotated[int, Query(ge=1, description="rows per page (capped)")] = 10,  # noqa: N803

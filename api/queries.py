@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from archwatch.kpi import rate, time_diff_days
-from archwatch.store import Store
+from archwatch.store import Reader
 from archwatch.timeutil import to_iso_utc, to_shanghai_text
 
 # API dimension -> (SQL column, ClickHouse type of its parameter, display-name aggregate)
@@ -53,7 +53,7 @@ def where_of(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return (" AND ".join(parts) or "1"), params
 
 
-def kpi_groups(store: Store, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
+def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     """KPI numbers grouped by ``q.group_by``, filtered, sorted and paginated."""
     where, params = where_of(q.filters)
     cols = [DIMENSIONS[d][0] for d in q.group_by]
@@ -87,7 +87,7 @@ def kpi_groups(store: Store, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     return out, total
 
 
-def _count_groups(store: Store, q: KpiQuery, where: str, params: dict[str, Any],
+def _count_groups(store: Reader, q: KpiQuery, where: str, params: dict[str, Any],
                   cols: list[str]) -> int:
     if q.offset == 0:
         return 0
@@ -96,6 +96,20 @@ def _count_groups(store: Store, q: KpiQuery, where: str, params: dict[str, Any],
         f"SELECT count() AS n FROM (SELECT sum(kpi) AS kpi FROM kpi_task FINAL WHERE {where} "
         f"{group} HAVING kpi != 0)", params)
     return rows[0]["n"] if rows else 0
+
+
+def page_total(store: Reader, rows: list[dict[str, Any]], page: Any, source: str,
+               params: dict[str, Any]) -> int:
+    """How many rows ``SELECT ... FROM {source}`` has in all, for a page of it (``rows``,
+    read with ``page.size``/``page.offset``). A short page tells it without a query; else a
+    ``count()`` of its own: ``count() OVER ()`` on the page's query would make ClickHouse
+    materialise every matching row (all columns) before the LIMIT. A page past the end
+    reports 0, as it always has."""
+    if not rows:
+        return 0
+    if len(rows) < page.size:
+        return page.offset + len(rows)
+    return int(store.query(f"SELECT count() AS n FROM {source}", params)[0]["n"])
 
 
 def stats_of(r: dict[str, Any]) -> dict[str, Any]:

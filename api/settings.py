@@ -34,5 +34,9 @@ class Settings(BaseSettings):
     """Kafka bootstrap servers: HTTP heartbeats are published there, to the dataflow."""
     topic_prefix: str = ""
     """Prefix of the Kafka topic names (as given to `archwatch run`)."""
+    read_cache_entries: int = 4096
+    """Results of statistics/drill-down/anomaly reads kept until the next write to the
+    store (never stale: see archwatch.store.ReadCache); 0 turns the cache off. Only an
+    embedded store is cached: a server may be written by other processes."""
     lateness_ms: int = 5 * 60_000
     """The engine's lateness, to tell a late receiver from a down one."""

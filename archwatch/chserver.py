@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from archwatch.store import ChdbStore
+from archwatch.store import ChdbStore, _is_read
 
 # URL parameters of the HTTP protocol itself; any other is a ClickHouse setting
 _TRANSPORT = {
@@ -127,10 +127,15 @@ def create_app(store: ChdbStore, user: str, password: str) -> Starlette:
 
     def execute(sql: str, fmt: str, params: dict[str, str], settings: dict[str, str]) -> Any:
         conn = connection(settings)
-        if sql.lstrip()[:6].upper() == "INSERT":
-            with store._lock:  # one writer at a time, like in-process inserts
-                return conn.query(sql, fmt, params=params)
-        return conn.query(sql, fmt, params=params)
+        if _is_read(sql):
+            return conn.query(sql, fmt, params=params)
+        try:
+            if sql.lstrip()[:6].upper() == "INSERT":
+                with store._lock:  # one writer at a time, like in-process inserts
+                    return conn.query(sql, fmt, params=params)
+            return conn.query(sql, fmt, params=params)
+        finally:  # a read cache in this process must not answer from before this write
+            store.wrote()
 
     async def ping(_request: Request) -> Response:
         return PlainTextResponse("Ok.\n")

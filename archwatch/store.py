@@ -4,12 +4,11 @@ server through clickhouse-connect. The SQL is the same; only transport differs."
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -19,6 +18,13 @@ _READ_SETTINGS = {"output_format_json_quote_64bit_integers": 0}
 
 class StoreError(RuntimeError):
     """A query or insert the store refused; the message is ClickHouse's own."""
+
+
+class Reader(Protocol):
+    """Anything that runs a SELECT and returns rows: a :class:`Store` or a :class:`ReadCache`."""
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        ...
 
 
 class Store(ABC):
@@ -39,10 +45,17 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release the backend."""
 
+    def generation(self) -> int | None:
+        """A number that changes after every write to the store, or None when writes may
+        happen out of this object's sight (then nothing read may be cached). Results read
+        while it had one value stay true until it has another: the key of
+        :class:`ReadCache`."""
+        return None
+
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a SELECT; rows as dicts."""
         text = self.query_text(sql, "JSONEachRow", params)
-        return [json.loads(line) for line in text.splitlines() if line]
+        return [orjson.loads(line) for line in text.splitlines() if line]
 
     def insert(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
         lines = [orjson.dumps(r).decode() for r in rows]
@@ -51,6 +64,16 @@ class Store(ABC):
 
 
 _OPEN_HERE: set[str] = set()  # store directories this process has opened
+# Writes so far per store directory in this process (the only process that can write it).
+_GENERATIONS: dict[str, int] = {}
+_GENERATIONS_LOCK = threading.Lock()
+# First words of statements that cannot change a store's data; anything else counts as a write.
+_READ_WORDS = ("SELECT", "WITH", "SHOW", "DESC", "EXPLAIN", "EXISTS", "(")
+
+
+def _is_read(sql: str) -> bool:
+    head = sql.lstrip()[:8].upper()
+    return head.startswith(_READ_WORDS)
 
 
 def _locked_elsewhere(status: Path) -> bool:
@@ -124,16 +147,41 @@ class ChdbStore(Store):
             raise StoreError(_clean(exc)) from None
         return res.data() if hasattr(res, "data") else str(res)
 
+    def generation(self) -> int:
+        """Writes through any ChdbStore of this directory in this process so far. chDB lets
+        one process own a directory, so every write (dataflow sink, API, migrations) passes
+        here; it is counted once it has returned, so a result read before it is never
+        filed under the new number. (Merges do not change what FINAL reads.)"""
+        return _GENERATIONS.get(self.path, 0)
+
+    def wrote(self) -> None:
+        """Count a write. The store's own methods do; code that writes through a raw chDB
+        connection of this directory (``_conn_for_thread``) must call it afterwards, or a
+        :class:`ReadCache` in this process would keep answering from before the write."""
+        with _GENERATIONS_LOCK:
+            _GENERATIONS[self.path] = _GENERATIONS.get(self.path, 0) + 1
+
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
-        self._run(sql, "CSV", params)
+        try:
+            self._run(sql, "CSV", params)
+        finally:  # a failed statement may still have written part of its effect
+            self.wrote()
 
     def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
-        return self._run(sql, fmt, params)
+        if _is_read(sql):
+            return self._run(sql, fmt, params)
+        try:
+            return self._run(sql, fmt, params)
+        finally:
+            self.wrote()
 
     def insert_json_rows(self, table: str, lines: list[str]) -> None:
         sql = f"INSERT INTO {table} FORMAT JSONEachRow\n" + "\n".join(lines)
         with self._lock:
-            self._run(sql, "CSV", None)
+            try:
+                self._run(sql, "CSV", None)
+            finally:
+                self.wrote()
 
     def close(self) -> None:
         with self._conns_lock:
@@ -189,6 +237,56 @@ class ServerStore(Store):
         client = getattr(self._local, "client", None)
         if client is not None:
             client.close()
+
+
+class ReadCache:
+    """Results of reads, valid while the store's :meth:`Store.generation` is unchanged.
+
+    Correct, not merely fresh-enough: an entry is filed under the generation read *before*
+    its query ran, and the generation moves only after a write has finished, so an entry
+    can hold data older than its generation's only if no reader will ask for that
+    generation again. Stores without a generation (a ClickHouse server that other
+    processes write) are never cached. Bounded: at most ``size`` entries, the oldest
+    dropped first; all dropped when the generation moves.
+    """
+
+    def __init__(self, store: Store, size: int = 4096) -> None:
+        self.store = store
+        self.size = size
+        self._gen: int | None = None
+        self._entries: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key: Any, compute: Any) -> Any:
+        """``compute()``'s value for ``key`` (hashable), computed once per generation."""
+        gen = self.store.generation()
+        if gen is None or self.size <= 0:
+            return compute()
+        with self._lock:
+            if gen == self._gen and key in self._entries:
+                self.hits += 1
+                return self._entries[key]
+        self.misses += 1
+        value = compute()
+        with self._lock:
+            if gen != self._gen:
+                if self._gen is not None and gen < self._gen:
+                    return value  # a newer generation is cached already: do not go back
+                self._gen, self._entries = gen, {}
+            if len(self._entries) >= self.size:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = value
+        return value
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``store.query``, cached. Callers must not mutate the rows returned."""
+        key = (sql, tuple(sorted((k, _freeze(v)) for k, v in (params or {}).items())))
+        return self.get_or_compute(key, lambda: self.store.query(sql, params))
+
+
+def _freeze(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
 
 
 def _literal(v: Any) -> str:

@@ -15,6 +15,8 @@
     .venv/bin/python bench/queries.py                       # 2 million cases
     .venv/bin/python bench/queries.py --cases 100000000     # the full target (long fill)
     .venv/bin/python bench/queries.py --db /tmp/bench-queries-x/db --reuse   # skip the fill
+    .venv/bin/python bench/queries.py --cases 10000000 --fill-only --optimize   # size a store
+    .venv/bin/python bench/queries.py --db ... --reuse --read-cache 0   # without the cache
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ FROM (SELECT *, cityHash64(case_no, 7) AS h,
 """
 
 
-def worker_fill(db: Path, cases: int, chunk: int) -> dict[str, Any]:
+def worker_fill(db: Path, cases: int, chunk: int, optimize: bool) -> dict[str, Any]:
     from archwatch.catalog import build_catalog
     from archwatch.migrate import migrate
     from archwatch.rules import CLASS_OF_CODE
@@ -145,22 +147,45 @@ def worker_fill(db: Path, cases: int, chunk: int) -> dict[str, Any]:
         "system_code": it.system_code, "system_name": it.system_name,
         "system_level": it.system_level} for i, it in enumerate(catalog)])
     for first in range(0, cases, chunk):
+        t_chunk = time.perf_counter()
         store.command(CASES_SQL, {"first": first, "count": min(chunk, cases - first)})
+        print(f"  cases {first + min(chunk, cases - first):,}: "
+              f"{time.perf_counter() - t_chunk:.1f} s", file=sys.stderr, flush=True)
     t_cases = time.perf_counter()
     store.command(KPI_SQL)
     t_kpi = time.perf_counter()
     store.command(ANOMALY_SQL, {"codes": CODES, "classes": [CLASS_OF_CODE[c] for c in CODES]})
     t_anom = time.perf_counter()
     store.command("DROP TABLE bench_items")
-    counts = {t: store.query(f"SELECT count() AS n FROM {t}")[0]["n"]
-              for t in ("case_state", "kpi_task", "anomaly")}
-    parts = {r["table"]: r["n"] for r in store.query(
-        "SELECT table, count() AS n FROM system.parts WHERE active AND database = currentDatabase()"
-        " AND table IN ('case_state', 'kpi_task', 'anomaly') GROUP BY table")}
+    t_opt = time.perf_counter()
+    if optimize:  # what background merges reach on a store at rest (one part per table)
+        for t in ("kpi_task", "anomaly", "case_state"):
+            store.command(f"OPTIMIZE TABLE {t} FINAL")
+    t_done = time.perf_counter()
     store.close()
-    return {"rows": counts, "parts": parts, "auth": auth, "cases_s": t_cases - t0,
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # chDB's threads are this process's
+    return {"auth": auth, "cpu_s": usage.ru_utime + usage.ru_stime, "cases_s": t_cases - t0,
             "kpi_s": t_kpi - t_cases, "anomaly_s": t_anom - t_kpi,
-            "total_s": time.perf_counter() - t0}
+            "optimize_s": t_done - t_opt, "total_s": t_done - t0, **worker_disk(db)}  # rows too
+
+
+def worker_disk(db: Path) -> dict[str, Any]:
+    """Active parts and bytes on disk per table, and the store directory's size."""
+    from archwatch.store import open_store
+
+    store = open_store(db)
+    rows = store.query(
+        "SELECT table, count() AS parts, sum(rows) AS rows, sum(bytes_on_disk) AS bytes"
+        " FROM system.parts WHERE active AND database = currentDatabase()"
+        " GROUP BY table ORDER BY bytes DESC")
+    store.close()
+    du = subprocess.run(["du", "-sb", str(db)], capture_output=True, text=True, check=False)
+    return {"parts": {r["table"]: r["parts"] for r in rows},
+            "rows": {r["table"]: r["rows"] for r in rows},
+            "table_bytes": {r["table"]: r["bytes"] for r in rows},
+            "dir_bytes": int(du.stdout.split()[0]) if du.returncode == 0 else None}
 
 
 def worker_params(db: Path) -> dict[str, Any]:
@@ -175,6 +200,8 @@ def worker_params(db: Path) -> dict[str, Any]:
         "items": [[r["task_id"], r["qym"], r["dept_code"]] for r in q(
             "SELECT DISTINCT task_id, qym, dept_code FROM kpi_task WHERE year = 2025")],
         "systems": [r["system_code"] for r in q("SELECT DISTINCT system_code FROM kpi_task")],
+        "system_items": [[r["task_id"], r["system_code"]] for r in q(
+            "SELECT DISTINCT task_id, system_code FROM kpi_task WHERE year = 2025")],
         "cases": [r["case_no"] for r in q(
             "SELECT case_no FROM anomaly WHERE case_no != '' LIMIT 2000")],
     }
@@ -277,6 +304,10 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
         t, qym, d = r.choice(p["items"])
         return f"/api/v1/drill/items/{t}/cases?year={year(r)}&qym={qym}&deptCode={d}"
 
+    def system_item(r: random.Random) -> str:
+        t, s = r.choice(p["system_items"])
+        return f"/api/v1/drill/items/{t}/cases?year={year(r)}&systemCode={s}"
+
     return [
         ("/healthz", "baseline", lambda r: "/healthz"),
         ("/gdtjapi/charts/taskArchiveList", "seed",
@@ -292,6 +323,11 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
          lambda r: "/api/v1/drill/regions/{}/departments/{}/items?year={}".format(
              *dept(r), year(r))),
         ("/api/v1/drill/items/{taskId}/cases", "drill", item),
+        ("/api/v1/drill/systems/{systemCode}/items", "drill",
+         lambda r: f"/api/v1/drill/systems/{r.choice(p['systems'])}/items?year={year(r)}"),
+        ("/api/v1/drill/items/{taskId}/cases?systemCode", "drill", system_item),
+        ("/api/v1/cases/{caseNo}", "drill",
+         lambda r: f"/api/v1/cases/{r.choice(p['cases'])}"),
         ("/api/v1/anomalies", "drill",
          lambda r: r.choice([
              "/api/v1/anomalies",
@@ -303,8 +339,12 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
 
 
 def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_client: int,
-           seed: int) -> dict[str, Any]:
-    """``clients`` threads, each sending ``per_client`` requests back to back."""
+           seed: int, seen: set[str] | None = None) -> dict[str, Any]:
+    """``clients`` threads, each sending ``per_client`` requests back to back. ``seen``:
+    paths asked before in this run (the server's read cache can answer a repeat: the
+    share of repeats is reported)."""
+    seen = set() if seen is None else seen
+    paths: list[str] = []
     import httpx
 
     lat: list[float] = []
@@ -314,7 +354,7 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
 
     def client(k: int) -> None:
         rng = random.Random(seed * 1000 + k)
-        mine, bad = [], []
+        mine, bad, mine_paths = [], [], []
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
             try:
                 c.get("/healthz")  # connect before the clock starts
@@ -322,6 +362,7 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
                 start.wait()
             for _ in range(per_client):
                 path = make(rng)
+                mine_paths.append(path)
                 t0 = time.perf_counter()
                 try:
                     r = c.get(path)
@@ -336,6 +377,7 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
         with lock:
             lat.extend(mine)
             errors.extend(bad)
+            paths.extend(mine_paths)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     t0 = time.perf_counter()
@@ -347,7 +389,12 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
     kinds: dict[str, int] = {}
     for e in errors:
         kinds[e.split(" ", 1)[0]] = kinds.get(e.split(" ", 1)[0], 0) + 1
+    repeats = sum(1 for p in paths if p in seen)
+    new = set(paths) - seen
+    repeats += len(paths) - repeats - len(new)  # asked twice within this pass
+    seen.update(paths)
     return {"n": len(lat), "errors": len(errors), "error_kinds": kinds,
+            "repeat_share": repeats / len(paths) if paths else None,
             "error_sample": errors[:2],
             "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
             "max_ms": max(lat) if lat else None, "rps": len(lat) / wall if wall else None}
@@ -363,13 +410,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="use --db as filled before")
     ap.add_argument("--serial", type=int, default=5,
                     help="requests per endpoint of the one-client pass")
+    ap.add_argument("--optimize", action="store_true",
+                    help="merge each table to one part after the fill (timed apart)")
+    ap.add_argument("--fill-only", action="store_true", help="fill (and size) the store, no API")
+    ap.add_argument("--read-cache", type=int, default=None,
+                    help="ARCHWATCH_READ_CACHE_ENTRIES for the server (0: cache off)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile every endpoint in-process and list the hot spots")
-    ap.add_argument("--worker", choices=["fill", "params", "profile"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["fill", "params", "profile", "disk"],
+                    help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", dest="profile_out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker == "fill":
-        emit(worker_fill(args.db, args.cases, args.chunk))
+        emit(worker_fill(args.db, args.cases, args.chunk, args.optimize))
+        return 0
+    if args.worker == "disk":
+        emit(worker_disk(args.db))
         return 0
     if args.worker == "params":
         emit(worker_params(args.db))
@@ -383,10 +439,30 @@ def main(argv: list[str] | None = None) -> int:
     if not args.reuse:
         print(f"queries: filling {db} with {args.cases:,} cases (SQL) ...", flush=True)
         fill = run_worker("queries.py", ["--worker", "fill", "--db", str(db), "--cases",
-                                         str(args.cases), "--chunk", str(args.chunk)],
-                          timeout=6 * 3600)
+                                         str(args.cases), "--chunk", str(args.chunk)]
+                          + (["--optimize"] if args.optimize else []), timeout=6 * 3600)
         print(f"  filled in {fill['total_s']:.1f} s: rows {fill['rows']}, "
               f"active parts {fill['parts']}", flush=True)
+        n_m = fill["rows"]["case_state"] / 1e6
+        active = sum(fill["table_bytes"].values())
+        fill["per_million_cases"] = {
+            "fill_s": (fill["total_s"] - fill["optimize_s"]) / n_m,
+            "active_bytes": active / n_m,
+            # the directory also holds parts a merge replaced, until they expire (8 min)
+            "dir_bytes": fill["dir_bytes"] / n_m if fill["dir_bytes"] else None,
+            "table_bytes": {t: b / n_m for t, b in fill["table_bytes"].items()}}
+        fill["per_million_cases"]["cpu_s"] = fill["cpu_s"] / n_m
+        print(f"  per million cases: fill {fill['per_million_cases']['fill_s']:.1f} s "
+              f"({fill['cpu_s'] / n_m:.1f} CPU s, fill and optimize), "
+              f"disk {active / n_m / 2**20:.1f} MiB (active parts; "
+              f"{fill['dir_bytes'] / n_m / 2**20:.1f} MiB the whole directory), "
+              f"optimize {fill['optimize_s']:.1f} s in all", flush=True)
+        if args.fill_only:
+            write_results(f"queries-fill-{args.cases}", {"cases": args.cases, "db": str(db),
+                                                         "fill": fill})
+            return 0
+    else:
+        fill = {"reused": True, **run_worker("queries.py", ["--worker", "disk", "--db", str(db)])}
     params = run_worker("queries.py", ["--worker", "params", "--db", str(db)])
 
     port = free_port()
@@ -395,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(
         [PY, "-m", "archwatch.cli", "serve", "--db", str(db), "--port", str(port)],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-        env={**os.environ, **UNLIMITED_ENV})
+        env={**os.environ, **UNLIMITED_ENV, **({} if args.read_cache is None else {
+            "ARCHWATCH_READ_CACHE_ENTRIES": str(args.read_cache)})})
     results: dict[str, Any] = {}
     try:
         wait_for(lambda: http_ok(f"{base}/healthz") or proc.poll() is not None, 120,
@@ -406,17 +483,21 @@ def main(argv: list[str] | None = None) -> int:
         eps = endpoints(params)
         import httpx
 
+        seen: set[str] = set()
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:  # warm caches
             rng = random.Random(0)
             for _name, _kind, make in eps:
                 for _ in range(3):
-                    c.get(make(rng))
+                    path = make(rng)
+                    seen.add(path)
+                    c.get(path)
         serial = {}
         for i, (name, _kind, make) in enumerate(eps):
-            serial[name] = hammer(base, headers, make, 1, args.serial, seed=100 + i)
+            serial[name] = hammer(base, headers, make, 1, args.serial, seed=100 + i, seen=seen)
         for i, (name, _kind, make) in enumerate(eps):
             print(f"  {args.clients} clients x {args.requests}: {name} ...", flush=True)
-            results[name] = hammer(base, headers, make, args.clients, args.requests, seed=i)
+            results[name] = hammer(base, headers, make, args.clients, args.requests, seed=i,
+                                   seen=seen)
             results[name]["serial_p50_ms"] = serial[name]["p50_ms"]
         # the baseline once more at the end: did the machine change under us?
         results["/healthz (again, at the end)"] = hammer(
@@ -446,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict[name] = {"kind": kind, "limit_p99_ms": limit, "met": met, **r,
                          "p50_x_healthz": r["p50_ms"] / base_p50,
                          "p99_x_healthz": r["p99_ms"] / base_p99}
-        rows.append([name, kind, r["n"], r["errors"], r.get("serial_p50_ms"), r["p50_ms"],
-                     r["p99_ms"],
+        rows.append([name, kind, r["n"], r["errors"], r.get("serial_p50_ms"),
+                     r["repeat_share"], r["p50_ms"], r["p99_ms"],
                      r["p50_ms"] / base_p50, r["p99_ms"] / base_p99, r["rps"],
                      f"p99 < {limit:.0f} ms: {target(met)}" if limit else ""])
     rows_total = fill.get("rows", {})
@@ -456,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
         v = rows_total.get(table_name, default)
         return f"{v:,}" if isinstance(v, int) else "?"
 
-    table(["endpoint", "kind", "requests", "errors", "1 client p50", "p50 ms", "p99 ms",
+    table(["endpoint", "kind", "requests", "errors", "1 client p50", "repeats", "p50 ms",
+           "p99 ms",
            "p50 x healthz",
            "p99 x healthz", "req/s", "target"], rows,
           title=f"\nAPI latency, {args.clients} concurrent clients, store of "
@@ -490,7 +572,9 @@ def main(argv: list[str] | None = None) -> int:
         table(["any function (own time)", "calls", "own s", "cum s"],
               [[h["function"], h["calls"], h["own_s"], h["cum_s"]] for h in hot["all"]],
               title="\nhot spots overall")
-    write_results("queries", {"cases": args.cases, "clients": args.clients,
+    write_results(f"queries-{args.cases}" + (f"-cache{args.read_cache}"
+                                             if args.read_cache is not None else ""),
+                  {"cases": args.cases, "clients": args.clients, "read_cache": args.read_cache,
                               "requests_per_client": args.requests, "db": str(db),
                               "fill": fill, "auth": bool(headers), "endpoints": verdict,
                               "server_errors": server_errors, "profile": hot})

@@ -212,6 +212,8 @@ def test_errors_have_one_shape_and_no_traces(world: Any, monkeypatch: pytest.Mon
         raise RuntimeError("secret internal detail")
 
     monkeypatch.setattr(store, "query", boom)
+    # a fresh read cache: earlier tests' answers would otherwise spare the broken store
+    monkeypatch.setattr(client.app.state, "reads", None)
     monkeypatch.setattr(client.app.state.accounts, "get",
                         lambda _u: _city())
     r = client.get("/api/v1/anomalies/summary")
@@ -272,3 +274,24 @@ def test_interface_errors_are_grouped_into_incidents(world: Any) -> None:
         "lastMessage": "上游超时"}]
     assert client.get("/api/v1/interface-errors",
                       params={"receiverId": "recv-330109"}).json() == []
+
+
+def test_cached_answers_follow_every_write(world: Any) -> None:
+    """Statistics and anomaly reads are cached until the store's next write: a row the
+    dataflow writes shows at once (no time-to-live to wait out)."""
+    client, _ = world
+    store = client.app.state.store
+    before = client.get("/api/v1/anomalies", params={"code": "MISSING_ARCHIVE"}).json()["total"]
+    assert client.get("/api/v1/anomalies",
+                      params={"code": "MISSING_ARCHIVE"}).json()["total"] == before
+    assert client.app.state.reads.hits > 0
+    row = {"anomaly_id": "cache-test", "code": "MISSING_ARCHIVE", "class": "漏",
+           "case_no": "CACHE-TEST", "archive_no": "", "receiver_id": "", "qym": "330102",
+           "dept_code": "", "system_code": "", "task_code": "", "opened_at": "2025-01-01 00:00:00",
+           "resolved_at": None, "detail": "", "src": "test", "version": 1, "is_deleted": 0}
+    store.insert("anomaly", [row])
+    assert client.get("/api/v1/anomalies",
+                      params={"code": "MISSING_ARCHIVE"}).json()["total"] == before + 1
+    store.insert("anomaly", [{**row, "version": 2, "is_deleted": 1}])  # withdrawn again
+    assert client.get("/api/v1/anomalies",
+                      params={"code": "MISSING_ARCHIVE"}).json()["total"] == before

@@ -193,6 +193,9 @@ def test_alters_go_to_local_and_distributed_tables() -> None:
         cmd = " ".join(cmds.split())
         local = f"ALTER TABLE default.{table}_local ON CLUSTER archwatch\n    {cmd}"
         dist = f"ALTER TABLE default.{table} ON CLUSTER archwatch\n    {cmd}"
+        if "COLUMN" not in cmd.upper():  # indexes (0008) live in the shards' tables only
+            assert local in out and dist not in out
+            continue
         assert local in out and dist in out
         assert out.index(local) < out.index(dist)  # a new column reaches the shards first
 

@@ -74,3 +74,75 @@ def test_parameters_carry_any_text(store) -> None:
     for v in ["a\nb", "back\\slash", "tab\tx", "q'uote", "nul\0x", "\\n literal", "中文"]:
         rows = store.query("SELECT {v:String} AS v, {a:Array(String)} AS a", {"v": v, "a": [v]})
         assert rows == [{"v": v, "a": [v]}]
+
+
+def test_generation_moves_after_every_write_and_not_after_reads(store) -> None:
+    migrate(store)
+    g0 = store.generation()
+    store.query("SELECT count() AS n FROM audit_log")
+    store.query_text("WITH 1 AS x SELECT x", "CSV")
+    assert store.generation() == g0
+    store.insert("audit_log", [{"at": "1700000000.000", "actor": "t", "action": "x",
+                                "target": "1", "detail": ""}])
+    g1 = store.generation()
+    assert g1 > g0
+    store.command("TRUNCATE TABLE audit_log")
+    assert store.generation() > g1
+    g2 = store.generation()
+    store.query_text("INSERT INTO audit_log (actor) VALUES ('q')", "CSV")  # a write via query
+    assert store.generation() > g2
+    with pytest.raises(StoreError):
+        store.command("INSERT INTO no_such_table VALUES (1)")
+    # a second object on the same directory in this process shares the count
+    from archwatch.store import ChdbStore
+
+    assert ChdbStore(store.path).generation() == store.generation()
+
+
+def test_read_cache_answers_until_the_next_write_and_never_stale(store) -> None:
+    from archwatch.store import ReadCache
+
+    migrate(store)
+    reads = ReadCache(store)
+    sql = "SELECT count() AS n FROM audit_log WHERE actor = {a:String}"
+    assert reads.query(sql, {"a": "t"}) == [{"n": 0}]
+    assert reads.query(sql, {"a": "t"}) == [{"n": 0}] and reads.hits == 1
+    assert reads.query(sql, {"a": "u"}) == [{"n": 0}] and reads.hits == 1  # other params
+    store.insert("audit_log", [{"at": "1700000000.000", "actor": "t", "action": "x",
+                                "target": "1", "detail": ""}])
+    assert reads.query(sql, {"a": "t"}) == [{"n": 1}]
+
+    # a write that lands while a read runs: that read's (older) answer must not be
+    # filed under the generation after the write
+    def read_then_write() -> list[dict]:
+        rows = store.query(sql, {"a": "t"})
+        store.insert("audit_log", [{"at": "1700000001.000", "actor": "t", "action": "x",
+                                    "target": "2", "detail": ""}])
+        return rows
+
+    assert reads.get_or_compute(("racy",), read_then_write) == [{"n": 1}]
+    assert reads.get_or_compute(("racy",), lambda: store.query(sql, {"a": "t"})) == [{"n": 2}]
+
+
+def test_read_cache_off_for_size_zero_and_for_stores_without_generation(store) -> None:
+    from archwatch.store import ReadCache
+
+    calls = []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    off = ReadCache(store, size=0)
+    assert [off.get_or_compute("k", compute) for _ in range(2)] == [1, 2]
+
+    class Elsewhere:  # a server store: written by other processes
+        def generation(self) -> None:
+            return None
+
+    blind = ReadCache(Elsewhere())  # type: ignore[arg-type]
+    assert [blind.get_or_compute("k", compute) for _ in range(2)] == [3, 4]
+    small = ReadCache(store, size=2)
+    for k in ("a", "b", "c"):
+        small.get_or_compute(k, compute)
+    assert len(small._entries) == 2

@@ -7,9 +7,9 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from archwatch.api.auth import KPI_COLUMNS, Principal, ReaderDep
-from archwatch.api.deps import PageDep, StoreDep
+from archwatch.api.deps import PageDep, ReadsDep
 from archwatch.api.models import AnomalyOut, AnomalySummary, Paged
-from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
+from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out, page_total
 from fastapi import APIRouter, Depends, Query
 
 from archwatch.rules import CLASS_OF_CODE
@@ -62,6 +62,9 @@ class AnomalyFilter:
                                  ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
+        if caseNo is not None:  # its keys from raw rows (idx_case), so FINAL reads only them
+            self.parts.append("(code, anomaly_id) IN (SELECT code, anomaly_id FROM anomaly"
+                              " WHERE case_no = {case:String})")
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):
             if value is not None:
                 if value.tzinfo is None:
@@ -92,21 +95,21 @@ FilterDep = Annotated[AnomalyFilter, Depends()]
 
 
 @router.get("", response_model=Paged[AnomalyOut])
-def list_anomalies(store: StoreDep, page: PageDep, p: ReaderDep,
+def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
                    f: FilterDep) -> Paged[AnomalyOut]:
     """Anomalies, newest first, filtered by code, class, status, area and time."""
     where, params = f.scoped(p)
     rows = store.query(
-        f"SELECT {ANOMALY_COLUMNS}, count() OVER () AS total FROM anomaly FINAL"
+        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL"
         f" WHERE {where} ORDER BY opened_at DESC, anomaly_id"
         f" LIMIT {page.size} OFFSET {page.offset}", params)
-    total = rows[0]["total"] if rows else 0
+    total = page_total(store, rows, page, f"anomaly FINAL WHERE {where}", params)
     return Paged[AnomalyOut](total=total, pageNo=page.no, pageSize=page.size,
                              items=[AnomalyOut(**anomaly_out(r)) for r in rows])
 
 
 @router.get("/summary", response_model=AnomalySummary)
-def summary(store: StoreDep, p: ReaderDep, f: FilterDep) -> AnomalySummary:
+def summary(store: ReadsDep, p: ReaderDep, f: FilterDep) -> AnomalySummary:
     """Totals and open counts per code and per class (漏/错/重/link)."""
     where, params = f.scoped(p)
     rows = store.query(

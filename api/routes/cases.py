@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from typing import Annotated
 
 from archwatch.api.auth import KPI_COLUMNS, ReaderDep
-from archwatch.api.deps import StoreDep
+from archwatch.api.deps import ReadsDep
 from archwatch.api.errors import ApiError
 from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
@@ -22,12 +22,18 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 
 
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
-def case_trace(store: StoreDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
+def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
+    # The case's sorting keys first, from its raw rows (every version and tombstone: a
+    # current row is one of them) through the idx_case_no skip index, then FINAL over
+    # exactly those keys: a primary-key read. (FINAL with the skip index directly widens
+    # each kept range to whole keys and costs several times more.)
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         " toUnixTimestamp64Milli(first_received_at) AS f_ms"
-        " FROM case_state FINAL WHERE case_no = {c:String} LIMIT 1", {"c": caseNo})
+        " FROM case_state FINAL WHERE (year, qym, dept_code, task_id, case_no) IN"
+        " (SELECT year, qym, dept_code, task_id, case_no FROM case_state"
+        "  WHERE case_no = {c:String}) AND case_no = {c:String} LIMIT 1", {"c": caseNo})
     events = store.query(
         "SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source, archive_no,"
         " payload FROM event_log FINAL WHERE entity = {c:String}"
@@ -35,9 +41,10 @@ def case_trace(store: StoreDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
     visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
     if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    anomalies = store.query(
-        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE case_no = {{c:String}}"
-        " ORDER BY opened_at, code", {"c": caseNo})
+    anomalies = store.query(  # keys from raw rows (idx_case), then FINAL by key, as above
+        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE (code, anomaly_id) IN"
+        " (SELECT code, anomaly_id FROM anomaly WHERE case_no = {c:String})"
+        " AND case_no = {c:String} ORDER BY opened_at, code", {"c": caseNo})
     return CaseTrace(
         caseNo=caseNo,
         case=case_out(states[0]) if states else None,
@@ -49,7 +56,7 @@ def case_trace(store: StoreDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
 
 
 @router.get("/archives/{archiveNo}/checks", response_model=list[CheckOut])
-def archive_checks(store: StoreDep, p: ReaderDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
+def archive_checks(store: ReadsDep, p: ReaderDep, archiveNo: str) -> list[CheckOut]:  # noqa: N803
     """The four-property check (四性检测) history of one archive, oldest first."""
     cond, params = p.conditions(KPI_COLUMNS)
     scope = "" if not p.scope else (
@@ -72,7 +79,7 @@ def archive_checks(store: StoreDep, p: ReaderDep, archiveNo: str) -> list[CheckO
 
 @router.get("/systems/{systemCode}/daily-log", response_model=list[DailyLog])
 def daily_log(
-    store: StoreDep, p: ReaderDep, systemCode: str,  # noqa: N803
+    store: ReadsDep, p: ReaderDep, systemCode: str,  # noqa: N803
     start: Annotated[date | None, Query(alias="from", description="first day (Asia/Shanghai)")] = None,  # noqa: E501
     end: Annotated[date | None, Query(alias="to", description="last day, inclusive")] = None,
 ) -> list[DailyLog]:

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from archwatch.api.auth import ReaderDep
-from archwatch.api.deps import PageDep, StoreDep
+from archwatch.api.deps import PageDep, ReadsDep
 from archwatch.api.queries import KpiQuery, kpi_groups
 from fastapi import APIRouter, Query
 
@@ -37,7 +37,7 @@ def _seed_row(g: dict[str, Any], year: int) -> dict[str, Any]:
 
 @router.get("/taskArchiveList")
 def task_archive_list(
-    store: StoreDep,
+    store: ReadsDep,
     p: ReaderDep,
     page: PageDep,
     qym: Annotated[str, Query(min_length=1, max_length=32, description="region code")],
@@ -62,7 +62,7 @@ def task_archive_list(
 
 @router.get("/sysView")
 def sys_view(
-    store: StoreDep,
+    store: ReadsDep,
     p: ReaderDep,
     page: PageDep,
     systemCode: Annotated[str | None, Query(max_length=64)] = None,  # noqa: N803

@@ -7,9 +7,9 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from archwatch.api.auth import Principal, ReaderDep
-from archwatch.api.deps import PageDep, StoreDep
+from archwatch.api.deps import PageDep, ReadsDep
 from archwatch.api.models import CaseOut, KpiGroup, Paged
-from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups, where_of
+from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups, page_total, where_of
 from fastapi import APIRouter, Query
 
 from archwatch.timeutil import to_iso_utc
@@ -50,7 +50,7 @@ def _paged(store: Any, page: Any, group_by: list[str], filters: dict[str, Any], 
 
 @router.get("/stats", response_model=Paged[KpiGroup])
 def stats(
-    store: StoreDep, page: PageDep, p: ReaderDep,
+    store: ReadsDep, page: PageDep, p: ReaderDep,
     groupBy: Annotated[str, Query(description="comma-separated: year,qym,deptCode,systemCode,systemLevel,taskId")] = "year",  # noqa: E501, N803
     year: Year = None, qym: Code = None, deptCode: Code = None,  # noqa: N803
     systemCode: Code = None, systemLevel: Code = None,  # noqa: N803
@@ -71,21 +71,21 @@ def stats(
 
 
 @router.get("/drill/regions", response_model=Paged[KpiGroup])
-def regions(store: StoreDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
+def regions(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
             order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of region drill-down: one row per region (qym)."""
     return _paged(store, page, ["qym"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments", response_model=Paged[KpiGroup])
-def departments(store: StoreDep, page: PageDep, p: ReaderDep, qym: str, year: Year = None,
+def departments(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, year: Year = None,
                 sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the departments of one region."""
     return _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments/{deptCode}/items", response_model=Paged[KpiGroup])
-def dept_items(store: StoreDep, page: PageDep, p: ReaderDep, qym: str, deptCode: str,  # noqa: N803
+def dept_items(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, deptCode: str,  # noqa: N803
                year: Year = None, sort: SortQ = Sort.key,
                order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one department."""
@@ -94,14 +94,14 @@ def dept_items(store: StoreDep, page: PageDep, p: ReaderDep, qym: str, deptCode:
 
 
 @router.get("/drill/levels", response_model=Paged[KpiGroup])
-def levels(store: StoreDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
+def levels(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
            order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of system drill-down: 国/省/市."""
     return _paged(store, page, ["systemLevel"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/levels/{systemLevel}/systems", response_model=Paged[KpiGroup])
-def systems(store: StoreDep, page: PageDep, p: ReaderDep, systemLevel: str, year: Year = None,  # noqa: N803
+def systems(store: ReadsDep, page: PageDep, p: ReaderDep, systemLevel: str, year: Year = None,  # noqa: N803
             sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the business systems of one level."""
     return _paged(store, page, ["systemCode"], {"year": year, "systemLevel": systemLevel},
@@ -109,7 +109,7 @@ def systems(store: StoreDep, page: PageDep, p: ReaderDep, systemLevel: str, year
 
 
 @router.get("/drill/systems/{systemCode}/items", response_model=Paged[KpiGroup])
-def system_items(store: StoreDep, page: PageDep, p: ReaderDep, systemCode: str,  # noqa: N803
+def system_items(store: ReadsDep, page: PageDep, p: ReaderDep, systemCode: str,  # noqa: N803
                  year: Year = None, sort: SortQ = Sort.key,
                  order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one business system."""
@@ -122,7 +122,7 @@ CASE_SORTS = {"caseNo": "case_no", "completedAt": "completed_at",
 
 @router.get("/drill/items/{taskId}/cases", response_model=Paged[CaseOut])
 def item_cases(
-    store: StoreDep, page: PageDep, p: ReaderDep, taskId: str,  # noqa: N803
+    store: ReadsDep, page: PageDep, p: ReaderDep, taskId: str,  # noqa: N803
     year: Year = None,
     qym: Code = None, deptCode: Code = None, systemCode: Code = None,  # noqa: N803
     status: Annotated[str | None, Query(pattern="^(PENDING|MISSING|ARCHIVED_OK|ARCHIVED_FAIL|ARCHIVED_UNCHECKED)$")] = None,  # noqa: E501
@@ -136,13 +136,22 @@ def item_cases(
     if status is not None:
         where += " AND status = {status:String}"
         params["status"] = status
+    if filters["qym"] is None or filters["deptCode"] is None:
+        # Without region and department the sorting key (year, qym, dept_code, task_id,
+        # case_no) narrows nothing past the year: take the item's key prefixes from its
+        # raw rows (every current row is one of them) through idx_task, so that FINAL
+        # reads primary-key ranges instead of widening every skip-index range.
+        within = " AND year = {year:UInt16}" if filters["year"] is not None else ""
+        where += (" AND (year, qym, dept_code, task_id) IN (SELECT DISTINCT year, qym,"
+                  " dept_code, task_id FROM case_state WHERE task_id = {taskId:String}"
+                  f"{within})")
     rows = store.query(
         f"SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
-        f" toUnixTimestamp64Milli(first_received_at) AS f_ms, count() OVER () AS total"
+        f" toUnixTimestamp64Milli(first_received_at) AS f_ms"
         f" FROM case_state FINAL WHERE {where}"
         f" ORDER BY {CASE_SORTS[sort]} {order.value.upper()}, case_no"
         f" LIMIT {page.size} OFFSET {page.offset}", params)
-    total = rows[0]["total"] if rows else 0
+    total = page_total(store, rows, page, f"case_state FINAL WHERE {where}", params)
     return Paged[CaseOut](total=total, pageNo=page.no, pageSize=page.size,
                           items=[case_out(r) for r in rows])
 
