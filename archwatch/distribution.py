@@ -220,22 +220,10 @@ class DistributionQueue:
     def list(self, status: str | None = None, qym: str | None = None,
              archive_no: str | None = None, limit: int = 50,
              offset: int = 0) -> tuple[list[Distribution], int]:
-        conds, params = ["1"], {}
-        if status:
-            conds.append("status = {s:String}")
-            params["s"] = status
-        if qym:
-            conds.append("target_qym = {q:String}")
-            params["q"] = qym
-        if archive_no:
-            conds.append("archive_no = {a:String}")
-            params["a"] = archive_no
-        where = " AND ".join(conds)
-        total = self.store.query(f"SELECT count() AS n FROM distribution FINAL WHERE {where}",
-                                 params)[0]["n"]
-        rows = self.store.query(
-            f"SELECT {_COLS} FROM distribution FINAL WHERE {where} ORDER BY distribution_no"
-            f" LIMIT {int(limit)} OFFSET {int(offset)}", params)
+        rows, total = self.store.page(
+            "distribution", _COLS,
+            {"status": status, "target_qym": qym, "archive_no": archive_no},
+            "distribution_no", limit, offset)
         return [Distribution.from_row(r) for r in rows], total
 
     _DUE = ("next_attempt_at <= fromUnixTimestamp64Milli({now:Int64}, 'UTC')"

@@ -471,19 +471,9 @@ class Deliveries:
 
     def list(self, webhook_id: str | None = None, status: str | None = None,
              limit: int = 50, offset: int = 0) -> tuple[list[Delivery], int]:
-        conds, params = ["1"], {}
-        if webhook_id:
-            conds.append("webhook_id = {w:String}")
-            params["w"] = webhook_id
-        if status:
-            conds.append("status = {s:String}")
-            params["s"] = status
-        where = " AND ".join(conds)
-        total = self.store.query(f"SELECT count() AS n FROM webhook_delivery FINAL WHERE {where}",
-                                 params)[0]["n"]
-        rows = self.store.query(f"SELECT {_D_COLS} FROM webhook_delivery FINAL WHERE {where}"
-                                f" ORDER BY seq DESC, webhook_id LIMIT {int(limit)}"
-                                f" OFFSET {int(offset)}", params)
+        rows, total = self.store.page("webhook_delivery", _D_COLS,
+                                      {"webhook_id": webhook_id, "status": status},
+                                      "seq DESC, webhook_id", limit, offset)
         return [Delivery.from_row(r) for r in rows], total
 
     def counts(self) -> dict[str, dict[str, int]]:

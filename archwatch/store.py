@@ -57,6 +57,22 @@ class Store(ABC):
         text = self.query_text(sql, "JSONEachRow", params)
         return [orjson.loads(line) for line in text.splitlines() if line]
 
+    def page(self, table: str, cols: str, equals: Mapping[str, str | None], order_by: str,
+             limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """One page of ``table FINAL`` where each column in ``equals`` with a non-empty
+        value equals it (as a bound parameter), and the total of such rows."""
+        conds, params = ["1"], {}
+        for i, (col, value) in enumerate(equals.items()):
+            if value:
+                conds.append(f"{col} = {{p{i}:String}}")
+                params[f"p{i}"] = value
+        where = " AND ".join(conds)
+        total = self.query(f"SELECT count() AS n FROM {table} FINAL WHERE {where}",
+                           params)[0]["n"]
+        rows = self.query(f"SELECT {cols} FROM {table} FINAL WHERE {where} ORDER BY {order_by}"
+                          f" LIMIT {int(limit)} OFFSET {int(offset)}", params)
+        return rows, total
+
     def insert(self, table: str, rows: Iterable[Mapping[str, Any]]) -> None:
         lines = [orjson.dumps(r).decode() for r in rows]
         if lines:

@@ -45,6 +45,7 @@ from archwatch.notify import (
 from archwatch.rules import Anomaly
 from archwatch.timeutil import now_ms
 from tests.kafka_helpers import ROOT, Archwatch, free_port, poll, prefix_for
+from tests.test_alerts import read_events
 from tests.test_kafka import broker  # noqa: F401 - the session's real broker
 
 S = 1000
@@ -474,24 +475,8 @@ def serve(store: Any) -> Iterator[str]:
 
 def sse(base: str, token: str, since: int, want: int, extra: str = ""
         ) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    cur: dict[str, Any] = {}
-    with httpx.stream("GET", f"{base}/api/v1/alerts/stream?since={since}{extra}", timeout=20,
-                      headers={"Authorization": f"Bearer {token}"}) as r:
-        assert r.status_code == 200, r.read()
-        for line in r.iter_lines():
-            if line.startswith("id: "):
-                cur["id"] = int(line[4:])
-            elif line.startswith("event: "):
-                cur["event"] = line[7:]
-            elif line.startswith("data: "):
-                cur["data"] = json.loads(line[6:])
-            elif line == "" and "id" in cur:
-                events.append(cur)
-                cur = {}
-                if len(events) >= want:
-                    break
-    return events
+    return read_events(f"{base}/api/v1/alerts/stream?since={since}{extra}",
+                       {"Authorization": f"Bearer {token}"}, lambda evs: len(evs) >= want)
 
 
 # --------------------------------------------------------------------------- processes
