@@ -269,7 +269,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                         '"logger":"%(name)s","msg":"%(message)s"}')
     settings, opts, store = _live_start(args)
     if args.metrics_port:
-        start_metrics(args.metrics_port, store)
+        start_metrics(args.metrics_port, store, args.metrics_host)
     sigterm_as_interrupt()
     try:
         run_live(store, settings, opts)
@@ -304,7 +304,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from archwatch.metrics_server import start_metrics
 
-        start_metrics(args.metrics_port, store)
+        start_metrics(args.metrics_port, store, args.metrics_host)
     notifier = None if args.no_notify else start_thread(store, args)
     app = create_app(Settings(db=args.db, url=args.url, brokers=opts.kafka.brokers,
                               topic_prefix=opts.kafka.topic_prefix,
@@ -474,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "recovery partitions taken while running can be restored")
         rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
                         help="serve Prometheus /metrics on this port")
+        rp.add_argument("--metrics-host", dest="metrics_host", default="127.0.0.1",
+                        help="address /metrics listens on (0.0.0.0: reachable by a "
+                        "Prometheus on another host or container)")
         if name == "run":
             rp.add_argument("-a", "--addresses", help="a Bytewax cluster: every process's "
                             "host:port, comma-separated, in process-id order (needs --url)")

@@ -44,6 +44,7 @@ class FileConfig(BaseModel):
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65_535)
     metrics_port: int | None = Field(default=None, ge=0, le=65_535)
+    metrics_host: str | None = None
     addresses: str | None = None
     process_id: int | None = Field(default=None, ge=0, le=10_000)
     store_password: str | None = None

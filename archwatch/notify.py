@@ -963,6 +963,8 @@ def add_parser(sub: Any) -> None:
     n.add_argument("--once", action="store_true", help="one cycle, then exit")
     n.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
                    help="serve Prometheus /metrics on this port")
+    n.add_argument("--metrics-host", dest="metrics_host", default="127.0.0.1",
+                   help="address /metrics listens on")
     add_flags(n)
     n.set_defaults(func=cmd_notify)
 
@@ -992,7 +994,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
         if args.metrics_port:
             from archwatch.metrics_server import start_metrics
 
-            start_metrics(args.metrics_port, store)
+            start_metrics(args.metrics_port, store, args.metrics_host)
         stop = threading.Event()
 
         def report(out: dict[str, int]) -> None:
