@@ -207,7 +207,8 @@ class _Snapshottable:
     def __setstate__(self, state: dict[str, Any]) -> None:
         from archwatch.timeutil import now_ms
 
-        defaults = {"clock": VersionClock, "wall_ms": lambda: now_ms, "eviction": lambda: None}
+        defaults = {"clock": VersionClock, "wall_ms": lambda: now_ms, "eviction": lambda: None,
+                    "retirement": lambda: None}
         for name in state.pop("_injected", ()):
             setattr(self, name, defaults[name]())
         self.__dict__.update(state)
@@ -223,19 +224,84 @@ class _Snapshottable:
 # Event-id shard: redelivery vs producer fault
 
 
-class DedupShard:
-    """Remembers a digest per eventId: same payload → redelivery, other payload → reject."""
+DigestLookup = Callable[[list[str]], dict[str, bytes]]
 
-    def __init__(self) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Retirement:
+    """When an applied event's id leaves the dedup dict for the :class:`IdFilter`: after
+    ``after_ms`` of event time *and* ``min_wall_ms`` of wall time (so its event-log row is
+    surely written); ``lookup`` reads the digests of stored events by id."""
+
+    lookup: DigestLookup
+    after_ms: int = 86_400_000
+    min_wall_ms: int = 60_000
+
+
+class DedupShard(_Snapshottable):
+    """Remembers a digest per eventId: same payload → redelivery, other payload → reject.
+
+    With a :class:`Retirement`, ids of applied events old enough leave the dict for a
+    Bloom filter; an id the filter may hold is looked up in the event log, so the answer
+    is exactly the one of a dedup that never forgets, in bounded memory."""
+
+    _INJECTED = ("wall_ms", "retirement")
+
+    def __init__(self, retirement: Retirement | None = None,
+                 wall_ms: Callable[[], int] | None = None) -> None:
+        from archwatch.idfilter import IdFilter
+        from archwatch.timeutil import now_ms
+
         self.seen: dict[str, bytes] = {}
+        self.retirement = retirement
+        self.wall_ms = wall_ms or now_ms
+        self.retired = IdFilter()
+        self.queue: deque[tuple[int, int, str]] = deque()  # (occurredAt, wall, id) logged
+        self.max_at = MIN_TIME
+        self.lookups = 0
 
     def classify(self, env: Envelope) -> str:
-        eid = env.event.eventId
-        digest = self.seen.get(eid)
-        if digest is None:
-            self.seen[eid] = env.digest
-            return "new"
-        return "duplicate" if digest == env.digest else "reused"
+        return self.classify_batch([env])[0]
+
+    def classify_batch(self, envs: list[Envelope]) -> list[str]:
+        """"new", "duplicate" or "reused" for each event, in order."""
+        seen = self.seen
+        stored: dict[str, bytes] = {}
+        if self.retirement is not None and len(self.retired):
+            maybe = {e.event.eventId for e in envs
+                     if e.event.eventId not in seen and e.event.eventId in self.retired}
+            if maybe:
+                self.lookups += 1
+                stored = self.retirement.lookup(sorted(maybe))
+        out = []
+        for env in envs:
+            eid = env.event.eventId
+            digest = seen.get(eid)
+            if digest is None:
+                digest = stored.get(eid)
+            if digest is None:
+                seen[eid] = env.digest
+                out.append("new")
+            else:
+                out.append("duplicate" if digest == env.digest else "reused")
+        return out
+
+    def logged(self, env: Envelope) -> None:
+        """``env`` was applied (its event-log row is on its way): its id may retire."""
+        if self.retirement is not None:
+            at = env.event.occurredAt
+            self.max_at = max(self.max_at, at)
+            self.queue.append((at, self.wall_ms(), env.event.eventId))
+
+    def retire_due(self) -> None:
+        r = self.retirement
+        if r is None:
+            return
+        q, now, horizon = self.queue, self.wall_ms(), self.max_at - r.after_ms
+        while q and q[0][0] <= horizon and q[0][1] <= now - r.min_wall_ms:
+            _at, _wall, eid = q.popleft()
+            if self.seen.pop(eid, None) is not None:
+                self.retired.add(eid)
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Reading events back from the store's event log (case reload after eviction)."""
+"""Reading events back from the store's event log (case reload after eviction, the
+digests of retired event ids for the dedup step)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from archwatch.engine import Loader
+from archwatch.engine import DigestLookup, Loader
 from archwatch.models import Envelope, parse_record
 from archwatch.store import Store
 
@@ -26,3 +27,21 @@ def store_loader(store: Store) -> Loader:
         return out
 
     return load
+
+
+def store_digests(store: Store) -> DigestLookup:
+    """A lookup for :class:`archwatch.engine.Retirement`: the digest of each stored event
+    among ``ids`` (served by event_log's skip index on event_id, migration 0010)."""
+
+    def lookup(ids: list[str]) -> dict[str, bytes]:
+        rows = store.query(
+            "SELECT event_id, any(payload) AS payload FROM event_log"
+            " WHERE event_id IN {ids:Array(String)} GROUP BY event_id", {"ids": ids})
+        out: dict[str, bytes] = {}
+        for r in rows:
+            env = parse_record(r["payload"], "event_log")
+            if isinstance(env, Envelope):
+                out[r["event_id"]] = env.digest
+        return out
+
+    return lookup

@@ -18,6 +18,7 @@ from archwatch.engine import (
     DedupShard,
     Eviction,
     ReceiverShard,
+    Retirement,
     VersionClock,
     Watermark,
     Write,
@@ -88,6 +89,11 @@ class Engine:
         self.log: dict[str, list[Any]] = {}
         self.eviction = None if evict_after_ms is None else Eviction(
             lambda cases: {c: list(self.log.get(c, ())) for c in cases}, evict_after_ms, 0)
+        # ... and the digests of applied events, for retired event ids
+        self.digests: dict[str, bytes] = {}
+        self.retirement = None if evict_after_ms is None else Retirement(
+            lambda ids: {i: self.digests[i] for i in ids if i in self.digests},
+            evict_after_ms, 0)
         self.clock = clock or VersionClock()
         self.wall_ms = wall_ms
         self.dedup: dict[str, DedupShard] = {}
@@ -125,7 +131,10 @@ class Engine:
                 self.counts["rejected"] += 1
                 continue
             assert isinstance(rec, Envelope)
-            d = self.dedup.setdefault(shard_of(rec.event.eventId, n), DedupShard())
+            d = self.dedup.get(shard_of(rec.event.eventId, n))
+            if d is None:
+                d = self.dedup[shard_of(rec.event.eventId, n)] = DedupShard(
+                    self.retirement, self.wall_ms)
             status = d.classify(rec)
             if status == "duplicate":
                 self.counts["duplicate"] += 1
@@ -138,6 +147,9 @@ class Engine:
                 self.counts["afterAsOf"] += 1
                 continue
             self.counts["applied"] += 1
+            d.logged(rec)
+            if self.retirement is not None:
+                self.digests[ev.eventId] = rec.digest
             self.max_seen = ev.occurredAt if self.max_seen is None else max(
                 self.max_seen, ev.occurredAt)
             if ev.type in RECEIVER_TYPES:
@@ -146,6 +158,8 @@ class Engine:
                 by_case.setdefault(shard_of(ev.caseNo, n), []).append(ev)
                 if self.eviction is not None:  # the store's event log, for reloads only
                     self.log.setdefault(ev.caseNo, []).append(ev)
+        for d in self.dedup.values():
+            d.retire_due()
         self._run(by_case, by_recv)
 
     def _run(self, by_case: dict[str, list[Any]], by_recv: dict[str, list[Any]]) -> None:

@@ -82,11 +82,12 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                          raise_on_errors=False, batch_size=5000)
     sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
                      max_delay=opts.flush_delay, synchronous=True)
-    from archwatch.eventlog import store_loader
+    from archwatch.eventlog import store_digests, store_loader
     from archwatch.registry import registry_source
 
     return build_flow(source, sink, settings, ticks=wall_ticks(opts.tick), clock=VersionClock(),
-                      registrations=registry_source(store), loader=store_loader(store))
+                      registrations=registry_source(store), loader=store_loader(store),
+                      digests=store_digests(store))
 
 
 def prepare_recovery(path: Path, workers: int,

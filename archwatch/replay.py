@@ -14,7 +14,7 @@ from archwatch.connectors.files import JsonlFiles
 from archwatch.connectors.store_sink import StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow, engine_gc
 from archwatch.engine import VersionClock
-from archwatch.eventlog import store_loader
+from archwatch.eventlog import store_digests, store_loader
 from archwatch.migrate import migrate
 from archwatch.models import Reject
 from archwatch.settings import EngineSettings
@@ -95,7 +95,8 @@ def replay(
         source.progress = bar.update
     try:
         sink = StoreSink(store, tally, rejects, synchronous=synchronous)
-        flow = build_flow(source, sink, settings, clock=clock, loader=store_loader(store))
+        flow = build_flow(source, sink, settings, clock=clock, loader=store_loader(store),
+                          digests=store_digests(store))
         with engine_gc():
             run_main(flow)
     finally:

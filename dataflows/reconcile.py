@@ -39,11 +39,13 @@ from archwatch.engine import (
     CaseShard,
     Count,
     DedupShard,
+    DigestLookup,
     Eviction,
     Loader,
     ReceiverShard,
     Reconcile,
     Registrations,
+    Retirement,
     Tick,
     VersionClock,
     Watermark,
@@ -141,33 +143,39 @@ class _Dedup:
     and per step, so the applied events leave here as Envelopes beside the sink's items,
     and batch-level steps split them (see build_flow)."""
 
-    def __init__(self, as_of: int | None = None) -> None:
-        self.d = DedupShard()
+    def __init__(self, as_of: int | None = None, retirement: Retirement | None = None) -> None:
+        self.d = DedupShard(retirement)
         self.as_of = as_of
 
     def on_batch(self, items: list[Envelope | Reject]) -> list[Any]:
         out: list[Any] = []
-        classify = self.d.classify
+        d = self.d
         as_of = self.as_of
+        envs = [e for e in items if type(e) is Envelope]
+        statuses = iter(d.classify_batch(envs))  # type: ignore[arg-type]
         for env in items:
             if type(env) is not Envelope:
                 out.append(env)  # a parse reject, passed on to the sink
                 continue
-            status = classify(env)  # type: ignore[arg-type]
+            status = next(statuses)
             if status == "duplicate":
                 out.append(Count("duplicate"))
             elif status == "reused":
                 out.append(Reject("eventId reused", env.raw, env.pos))
             elif as_of is not None and env.event.occurredAt > as_of:
-                out.append(Count("afterAsOf"))
+                out.append(Count("afterAsOf"))  # its id stays: it is not in the event log
             else:
                 out.append(_event_log_row(env))
                 out.append(env)
+                d.logged(env)
+        d.retire_due()
         return out
 
     def adopt(self, fresh: _Dedup) -> None:
-        """After a restore: the running settings' ``--as-of``, not the snapshot's."""
+        """After a restore: the running settings' ``--as-of``, not the snapshot's, and this
+        process's event-log lookup."""
         self.as_of = fresh.as_of
+        self.d.adopt(fresh.d)
 
 
 class _Clock:
@@ -231,12 +239,16 @@ def build_flow(
     registrations: Source[Any] | None = None,
     loader: Loader | None = None,
     wall_ms: Callable[[], int] = now_ms,
+    digests: DigestLookup | None = None,
 ) -> Dataflow:
     """The reconciliation dataflow over ``source`` (items: ``(record, position)``)."""
     versions = clock or VersionClock()
     eviction = None
     if loader is not None and settings.evict_after_ms is not None:
         eviction = Eviction(loader, settings.evict_after_ms, settings.evict_min_wall_ms)
+    retirement = None
+    if digests is not None and settings.evict_after_ms is not None:
+        retirement = Retirement(digests, settings.evict_after_ms, settings.evict_min_wall_ms)
     n = settings.shards
     shard_keys = all_shards(n)
     flow = Dataflow("archwatch")
@@ -259,7 +271,7 @@ def build_flow(
     rec = settings.recovery
     as_of = settings.as_of
     deduped = op.stateful_batch(
-        "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of), recovery=rec))
+        "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec))
     to_sink = op.flat_map_batch(
         "dedup_sink", deduped, lambda b: [v for _k, v in b if type(v) is not Envelope])
 

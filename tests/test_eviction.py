@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -65,3 +66,58 @@ def test_real_dataflow_reloads_from_the_store(workload, store, tmp_path: Path) -
     got = report.full(store, res.report())
     assert got["counts"] == truth["counts"]
     check_truth(got, truth)
+
+
+def test_retired_event_ids_still_tell_redeliveries_from_reuse() -> None:
+    """Ids of applied events leave the dedup step's memory for a Bloom filter; a
+    redelivery of one, or a reuse of the id, is still recognised (from the event log)."""
+    lines, s = small_workload()  # with redeliveries and rejects, not cleaned
+    assert len(lines) > len(clean_lines(lines))
+    order = list(lines)
+    random.Random(3).shuffle(order)
+    batches = [order[i:i + 40] for i in range(0, len(order), 40)]
+    kept = run_batches(s, batches)
+    retiring = run_batches(s, batches, evict_after_ms=0)
+    assert retiring.counts == kept.counts and kept.counts["duplicate"] > 0
+    assert snapshot(retiring) == snapshot(kept)
+    in_memory = sum(len(d.seen) for d in retiring.dedup.values())
+    assert in_memory < sum(len(d.seen) for d in kept.dedup.values()) / 4
+    assert sum(d.lookups for d in retiring.dedup.values()) > 0  # the event log was asked
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 2)), max_size=80),
+       st.lists(st.integers(1, 10), max_size=20))
+def test_dedup_with_retirement_answers_as_one_that_never_forgets(
+        events: list[tuple[int, int]], cuts: list[int]) -> None:
+    """Any sequence of (id, payload) pairs, in any batches: the same statuses."""
+    from archwatch.engine import DedupShard, Retirement
+    from archwatch.models import parse_record
+
+    template = json.loads(next(x for x in golden_lines("on-time") if '"case.completed"' in x))
+
+    def env(i: int, payload: int):
+        return parse_record(json.dumps({**template, "eventId": f"ev-{i}", "caseNo": f"C{i}",
+                                        "occurredAt": f"2022-03-0{1 + payload}T10:01:00Z"}),
+                            "t")
+
+    logged: dict[str, bytes] = {}
+    plain = DedupShard()
+    retiring = DedupShard(Retirement(lambda ids: {i: logged[i] for i in ids if i in logged},
+                                     0, 0), wall_ms=lambda: 0)
+    envs = [env(i, p) for i, p in events]
+    assert all(not hasattr(e, "reason") for e in envs)
+    expected = [plain.classify(e) for e in envs]
+    got: list[str] = []
+    pos = 0
+    for size in [*cuts, len(envs)]:
+        batch = envs[pos:pos + size]
+        pos += size
+        statuses = retiring.classify_batch(batch)
+        for e, status in zip(batch, statuses, strict=True):
+            if status == "new":
+                logged[e.event.eventId] = e.digest
+                retiring.logged(e)
+        retiring.retire_due()
+        got.extend(statuses)
+    assert got == expected
