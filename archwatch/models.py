@@ -215,8 +215,8 @@ def _fast_event(etype: str, obj: dict[str, Any]) -> Event | None:
         values = event.__dict__
         for name in ts_fields:
             values[name] = matched_ts(values[name])
-    except (ValueError, IndexError):  # ValidationError, TimeFormatError; any other
-        return None  # surprise also falls back to the reference, never out of the parser
+    except (ValueError, IndexError, TypeError):  # ValidationError, TimeFormatError; any
+        return None  # other surprise also falls back to the reference, never out of the parser
     return event  # type: ignore[no-any-return]
 
 

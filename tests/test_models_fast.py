@@ -134,3 +134,12 @@ def test_every_type_has_a_fast_validator_with_its_timestamps() -> None:
     assert set(_FAST) == set(EVENT_TYPES)
     assert _FAST["case.completed"][1] == ("occurredAt", "completedAt")
     assert all(f[1][0] == "occurredAt" for f in _FAST.values())
+
+
+def test_fast_validators_leave_timestamps_to_python() -> None:
+    """Guards the pydantic-core "prebuilt" workaround in models._fast_validator: if the
+    class's own validator were reused, timestamps would come back as ints (slow path)."""
+    from archwatch.models import _FAST
+    event = _FAST["case.completed"][0].validate_python(BASE)
+    assert event.__dict__["occurredAt"] == BASE["occurredAt"]
+    assert event.__dict__["completedAt"] == BASE["completedAt"]
