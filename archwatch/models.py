@@ -22,8 +22,9 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import SchemaValidator, core_schema
 
-from archwatch.timeutil import TimeFormatError, parse_ts
+from archwatch.timeutil import TimeFormatError, matched_ts, parse_ts
 
 
 def _ts(value: Any) -> int:
@@ -158,6 +159,67 @@ _ADAPTER: TypeAdapter[Event] = TypeAdapter(
 )
 
 
+# The fast path (see parse_record). timeutil's pattern, with ASCII digits only and `$` at
+# the very end of the text (Rust regex): every string this accepts, the Python pattern
+# accepts too, with each field at the same fixed position.
+_RFC3339_ASCII = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+
+
+def _fast_validator(model: type[_Event]) -> tuple[SchemaValidator, tuple[str, ...]]:
+    """A validator building ``model`` instances with every timestamp field checked
+    against the RFC 3339 pattern in pydantic-core and left as text (the caller converts
+    it with :func:`matched_ts`): a Python ``BeforeValidator`` per timestamp called from
+    pydantic-core cost more than the rest of the model's validation.
+
+    Built from the model's own core schema, only the timestamp fields swapped, so every
+    other field keeps exactly its checks."""
+    schema = dict(model.__pydantic_core_schema__)
+    assert schema["type"] == "model" and schema["schema"]["type"] == "model-fields"
+    inner = dict(schema["schema"])
+    fields = dict(inner["fields"])
+    ts_fields = []
+    for name, field in fields.items():
+        fs = field["schema"]
+        if fs.get("type") == "function-before" and fs["function"]["function"] is _ts:
+            fields[name] = {**field, "schema": core_schema.str_schema(
+                pattern=_RFC3339_ASCII, strict=True)}
+            ts_fields.append(name)
+    assert "occurredAt" in ts_fields, model
+    inner["fields"] = fields
+    schema["schema"] = inner
+    # pydantic-core reuses a complete model class's own validator for any schema naming
+    # that class ("prebuilt"), which would bring the Python timestamp validators back;
+    # it checks the class's __pydantic_complete__, so hide that while building.
+    model.__pydantic_complete__ = False
+    try:
+        validator = SchemaValidator(schema)  # type: ignore[arg-type]
+    finally:
+        model.__pydantic_complete__ = True
+    return validator, tuple(ts_fields)
+
+
+_FAST: dict[str, tuple[SchemaValidator, tuple[str, ...]]] = {
+    etype: _fast_validator(model) for etype, model in EVENT_TYPES.items()
+}
+
+
+def _fast_event(etype: str, obj: dict[str, Any]) -> Event | None:
+    """The event if the fast validator accepts ``obj``, else None (the caller then runs
+    the reference validator, which gives the reason)."""
+    validator, ts_fields = _FAST[etype]
+    try:
+        event = validator.validate_python(obj)
+        values = event.__dict__
+        for name in ts_fields:
+            values[name] = matched_ts(values[name])
+    except (ValueError, IndexError, TypeError):  # ValidationError, TimeFormatError; any
+        return None  # other surprise also falls back to the reference, never out of the parser
+    return event  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A validated event plus what the engine needs to count, dedup and log it."""
@@ -216,8 +278,13 @@ def parse_record(raw: str | bytes, pos: str) -> Envelope | Reject:
     if etype not in EVENT_TYPES:
         reason = "type: missing" if etype is None else f"type: unknown event type {etype!r}"
         return Reject(reason, text, pos)
-    try:
-        event = _ADAPTER.validate_python(obj)
-    except ValidationError as exc:
-        return Reject(_reason(exc), text, pos)
+    # Fast path first: it accepts only what the reference validator (_ADAPTER) accepts,
+    # with an equal event (tests/test_models_fast.py); anything else, valid or not, goes
+    # through the reference, so the accepted set and every reject reason stay its own.
+    event = _fast_event(etype, obj)
+    if event is None:
+        try:
+            event = _ADAPTER.validate_python(obj)
+        except ValidationError as exc:
+            return Reject(_reason(exc), text, pos)
     return Envelope(event, text, pos, payload_digest(obj))

@@ -62,18 +62,46 @@ def parse_ts(text: str) -> int:
     """
     if _RFC3339.match(text) is None:
         raise TimeFormatError(f"not an RFC 3339 timestamp with offset: {text!r}")
-    last = text[-1]
-    off = "Z" if last in "Zz" else text[-6:]
-    mm, ss = int(text[14:16]), int(text[17:19])
+    return matched_ts(text)
+
+
+def matched_ts(text: str) -> int:
+    """The arithmetic of :func:`parse_ts` for a ``text`` already known to match the
+    RFC 3339 pattern (the parser checks the pattern in pydantic-core, in Rust, then calls
+    this); range errors raise :class:`TimeFormatError` as in :func:`parse_ts`.
+
+    The epoch ms of the minute (date, hour, minute, offset) is looked up in a dict: a
+    stream's timestamps share few minutes, and a dict hit is cheaper than the checks and
+    the ``lru_cache`` call behind it."""
+    off = "Z" if text[-1] in "Zz" else text[-6:]
+    ss = int(text[17:19])
+    base = _MINUTE_MS.get(text[:16] + off)
+    if base is None or ss > 60:
+        base = _minute_ms(text, off, ss)
+    end = len(text) - (1 if off == "Z" else 6)
+    if end == 23:  # the usual three fraction digits
+        return base + min(ss, 59) * 1000 + int(text[20:23])
+    ms = int(text[20:end][:3].ljust(3, "0")) if end > 19 else 0
+    return base + min(ss, 59) * 1000 + ms
+
+
+_MINUTE_MS: dict[str, int] = {}
+
+
+def _minute_ms(text: str, off: str, ss: int) -> int:
+    """Epoch ms of ``text``'s minute, range-checked in :func:`parse_ts`'s order (seconds
+    and minutes, then date, hour and offset); remembered in ``_MINUTE_MS``."""
+    mm = int(text[14:16])
     try:
         if mm > 59 or ss > 60:
             raise ValueError("time out of range")
-        base = _hour_ms(text[:13], off)
+        base = _hour_ms(text[:13], off) + mm * 60_000
     except ValueError as exc:
         raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
-    end = len(text) - (1 if off == "Z" else 6)
-    ms = int(text[20:end][:3].ljust(3, "0")) if end > 19 else 0
-    return base + mm * 60_000 + min(ss, 59) * 1000 + ms
+    if len(_MINUTE_MS) >= 65_536:  # bounded: a long replay walks through many minutes
+        _MINUTE_MS.clear()
+    _MINUTE_MS[text[:16] + off] = base
+    return base
 
 
 def to_iso_utc(ms: int | None) -> str | None:
