@@ -55,6 +55,13 @@ def register_receivers(store: Store, settings: EngineSettings) -> None:
         Registry(store).merge_file(settings.receivers)
 
 
+# How long a replay buffers rows before writing (unless the sink's row limit comes first).
+# Nobody reads a replay's tables before it ends, and every INSERT costs ClickHouse a fixed
+# ~15 ms (a part to write and later merge) whatever its size: at the live default of 0.2 s
+# a replay of 61k events made ~25 inserts per table, at 2 s a handful, and the replay ran
+# ~25% faster in wall time and CPU (same run, bench figures in the commit message).
+REPLAY_FLUSH_DELAY = 2.0
+
 # What a replay computes; it starts them empty (accounts and registrations stay).
 ENGINE_TABLES = ("case_state", "anomaly", "anomaly_feed", "kpi_task", "event_log",
                  "receiver_status")
@@ -94,7 +101,8 @@ def replay(
                    file=sys.stderr)
         source.progress = bar.update
     try:
-        sink = StoreSink(store, tally, rejects, synchronous=synchronous)
+        sink = StoreSink(store, tally, rejects, max_delay=REPLAY_FLUSH_DELAY,
+                         synchronous=synchronous)
         flow = build_flow(source, sink, settings, clock=clock, loader=store_loader(store),
                           digests=store_digests(store))
         with engine_gc():

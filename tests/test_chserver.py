@@ -94,3 +94,14 @@ def test_server_store_errors_carry_clickhouse_messages(served: tuple[ChdbStore, 
     with pytest.raises(StoreError, match="UNKNOWN_TABLE|Unknown table"):
         remote.query("SELECT * FROM no_such_table")
     remote.close()
+
+
+def test_server_store_inserts_every_row_shape(served: tuple[ChdbStore, str]) -> None:
+    """The columnar insert and its JSONEachRow fallback through clickhouse-connect."""
+    from tests.test_store import _ROWS_TABLE, check_insert_shapes
+
+    _store, base = served
+    remote = ServerStore(base.replace("http://", f"http://archwatch:{PASSWORD}@") + "/")
+    remote.command(_ROWS_TABLE)
+    check_insert_shapes(remote)
+    remote.close()

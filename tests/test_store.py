@@ -146,3 +146,32 @@ def test_read_cache_off_for_size_zero_and_for_stores_without_generation(store) -
     for k in ("a", "b", "c"):
         small.get_or_compute(k, compute)
     assert len(small._entries) == 2
+
+
+_ROWS_TABLE = ("CREATE TABLE rows_t (a Int32, b String, c Array(String) DEFAULT ['d'], "
+               "n Nullable(Int64)) ENGINE = MergeTree ORDER BY a")
+
+
+def check_insert_shapes(store) -> None:  # noqa: ANN001 - a Store of either backend
+    """Uniform rows (sent as JSONCompactColumns), mixed rows and rows with a key the table
+    lacks (JSONEachRow) all store what JSONEachRow lines of the same dicts would."""
+    store.insert("rows_t", [{"a": 1, "b": 'q"\\\n\t€', "c": ["x", "y"], "n": None},
+                            {"a": 2, "b": "", "c": [], "n": 2**62}])
+    store.insert("rows_t", [{"a": 3, "b": "z"}, {"b": "w", "a": 4}])  # order differs
+    store.insert("rows_t", [{"a": 5, "b": "u"}, {"a": 6}])  # a column left to its default
+    store.insert("rows_t", [{"a": 7, "b": "v", "zz": 1}, {"a": 8, "b": "v", "zz": 2}])
+    store.insert("rows_t", ({"a": i, "b": str(i)} for i in (9, 10)))  # any iterable
+    store.insert("rows_t", [])
+    assert store.query("SELECT a, b, c, n FROM rows_t ORDER BY a") == [
+        {"a": 1, "b": 'q"\\\n\t€', "c": ["x", "y"], "n": None},
+        {"a": 2, "b": "", "c": [], "n": 2**62},
+        {"a": 3, "b": "z", "c": ["d"], "n": None}, {"a": 4, "b": "w", "c": ["d"], "n": None},
+        {"a": 5, "b": "u", "c": ["d"], "n": None}, {"a": 6, "b": "", "c": ["d"], "n": None},
+        {"a": 7, "b": "v", "c": ["d"], "n": None}, {"a": 8, "b": "v", "c": ["d"], "n": None},
+        {"a": 9, "b": "9", "c": ["d"], "n": None}, {"a": 10, "b": "10", "c": ["d"], "n": None},
+    ]
+
+
+def test_insert_shapes_store_the_same_as_json_rows(store) -> None:
+    store.command(_ROWS_TABLE)
+    check_insert_shapes(store)
