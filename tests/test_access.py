@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
-import uvicorn
 from archwatch.api.app import create_app
 from archwatch.api.auth import Principal, issue_token
 from archwatch.api.settings import Settings
@@ -15,7 +13,7 @@ from fastapi.testclient import TestClient
 from archwatch.accounts import AccountError, Accounts, Role
 from archwatch.store import ServerStore, StoreError
 from tests.conftest import workload_store
-from tests.kafka_helpers import free_port, poll
+from tests.kafka_helpers import serve_app
 
 
 @pytest.fixture(scope="module")
@@ -304,14 +302,9 @@ def test_clickhouse_connect_backend_against_the_endpoint(world: Any) -> None:
     """The project's server backend (clickhouse-connect) speaks to the embedded store
     through the HTTP endpoint unchanged, under the auditor's row filter."""
     client, _truth, users, _row, other, _ = world
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(client.app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        poll(lambda: server.started, 30, what="uvicorn")
-        remote = ServerStore(f"http://auditor:{users['auditor']}@127.0.0.1:{port}/default")
+    with serve_app(client.app) as base:
+        host = base.removeprefix("http://")
+        remote = ServerStore(f"http://auditor:{users['auditor']}@{host}/default")
         rows = remote.query("SELECT qym, count() AS n FROM kpi_task FINAL GROUP BY qym")
         assert [r["qym"] for r in rows] == [other["qym"]]
         text = remote.query_text("SELECT count() FROM case_state FINAL", "TabSeparated")
@@ -319,6 +312,3 @@ def test_clickhouse_connect_backend_against_the_endpoint(world: Any) -> None:
         with pytest.raises(StoreError):
             remote.command("DROP TABLE anomaly")
         remote.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -4,14 +4,12 @@ client that reconnects with Last-Event-ID misses nothing."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from archwatch.api.app import create_app
 from archwatch.api.settings import Settings
 from archwatch.connectors.store_sink import StoreSink, Tally
@@ -25,22 +23,15 @@ from archwatch.replay import replay
 from archwatch.rules import Sla
 from archwatch.timeutil import parse_ts
 from tests.conftest import GOLDEN, scenario_settings
-from tests.kafka_helpers import free_port, poll
+from tests.kafka_helpers import serve_app
 
 
 @pytest.fixture
 def server(store: Any, tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Any]]:
     migrate(store)
     _, token = Accounts(store).create("ops", Role.system, system_code="SYS-HZ-CG")
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(), store=store), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    poll(lambda: srv.started, 30, what="uvicorn")
-    yield f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}, store
-    srv.should_exit = True
-    t.join(10)
+    with serve_app(create_app(Settings(), store=store)) as base:
+        yield base, {"Authorization": f"Bearer {token}"}, store
 
 
 def read_events(url: str, headers: dict[str, str], until: Any, timeout: float = 20) -> list:

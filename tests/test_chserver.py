@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from archwatch import report
 from archwatch.chserver import create_app
 from archwatch.migrate import migrate
 from archwatch.store import ChdbStore, ServerStore, StoreError
 from tests.conftest import GOLDEN, comparable_anomalies, replay_into, scenario_settings
-from tests.kafka_helpers import free_port, poll
+from tests.kafka_helpers import serve_app
 
 PASSWORD = "s3cret"
 
@@ -26,15 +24,8 @@ PASSWORD = "s3cret"
 @pytest.fixture
 def served(store: ChdbStore) -> Iterator[tuple[ChdbStore, str]]:
     migrate(store)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(store, "archwatch", PASSWORD),
-                                           host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    poll(lambda: server.started, 30, what="uvicorn")
-    yield store, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(create_app(store, "archwatch", PASSWORD)) as base:
+        yield store, base
 
 
 @pytest.mark.parametrize("name", ["duplicates", "heartbeats", "late-evidence"])

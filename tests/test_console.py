@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from archwatch.api.app import create_app
 from archwatch.api.routes import console
 from archwatch.api.settings import Settings
@@ -35,7 +33,7 @@ from archwatch.models import parse_record
 from archwatch.rules import Sla
 from archwatch.timeutil import parse_ts
 from tests.conftest import ROOT, workload_store
-from tests.kafka_helpers import free_port, poll
+from tests.kafka_helpers import serve_app
 
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
 CHROMIUM = "/usr/bin/chromium"
@@ -81,15 +79,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     else:
         if not _includes(app, distribution.router):
             app.include_router(distribution.router)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        timeout_graceful_shutdown=3))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    poll(lambda: srv.started, 30, what="uvicorn")
-    yield World(f"http://127.0.0.1:{port}", store, truth, row["qym"], area)
-    srv.should_exit = True
-    t.join(15)
+    with serve_app(app, join=15, timeout_graceful_shutdown=3) as base:
+        yield World(base, store, truth, row["qym"], area)
     store.close()
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from archwatch.api.app import create_app
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
@@ -44,7 +43,7 @@ from archwatch.notify import (
 )
 from archwatch.rules import Anomaly
 from archwatch.timeutil import now_ms
-from tests.kafka_helpers import ROOT, Archwatch, free_port, poll, prefix_for
+from tests.kafka_helpers import ROOT, Archwatch, free_port, poll, prefix_for, serve_app
 from tests.test_alerts import read_events
 from tests.test_kafka import broker  # noqa: F401 - the session's real broker
 
@@ -460,17 +459,8 @@ def test_grouped_region_through_the_store(store: Any, receiver: Callable[..., Re
 
 @contextlib.contextmanager
 def serve(store: Any) -> Iterator[str]:
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(), store=store), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    t = threading.Thread(target=srv.run, daemon=True)
-    t.start()
-    poll(lambda: srv.started, 30, what="uvicorn")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        t.join(10)
+    with serve_app(create_app(Settings(), store=store)) as base:
+        yield base
 
 
 def sse(base: str, token: str, since: int, want: int, extra: str = ""
