@@ -111,6 +111,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 60) -> None:
+    """SIGTERM (a clean stop, like Ctrl-C), then SIGKILL after ``grace`` seconds."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_for(check: Callable[[], Any], timeout: float, every: float = 0.1,
              what: str = "") -> Any:
     deadline = time.monotonic() + timeout

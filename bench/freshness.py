@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -49,6 +48,7 @@ from _common import (
     percentile,
     run_worker,
     scratch,
+    stop_process,
     table,
     wait_for,
     write_results,
@@ -307,12 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if poller is not None:
             poller.stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 60)
 
     made = run_worker("freshness.py", ["--worker", "versions", "--db", str(db), "--cases",
                                        ",".join(poller.seen) or "none"])

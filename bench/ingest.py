@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from _common import (
     ratio,
     run_worker,
     scratch,
+    stop_process,
     table,
     target,
     write_results,
@@ -122,12 +122,7 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
             raise RuntimeError(f"archwatch run -w {workers} did not finish in {timeout} s")
         t_done = time.perf_counter()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 60)
     outcomes = {k.split('"')[1]: int(v) for k, v in m.items()
                 if k.startswith("archwatch_events_total{")}
     return {"workers": workers, "events": total, "outcomes": outcomes,

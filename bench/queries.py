@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +47,7 @@ from _common import (
     profile_top,
     run_worker,
     scratch,
+    stop_process,
     table,
     target,
     wait_for,
@@ -503,12 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         results["/healthz (again, at the end)"] = hammer(
             base, headers, eps[0][2], args.clients, args.requests, seed=99)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, 30)
     server_errors: dict[str, int] = {}
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("archwatch.store.StoreError:"):
