@@ -1,4 +1,5 @@
-"""SQL behind the API. Every rollup reads ``kpi_task`` (partial totals), never all cases."""
+"""SQL behind the API. Every rollup reads ``kpi_item`` (one row an item, the sum of
+``kpi_task``'s partials per shard: see :mod:`archwatch.rollup`), never all cases."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
                toUnixTimestamp64Milli(max(last_receive)) AS last_receive,
                toUnixTimestamp(max(last_update)) AS last_update,
                count() OVER () AS total
-        FROM kpi_task FINAL
+        FROM kpi_item FINAL
         WHERE {where}
         {'GROUP BY ' + ', '.join(cols) if cols else ''}
         HAVING kpi != 0
@@ -93,7 +94,7 @@ def _count_groups(store: Reader, q: KpiQuery, where: str, params: dict[str, Any]
         return 0
     group = f"GROUP BY {', '.join(cols)}" if cols else ""
     rows = store.query(
-        f"SELECT count() AS n FROM (SELECT sum(kpi) AS kpi FROM kpi_task FINAL WHERE {where} "
+        f"SELECT count() AS n FROM (SELECT sum(kpi) AS kpi FROM kpi_item FINAL WHERE {where} "
         f"{group} HAVING kpi != 0)", params)
     return rows[0]["n"] if rows else 0
 

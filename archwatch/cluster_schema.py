@@ -46,6 +46,8 @@ SHARDING_KEYS: dict[str, str] = {
     "event_log": "cityHash64(entity)",
     # partial totals per dataflow shard; the restart reconcile reads WHERE src = ...
     "kpi_task": "cityHash64(src)",
+    # one row per item (the sum of its kpi_task partials): every version on one shard
+    "kpi_item": "cityHash64(year, qym, dept_code, system_code, task_id, system_level)",
     "receiver_status": "cityHash64(receiver_id)",
     "receiver": "cityHash64(receiver_id)",
     # the distribution queue: one row per distributionNo; endpoints beside their receiver
@@ -86,6 +88,9 @@ _CREATE = re.compile(
     r"^CREATE\s+TABLE\s+(?P<ine>IF\s+NOT\s+EXISTS\s+)?" + _NAME + r"\s*\(", re.I | re.S)
 _ALTER = re.compile(r"^ALTER\s+TABLE\s+" + _NAME + r"\s+(?P<cmds>.+)$", re.I | re.S)
 _DROP = re.compile(r"^DROP\s+TABLE\s+(?P<ie>IF\s+EXISTS\s+)?" + _NAME + r"\s*$", re.I | re.S)
+_INSERT_SELECT = re.compile(r"^INSERT\s+INTO\s+" + _NAME + r"(?=\s*(\(|SELECT\b))",
+                            re.I | re.S)
+_FROM_TABLE = re.compile(r"(\bFROM\s+)([A-Za-z_][A-Za-z0-9_.]*)", re.I)
 _ENGINE = re.compile(r"^\s*ENGINE\s*=\s*(?P<engine>[A-Za-z_][A-Za-z0-9_]*)\s*", re.I | re.S)
 _COLUMN_CMD = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
 _NOT_COLUMN = re.compile(r"^(INDEX|PROJECTION|CONSTRAINT)\b", re.I)
@@ -279,6 +284,17 @@ def _alter(stmt: str, m: re.Match[str], cluster: str, db: str) -> list[str]:
     return out
 
 
+def _insert_select(stmt: str, m: re.Match[str], db: str) -> str:
+    """A backfill (``INSERT INTO t SELECT ... FROM s ...``) runs once, from one node,
+    through the Distributed tables: the insert is routed by ``t``'s sharding key, and
+    ``FINAL`` applies per shard, which is right because every version of a row lives on
+    one shard. Only the two table names are qualified with the database."""
+    target = _table_name(m.group("name"), db)
+    body = _FROM_TABLE.sub(lambda f: f"{f.group(1)}{db}.{_table_name(f.group(2), db)}",
+                           stmt[m.end():])
+    return f"INSERT INTO {db}.{target}{body}"
+
+
 def _drop(m: re.Match[str], cluster: str, db: str) -> list[str]:
     name = _table_name(m.group("name"), db)
     ie = "IF EXISTS " if m.group("ie") else ""
@@ -304,6 +320,8 @@ def cluster_statements(migration_sql: str, cluster: str = "archwatch",
             out.extend(_alter(stmt, m, cluster, database))
         elif m := _DROP.match(stmt):
             out.extend(_drop(m, cluster, database))
+        elif m := _INSERT_SELECT.match(stmt):
+            out.append(_insert_select(stmt, m, database))
         else:
             raise ClusterSchemaError(
                 "no cluster translation for this statement (extend archwatch/"

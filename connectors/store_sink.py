@@ -26,7 +26,7 @@ from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from archwatch import metrics
+from archwatch import metrics, rollup
 from archwatch.engine import Count, Reconcile, Tick, Write
 from archwatch.models import Envelope, Reject
 from archwatch.store import Store
@@ -107,6 +107,8 @@ class _Writer:
         for table, rows in tables.items():
             if rows:
                 self.store.insert(table, rows)
+        if tables.get("kpi_task"):
+            rollup.refresh(self.store, map(rollup.item_key, tables["kpi_task"]))
         self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
 
 
@@ -200,6 +202,7 @@ def reconcile(store: Store, rec: Reconcile) -> None:
         if w.table in live:
             live[w.table].add(tuple(w.row[c] for c in _IDENTITY[w.table]))
     clock = VersionClock()
+    touched: set[tuple[Any, ...]] = set()  # items whose kpi_item the rows below change
     for table, cols in _IDENTITY.items():
         extra = ", case_no" if rec.keep and "case_no" not in cols and table != "kpi_task" else ""
         stored = store.query(
@@ -210,8 +213,13 @@ def reconcile(store: Store, rec: Reconcile) -> None:
         if stale:
             store.insert(table, [{**{c: r[c] for c in cols}, "src": rec.src,
                                   "version": clock.next(), "is_deleted": 1} for r in stale])
+            if table == "kpi_task":
+                touched.update(map(rollup.item_key, stale))
     for table, rows in by_table.items():
         store.insert(table, rows)
+    touched.update(map(rollup.item_key, by_table.get("kpi_task", ())))
+    if touched:
+        rollup.refresh(store, touched)
 
 
 class StoreSink(DynamicSink[Any]):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from archwatch import report
+from archwatch import report, rollup
 from archwatch.receivers import load_registrations
 from archwatch.replay import replay
 from archwatch.rules import Sla
@@ -44,6 +44,7 @@ def store(tmp_path: Path) -> Iterator[ChdbStore]:
 def replay_into(store: Any, files: list[Path], settings: EngineSettings,
                 tmp_path: Path) -> dict[str, Any]:
     res = replay(files, store, settings, tmp_path / "rejects.jsonl", progress=False)
+    assert rollup.differences(store) == []  # kpi_item is the sum of kpi_task's partials
     return report.full(store, res.report())
 
 

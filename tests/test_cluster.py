@@ -19,7 +19,7 @@ import httpx
 import pytest
 from archwatch.connectors.kafka import KafkaSettings, create_topics, produce_lines
 
-from archwatch import report
+from archwatch import report, rollup
 from archwatch.store import ServerStore
 from tests.kafka_helpers import (
     ROOT,
@@ -63,6 +63,7 @@ class StoreServer:
     def tables(self) -> dict[str, Any]:
         store = ServerStore(self.url)
         try:
+            assert rollup.differences(store) == []  # kpi_item = the sum of the partials
             return report.full(store)
         finally:
             store.close()

@@ -308,7 +308,7 @@ def test_main_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert text == _full("prod_ch")
     assert "INSERT INTO default.schema_migrations (version, name, checksum) VALUES (1, " in text
     assert cs.main(["--no-record"]) == 0
-    assert "INSERT INTO" not in capsys.readouterr().out
+    assert "INSERT INTO default.schema_migrations" not in capsys.readouterr().out
     last = MIGRATIONS[-1]
     assert cs.main(["--since", str(last.version)]) == 0
     text = capsys.readouterr().out
@@ -386,3 +386,12 @@ def test_cluster_schema_runs_and_serves_the_contract(ch: _Session, tmp_path: Pat
         assert rows > 0 and rows == int(ch.run("SELECT count() FROM aw.event_log"))
     finally:
         ch.run("USE default")
+
+
+def test_a_backfill_runs_once_through_the_distributed_tables() -> None:
+    sql = cs.cluster_sql("INSERT INTO kpi_item SELECT a, sum(b) FROM kpi_task FINAL GROUP BY a;",
+                      database="arch")
+    want = "INSERT INTO arch.kpi_item SELECT a, sum(b) FROM arch.kpi_task FINAL GROUP BY a"
+    assert sql == want + ";\n\n"
+    with pytest.raises(cs.ClusterSchemaError):
+        cs.cluster_sql("INSERT INTO kpi_item SELECT 1 FROM other.kpi_task;", database="arch")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from archwatch.connectors.kafka import KafkaSettings, create_topics, produce_lines, read_topic
 
-from archwatch import report
+from archwatch import report, rollup
 from archwatch.generate import GenerateOptions, generate
 from archwatch.receivers import load_registrations
 from archwatch.replay import replay
@@ -60,6 +60,7 @@ def replay_tables(out: Path, tmp: Path) -> dict[str, Any]:
 
 def live_tables(db: Path) -> dict[str, Any]:
     store = open_store(db)
+    assert rollup.differences(store) == []  # kpi_item is the sum of kpi_task's partials
     tables = report.full(store)
     store.close()
     return tables

@@ -17,7 +17,7 @@ import pytest
 from archwatch.connectors.store_sink import StoreSink, Tally
 from archwatch.dataflows.reconcile import _ShardLogic
 
-from archwatch import report
+from archwatch import report, rollup
 from archwatch.engine import CaseShard, VersionClock, Watermark
 from archwatch.migrate import migrate
 from archwatch.models import parse_record
@@ -40,6 +40,7 @@ def write(store, logic: _ShardLogic, items: list) -> None:
     part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
     part.write_batch(list(out))
     part.close()
+    assert rollup.differences(store) == []  # kpi_item followed kpi_task, reconcile too
 
 
 @pytest.mark.parametrize("reconcile", [True, False])

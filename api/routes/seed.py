@@ -91,7 +91,7 @@ def _system_names(store: Any, codes: list[str], year: int) -> dict[str, str]:
     if not codes:
         return {}
     rows = store.query(  # the year is the key's prefix: a small range, not the whole table
-        "SELECT system_code, any(system_name) AS name FROM kpi_task"
+        "SELECT system_code, any(system_name) AS name FROM kpi_item"
         " WHERE year = {y:UInt16} AND system_code IN {codes:Array(String)}"
         " GROUP BY system_code", {"codes": codes, "y": year})
     return {r["system_code"]: r["name"] for r in rows}
