@@ -25,6 +25,8 @@ class KpiStats(BaseModel):
 class KpiGroup(KpiStats):
     key: dict[str, str] = Field(description="the grouping values, e.g. {'qym': '330102'}")
     name: str | None = Field(default=None, description="display name of the last key")
+    names: dict[str, str | None] = Field(
+        default_factory=dict, description="display name of each named key, e.g. {'qym': '上城区'}")
 
 
 class Paged(BaseModel, Generic[T]):

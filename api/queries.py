@@ -59,11 +59,14 @@ def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     where, params = where_of(q.filters)
     cols = [DIMENSIONS[d][0] for d in q.group_by]
     select_keys = ", ".join(f"toString({c}) AS k_{i}" for i, c in enumerate(cols))
+    # each grouped dimension's display name (any() of the group's: names are not identity)
+    names = {d: DIMENSIONS[d][2] for d in q.group_by if DIMENSIONS[d][2]}
+    select_names = "".join(f"{agg} AS n_{d}, " for d, agg in names.items())
     name_agg = DIMENSIONS[q.group_by[-1]][2] if q.group_by else None
     order = SORTS[q.sort] or ", ".join(cols) or "kpi"
     direction = "DESC" if q.desc else "ASC"
     sql = f"""
-        SELECT {select_keys + ',' if select_keys else ''}
+        SELECT {select_keys + ',' if select_keys else ''} {select_names}
                {name_agg or "''"} AS name,
                sum(kpi) AS kpi, sum(archived) AS archived, sum(archived_succ) AS archived_succ,
                sum(archived_fail) AS archived_fail, sum(cycle_ms_sum) AS cycle_ms_sum,
@@ -84,6 +87,7 @@ def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
         stats = stats_of(r)
         stats["key"] = {d: r[f"k_{i}"] for i, d in enumerate(q.group_by)}
         stats["name"] = r["name"] or None
+        stats["names"] = {d: r[f"n_{d}"] or None for d in names}
         out.append(stats)
     return out, total
 

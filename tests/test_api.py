@@ -113,6 +113,7 @@ def test_stats_by_year_and_region_equal_ground_truth(world: Any) -> None:
         assert item["archiveRate"] == pytest.approx(e["archived"] / e["kpi"], abs=1e-6)
         assert item["lastReceive"] == e["last"]
         assert item["name"]  # the region's name
+        assert item["names"] == {"qym": item["name"]}  # year has no display name
 
 
 def test_drill_down_region_to_case(world: Any) -> None:

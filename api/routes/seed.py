@@ -78,20 +78,9 @@ def sys_view(
     records = []
     for g in rows:
         r = _seed_row(g, y)
-        r.update({"systemCode": g["key"]["systemCode"], "systemLevel": g["key"]["systemLevel"]})
+        r.update({"systemCode": g["key"]["systemCode"], "systemLevel": g["key"]["systemLevel"],
+                  "systemName": g["names"]["systemCode"]})
         records.append(r)
-    names = _system_names(store, [r["systemCode"] for r in records], y)
-    for r in records:
-        r["systemName"] = names.get(r["systemCode"])
     data = {"records": records, "total": total, "pageNo": page.no, "pageSize": page.size}
     return _envelope(data, started)
 
-
-def _system_names(store: Any, codes: list[str], year: int) -> dict[str, str]:
-    if not codes:
-        return {}
-    rows = store.query(  # the year is the key's prefix: a small range, not the whole table
-        "SELECT system_code, any(system_name) AS name FROM kpi_item"
-        " WHERE year = {y:UInt16} AND system_code IN {codes:Array(String)}"
-        " GROUP BY system_code", {"codes": codes, "y": year})
-    return {r["system_code"]: r["name"] for r in rows}
