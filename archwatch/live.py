@@ -20,7 +20,7 @@ from bytewax.connectors.kafka import KafkaSource
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
-from archwatch import metrics
+from archwatch import metrics, rollup
 from archwatch.connectors.kafka import DeadLetters, KafkaSettings, kafka_records
 from archwatch.connectors.store_sink import StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow, engine_gc, wall_ticks
@@ -44,6 +44,13 @@ class LiveOptions:
     backup_interval: timedelta | None = None  # keep superseded snapshots this long
     addresses: tuple[str, ...] = ()  # a cluster: every process's host:port (empty: alone)
     process_id: int = 0
+
+
+# How often a live sink sums the kpi_task rows it wrote into kpi_item (the KPI reads' table):
+# each refresh re-reads every shard's partials of the items touched, so doing it per
+# 0.2-second flush would cost a core's tenth; the KPI endpoints lag at most this much
+# behind the rows, which are themselves an epoch (1 s) behind the events.
+KPI_ITEM_REFRESH = 1.0
 
 
 class _KafkaInput(KafkaSource):
@@ -80,8 +87,13 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                     tally: Tally) -> Any:
     source = _KafkaInput([opts.kafka.brokers], opts.kafka.topics, tail=True,
                          raise_on_errors=False, batch_size=5000)
+    # With recovery, every row of an epoch must be in the store before Bytewax commits the
+    # epoch (its input is not read again): each batch is written before the next. Without
+    # recovery a restart reads the topics again from the start, so writes may overlap the
+    # dataflow's work as in a replay (buffered for flush_delay).
     sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
-                     max_delay=opts.flush_delay, synchronous=True)
+                     max_delay=opts.flush_delay, synchronous=opts.recovery_dir is not None,
+                     refresh_every=KPI_ITEM_REFRESH)
     from archwatch.eventlog import store_digests, store_loader
     from archwatch.registry import registry_source
 
@@ -111,6 +123,7 @@ def prepare_recovery(path: Path, workers: int,
 def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally:
     """Run until interrupted (SIGINT/SIGTERM): the dataflow consumes and writes forever."""
     migrate(store)
+    rollup.rebuild(store)  # a refresh pending when the last run died is in no snapshot
     settings = replace(settings, live=True, recovery=opts.recovery_dir is not None,
                        as_of=None)
     register_receivers(store, settings)

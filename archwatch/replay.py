@@ -101,8 +101,9 @@ def replay(
                    file=sys.stderr)
         source.progress = bar.update
     try:
+        # kpi_item summed once, at the end: nobody reads a replay's tables before then
         sink = StoreSink(store, tally, rejects, max_delay=REPLAY_FLUSH_DELAY,
-                         synchronous=synchronous)
+                         synchronous=synchronous, refresh_every=None)
         flow = build_flow(source, sink, settings, clock=clock, loader=store_loader(store),
                           digests=store_digests(store))
         with engine_gc():

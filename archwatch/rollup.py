@@ -22,52 +22,73 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from archwatch.store import Store, sql_literal
+from archwatch.store import Store
 
 # An item's identity: kpi_task's key without the shard, kpi_item's ORDER BY.
 ITEM_KEY: tuple[str, ...] = ("year", "qym", "dept_code", "system_code", "task_id",
                              "system_level")
-# Items per statement. The keys are written into the statement as literals (twice), not
-# passed as a parameter: a server takes parameters in the URL, whose length proxies and
-# HTTP parsers limit; a statement must stay under ClickHouse's max_query_size (256 KiB),
-# and an item's key is ~100 bytes.
-CHUNK = 500
-
 _NAMES = ("area", "dept_name", "system_name", "task_code", "task_name")
 _SUMS = ("kpi", "archived", "archived_succ", "archived_fail", "cycle_ms_sum")
+_KEY = ", ".join(ITEM_KEY)
 
+# The items touched are named by the versions of the kpi_task rows just written (a
+# range), not by a list of keys: as literals, ClickHouse spends ~60 µs parsing each key
+# (a replay's flush touches thousands); as a parameter, a server takes them in the URL,
+# whose length HTTP parsers limit. Rows of other writers in the same range only add items
+# to recompute, which is harmless.
+_TOUCHED = (f"SELECT DISTINCT {_KEY} FROM kpi_task"
+            " WHERE version BETWEEN {lo:UInt64} AND {hi:UInt64}")
 _REFRESH = f"""
 INSERT INTO kpi_item ({', '.join(ITEM_KEY + _NAMES + _SUMS)},
                       last_receive, last_update, version, is_deleted)
 WITH toUInt64(toUnixTimestamp64Nano(now64(9))) AS started
-SELECT k.1, k.2, k.3, k.4, k.5, k.6, {', '.join('s.' + c for c in _NAMES + _SUMS)},
+SELECT {', '.join('d.' + c for c in ITEM_KEY)}, {', '.join('s.' + c for c in _NAMES + _SUMS)},
        s.last_receive, s.last_update, started, s.kpi = 0
-FROM (SELECT arrayJoin([{{keys}}]) AS k) AS d
+FROM ({_TOUCHED}) AS d
 LEFT JOIN (
-    SELECT ({', '.join(ITEM_KEY)}) AS k,
+    SELECT {_KEY},
            {', '.join(f'any({c}) AS {c}' for c in _NAMES)},
            {', '.join(f'sum({c}) AS {c}' for c in _SUMS)},
            max(last_receive) AS last_receive, max(last_update) AS last_update
     FROM kpi_task FINAL
-    WHERE ({', '.join(ITEM_KEY)}) IN ({{keys}})
-    GROUP BY {', '.join(ITEM_KEY)}
-) AS s USING (k)
+    WHERE ({_KEY}) IN ({_TOUCHED})
+    GROUP BY {_KEY}
+) AS s USING ({_KEY})
 SETTINGS join_use_nulls = 0
 """
 
 
-def item_key(row: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The item a ``kpi_task`` row (or tombstone) belongs to."""
-    return tuple(row[c] for c in ITEM_KEY)
+def version_range(written: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """The versions of these ``kpi_task`` rows (written, or tombstones), as a range."""
+    versions = [r["version"] for r in written]
+    return min(versions), max(versions)
 
 
-def refresh(store: Store, keys: Iterable[tuple[Any, ...]]) -> int:
-    """Recompute ``kpi_item`` for these items from ``kpi_task``; how many were given."""
-    todo = sorted(set(keys))
-    for i in range(0, len(todo), CHUNK):
-        literal = ",".join(sql_literal(tuple(k)) for k in todo[i:i + CHUNK])
-        store.command(_REFRESH.replace("{keys}", literal))
-    return len(todo)
+def refresh_range(store: Store, lo: int, hi: int) -> None:
+    """Recompute ``kpi_item`` for the items of the ``kpi_task`` rows versioned ``lo..hi``,
+    from everything ``kpi_task`` holds now."""
+    store.command(_REFRESH, {"lo": lo, "hi": hi})
+
+
+def refresh(store: Store, written: Iterable[Mapping[str, Any]]) -> None:
+    """Recompute ``kpi_item`` for the items of these ``kpi_task`` rows."""
+    rows = list(written)
+    if rows:
+        refresh_range(store, *version_range(rows))
+
+
+_ORPHANS = f"""
+INSERT INTO kpi_item ({_KEY}, version, is_deleted)
+SELECT {_KEY}, toUInt64(toUnixTimestamp64Nano(now64(9))), 1 FROM kpi_item FINAL
+WHERE ({_KEY}) NOT IN (SELECT {_KEY} FROM kpi_task)
+"""
+
+
+def rebuild(store: Store) -> None:
+    """Every item recomputed, and items without any partial withdrawn: a live run starts
+    with this, since a refresh still pending when a process died is not in any snapshot."""
+    refresh_range(store, 0, 2**64 - 1)
+    store.command(_ORPHANS)
 
 
 REBUILD = f"""

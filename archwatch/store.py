@@ -368,13 +368,9 @@ def _freeze(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def sql_literal(v: Any) -> str:
-    """A ClickHouse literal for a str, an int or a tuple of them (escaped, so a value
-    can never end the literal)."""
+def _literal(v: Any) -> str:
     if isinstance(v, str):
         return "'" + v.translate(_ESCAPES).replace("'", "\\'") + "'"
-    if isinstance(v, tuple):
-        return "(" + ",".join(sql_literal(x) for x in v) + ")"
     return str(v)
 
 
@@ -388,7 +384,7 @@ def _encode_params(params: Mapping[str, Any] | None) -> dict[str, str]:
     out = {}
     for k, v in (params or {}).items():
         if isinstance(v, list | tuple):
-            out[k] = "[" + ",".join(sql_literal(x) for x in v) + "]"
+            out[k] = "[" + ",".join(_literal(x) for x in v) + "]"
         else:
             out[k] = str(v).translate(_ESCAPES)
     return out

@@ -57,15 +57,23 @@ class Tally:
 
 
 class _Writer:
-    """One background thread writing buffers in order; errors surface in the dataflow."""
+    """One background thread writing buffers in order; errors surface in the dataflow.
+
+    It also keeps ``kpi_item`` (see :mod:`archwatch.rollup`) after the ``kpi_task`` rows it
+    writes: at most every ``refresh_every`` seconds (0: after every write; None: only when
+    drained), over the range of versions written since the last refresh."""
 
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler,
-                 depth: int = 4) -> None:
+                 depth: int = 4, refresh_every: float | None = 0.0) -> None:
         self.store = store
         self.tally = tally
         self.on_rejects = on_rejects
+        self.refresh_every = refresh_every
+        self.pending: tuple[int, int] | None = None  # kpi_task versions not yet summed
+        self.refreshed = time.monotonic()
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)  # back-pressure
         self.error: BaseException | None = None
+        self.reported = False
         self.thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self.thread.start()
 
@@ -74,17 +82,36 @@ class _Writer:
         self._raise()
         self.queue.put((tables, rejects, counts))
 
-    def drain(self) -> None:
+    def refresh_due(self) -> bool:
+        """Rows summed late enough to refresh now (checked on the live wall-clock ticks, so
+        that an idle flow still catches up)."""
+        return (self.pending is not None and self.refresh_every is not None
+                and time.monotonic() - self.refreshed >= self.refresh_every)
+
+    def request_refresh(self) -> None:
+        self._raise()
+        self.queue.put("refresh")
+
+    def drain(self, derived: bool = True) -> None:
+        """Wait until everything submitted is written; with ``derived``, kpi_item too."""
         self.queue.join()
         self._raise()
+        if derived and self.pending is not None:  # set by the writes just waited for
+            self.request_refresh()
+            self.queue.join()
+            self._raise()
 
     def close(self) -> None:
+        if self.reported:  # the dataflow already failed with this error: just stop
+            self.queue.put(None)
+            return
         self.drain()
         self.queue.put(None)
         self.thread.join(timeout=60)
 
     def _raise(self) -> None:
         if self.error is not None:
+            self.reported = True
             raise RuntimeError(f"writing to the store failed: {self.error}") from self.error
 
     def _run(self) -> None:
@@ -94,7 +121,10 @@ class _Writer:
                 if job is None:
                     return
                 if self.error is None:
-                    self._write(*job)
+                    if job == "refresh":
+                        self._refresh()
+                    else:
+                        self._write(*job)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the dataflow thread
                 self.error = exc
             finally:
@@ -107,14 +137,27 @@ class _Writer:
         for table, rows in tables.items():
             if rows:
                 self.store.insert(table, rows)
-        if tables.get("kpi_task"):
-            rollup.refresh(self.store, map(rollup.item_key, tables["kpi_task"]))
+        kpi = tables.get("kpi_task")
+        if kpi:
+            lo, hi = rollup.version_range(kpi)
+            if self.pending is not None:
+                lo, hi = min(lo, self.pending[0]), max(hi, self.pending[1])
+            self.pending = (lo, hi)
+            if self.refresh_due():
+                self._refresh()
         self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
+
+    def _refresh(self) -> None:
+        if self.pending is not None:
+            rollup.refresh_range(self.store, *self.pending)
+            self.pending = None
+        self.refreshed = time.monotonic()
 
 
 class _Partition(StatelessSinkPartition[Any]):
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler, max_rows: int,
-                 max_delay: float, synchronous: bool = False) -> None:
+                 max_delay: float, synchronous: bool = False,
+                 refresh_every: float | None = 0.0) -> None:
         self.synchronous = synchronous
         self.store = store
         self.tally = tally
@@ -126,9 +169,33 @@ class _Partition(StatelessSinkPartition[Any]):
         self.rejects: list[Reject] = []
         self.buffered = 0
         self.since = time.monotonic()
-        self.writer = _Writer(store, tally, on_rejects)
+        self.writer = _Writer(store, tally, on_rejects, refresh_every=refresh_every)
+        # The buffer is flushed (and kpi_item refreshed) on time by a thread of its own:
+        # the live wall-clock ticks reach one worker's partition only, and a partition whose
+        # input went quiet must still write its last rows within max_delay.
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_on_time, name="sink-flusher",
+                                         daemon=True)
+        self._flusher.start()
+
+    def _flush_on_time(self) -> None:
+        every = min(max(self.max_delay / 4, 0.02), 0.5)
+        while not self._stop.wait(every):
+            try:
+                with self._lock:
+                    if self.buffered and time.monotonic() - self.since >= self.max_delay:
+                        self.flush()
+                if self.writer.refresh_due():
+                    self.writer.request_refresh()
+            except RuntimeError:  # the writer failed: the dataflow thread reports it
+                return
 
     def write_batch(self, items: list[Any]) -> None:
+        with self._lock:
+            self._write_batch(items)
+
+    def _write_batch(self, items: list[Any]) -> None:
         tables = self.tables
         counts = self.counts
         for item in items:
@@ -145,7 +212,7 @@ class _Partition(StatelessSinkPartition[Any]):
             elif isinstance(item, Count):
                 counts[item.kind] += item.n
             elif isinstance(item, Tick):
-                continue  # only gives the time-based flush below a chance when idle
+                continue  # only gives the time-based flush below a chance
             elif isinstance(item, Reconcile):
                 self.flush()
                 self.writer.drain()
@@ -156,7 +223,7 @@ class _Partition(StatelessSinkPartition[Any]):
         self.buffered += len(items)
         if self.synchronous:
             self.flush()
-            self.writer.drain()
+            self.writer.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
         elif self.buffered >= self.max_rows or (
                 self.buffered and time.monotonic() - self.since >= self.max_delay):
             self.flush()
@@ -164,14 +231,15 @@ class _Partition(StatelessSinkPartition[Any]):
     def flush(self) -> None:
         """Hand the buffer to the writer thread (inserts overlap the dataflow's work:
         chDB and clickhouse-connect release the GIL while ClickHouse parses and writes)."""
-        if not self.buffered:
-            return
-        self.writer.submit(self.tables, self.rejects, self.counts)
-        self.tables = {}
-        self.counts = Counter()
-        self.rejects = []
-        self.buffered = 0
-        self.since = time.monotonic()  # the age of the oldest buffered row
+        with self._lock:
+            if not self.buffered:
+                return
+            self.writer.submit(self.tables, self.rejects, self.counts)
+            self.tables = {}
+            self.counts = Counter()
+            self.rejects = []
+            self.buffered = 0
+            self.since = time.monotonic()  # the age of the oldest buffered row
 
     def drain(self) -> None:
         """Write everything buffered and wait until it is in the store."""
@@ -179,7 +247,10 @@ class _Partition(StatelessSinkPartition[Any]):
         self.writer.drain()
 
     def close(self) -> None:
-        self.flush()
+        self._stop.set()
+        self._flusher.join(timeout=5)
+        if not self.writer.reported:
+            self.flush()
         self.writer.close()
 
 
@@ -202,7 +273,7 @@ def reconcile(store: Store, rec: Reconcile) -> None:
         if w.table in live:
             live[w.table].add(tuple(w.row[c] for c in _IDENTITY[w.table]))
     clock = VersionClock()
-    touched: set[tuple[Any, ...]] = set()  # items whose kpi_item the rows below change
+    kpi_rows: list[dict[str, Any]] = []  # kpi_task rows written: their items to recompute
     for table, cols in _IDENTITY.items():
         extra = ", case_no" if rec.keep and "case_no" not in cols and table != "kpi_task" else ""
         stored = store.query(
@@ -211,15 +282,16 @@ def reconcile(store: Store, rec: Reconcile) -> None:
         stale = [r for r in stored if tuple(r[c] for c in cols) not in live[table]
                  and r.get("case_no") not in rec.keep]
         if stale:
-            store.insert(table, [{**{c: r[c] for c in cols}, "src": rec.src,
-                                  "version": clock.next(), "is_deleted": 1} for r in stale])
+            tombstones = [{**{c: r[c] for c in cols}, "src": rec.src, "version": clock.next(),
+                           "is_deleted": 1} for r in stale]
+            store.insert(table, tombstones)
             if table == "kpi_task":
-                touched.update(map(rollup.item_key, stale))
+                kpi_rows.extend(tombstones)
     for table, rows in by_table.items():
         store.insert(table, rows)
-    touched.update(map(rollup.item_key, by_table.get("kpi_task", ())))
-    if touched:
-        rollup.refresh(store, touched)
+    written = kpi_rows + by_table.get("kpi_task", [])
+    if written:
+        rollup.refresh_range(store, *rollup.version_range(written))
 
 
 class StoreSink(DynamicSink[Any]):
@@ -228,7 +300,8 @@ class StoreSink(DynamicSink[Any]):
 
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler,
                  max_rows: int = 50_000, max_delay: float = 0.2,
-                 synchronous: bool = False) -> None:
+                 synchronous: bool = False, refresh_every: float | None = 0.0) -> None:
+        self.refresh_every = refresh_every
         self.store = store
         self.tally = tally
         self.on_rejects = on_rejects
@@ -238,4 +311,4 @@ class StoreSink(DynamicSink[Any]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         return _Partition(self.store, self.tally, self.on_rejects, self.max_rows,
-                          self.max_delay, self.synchronous)
+                          self.max_delay, self.synchronous, self.refresh_every)

@@ -31,7 +31,7 @@ def partial(src: str, kpi: int, deleted: bool = False, **item: Any) -> dict[str,
 
 def write(store: Any, rows: list[dict[str, Any]]) -> None:
     store.insert("kpi_task", rows)
-    rollup.refresh(store, map(rollup.item_key, rows))
+    rollup.refresh(store, rows)
 
 
 def items(store: Any) -> list[dict[str, Any]]:
@@ -52,7 +52,7 @@ def test_item_follows_its_partials_and_disappears_with_the_last(store) -> None:
     assert rollup.differences(store) == []
 
 
-def test_values_that_need_escaping_survive_the_key_list(store) -> None:
+def test_keys_that_need_escaping_are_recomputed(store) -> None:
     migrate(store)
     odd = {"task_id": "T'1\\x\n", "dept_code": "部门'"}
     write(store, [partial("s1", 3, **odd)])
@@ -107,4 +107,27 @@ def test_migration_backfills_items_of_an_existing_store(store) -> None:
     store.command("DELETE FROM schema_migrations WHERE version = 11")
     assert migrate(store) == ["0011_kpi_item.sql"]
     assert [(r["task_id"], r["kpi"]) for r in items(store)] == [("T1", 7), ("T2", 1)]
+    assert rollup.differences(store) == []
+
+
+def test_a_quiet_sink_writes_and_sums_on_time(store) -> None:
+    """A partition whose input went quiet (no more batches, no ticks: those reach one
+    worker only) still writes its buffer within max_delay and refreshes kpi_item within
+    refresh_every, before it is closed."""
+    from archwatch.connectors.store_sink import StoreSink, Tally
+
+    from archwatch.engine import Write
+    from tests.kafka_helpers import poll
+
+    migrate(store)
+    part = StoreSink(store, Tally(), lambda _r: None, max_delay=0.1,
+                     refresh_every=0.3).build("s", 0, 1)
+    try:
+        part.write_batch([Write("kpi_task", partial("s1", 5)), Write("kpi_task", partial("s2", 2))])
+        poll(lambda: store.query("SELECT count() AS n FROM kpi_task")[0]["n"] == 2, 10,
+             every=0.02, what="the buffered rows written")
+        poll(lambda: items(store) and items(store)[0]["kpi"] == 7, 10, every=0.02,
+             what="kpi_item refreshed")
+    finally:
+        part.close()
     assert rollup.differences(store) == []
