@@ -21,7 +21,6 @@ import base64
 import hmac
 import json
 import re
-import threading
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -98,40 +97,16 @@ def _settings(params: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def _literal(v: str) -> str:
-    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def create_app(store: ChdbStore, user: str, password: str) -> Starlette:
     """The ClickHouse HTTP endpoint (``/``, ``/ping``) over ``store``."""
 
-    local = threading.local()
-
-    def connection(settings: dict[str, str]) -> Any:
-        """The thread's connection for this combination of settings: clients send the
-        same few combinations with every request, so each gets its own connection with
-        the settings SET once (a setting must never leak into another request)."""
-        if not settings:
-            return store._conn_for_thread()
-        key = tuple(sorted(settings.items()))
-        conns = getattr(local, "conns", None)
-        if conns is None:
-            conns = local.conns = {}
-        conn = conns.get(key)
-        if conn is None:
-            conn = store._new_connection()
-            for k, v in key:
-                conn.query(f"SET {k} = {_literal(v)}")
-            conns[key] = conn
-        return conn
-
     def execute(sql: str, fmt: str, params: dict[str, str], settings: dict[str, str]) -> Any:
-        conn = connection(settings)
+        conn = store.connection(settings)  # settings SET once per thread and combination
         if _is_read(sql):
             return conn.query(sql, fmt, params=params)
         try:
             if sql.lstrip()[:6].upper() == "INSERT":
-                with store._lock:  # one writer at a time, like in-process inserts
+                with store.write_lock:  # one writer at a time, like in-process inserts
                     return conn.query(sql, fmt, params=params)
             return conn.query(sql, fmt, params=params)
         finally:  # a read cache in this process must not answer from before this write

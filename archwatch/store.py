@@ -186,6 +186,31 @@ class ChdbStore(Store):
             conn = self._local.conn = self._new_connection()
         return conn
 
+    def connection(self, settings: Mapping[str, str] | None = None) -> Any:
+        """This thread's raw chDB connection, for code that speaks ClickHouse itself (the
+        store server). With ``settings``, one connection per thread and combination, the
+        settings SET once on it, so that a setting never leaks into other queries. A write
+        through it must be followed by :meth:`wrote`; inserts should hold
+        :attr:`write_lock`, as this store's own do."""
+        if not settings:
+            return self._conn_for_thread()
+        key = tuple(sorted(settings.items()))
+        conns = getattr(self._local, "by_settings", None)
+        if conns is None:
+            conns = self._local.by_settings = {}
+        conn = conns.get(key)
+        if conn is None:
+            conn = self._new_connection()
+            for k, v in key:
+                conn.query(f"SET {k} = {_literal(v)}")
+            conns[key] = conn
+        return conn
+
+    @property
+    def write_lock(self) -> threading.Lock:
+        """Held by every insert: one part per block, in order."""
+        return self._lock
+
     def _new_connection(self) -> Any:
         """A connection to this store, closed with it."""
         import chdb
