@@ -71,6 +71,7 @@ class _Writer:
         self.refresh_every = refresh_every
         self.pending: tuple[int, int] | None = None  # kpi_task versions not yet summed
         self.refreshed = time.monotonic()
+        self.requested = False
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)  # back-pressure
         self.error: BaseException | None = None
         self.reported = False
@@ -86,10 +87,12 @@ class _Writer:
         """Rows summed late enough to refresh now (checked on the live wall-clock ticks, so
         that an idle flow still catches up)."""
         return (self.pending is not None and self.refresh_every is not None
+                and not self.requested
                 and time.monotonic() - self.refreshed >= self.refresh_every)
 
     def request_refresh(self) -> None:
         self._raise()
+        self.requested = True  # one marker in the queue at a time
         self.queue.put("refresh")
 
     def drain(self, derived: bool = True) -> None:
@@ -148,6 +151,7 @@ class _Writer:
         self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
 
     def _refresh(self) -> None:
+        self.requested = False
         if self.pending is not None:
             rollup.refresh_range(self.store, *self.pending)
             self.pending = None
