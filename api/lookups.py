@@ -25,14 +25,14 @@ from archwatch.store import Reader
 def case_key_sets(store: Reader, where: str, params: dict[str, Any]) -> dict[str, list[Any]]:
     """Per key column, the values of the raw ``case_state`` rows matching ``where`` (a
     filter on ``case_no``, which ``p_case_no`` serves), as parameters ``k_year``,
-    ``k_qym``, ``k_dept``, ``k_task``; empty lists if there is none."""
+    ``k_qym``, ``k_dept``, ``k_task``; empty lists if there is none. Plain rows, gathered
+    here: an aggregate in the query (``groupUniqArray``) makes ClickHouse skip the
+    projection index and scan every case."""
     rows = store.query(
-        "SELECT groupUniqArray(year) AS y, groupUniqArray(qym) AS q,"
-        " groupUniqArray(dept_code) AS d, groupUniqArray(task_id) AS t"
-        f" FROM case_state WHERE {where}", params)
-    r = rows[0] if rows else {"y": [], "q": [], "d": [], "t": []}
-    return {"k_year": sorted(r["y"]), "k_qym": sorted(r["q"]), "k_dept": sorted(r["d"]),
-            "k_task": sorted(r["t"])}
+        f"SELECT year, qym, dept_code, task_id FROM case_state WHERE {where}", params)
+    return {"k_year": sorted({r["year"] for r in rows}), "k_qym": sorted({r["qym"] for r in rows}),
+            "k_dept": sorted({r["dept_code"] for r in rows}),
+            "k_task": sorted({r["task_id"] for r in rows})}
 
 
 CASE_KEYS_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String)}"
@@ -48,12 +48,11 @@ def item_prefix_sets(store: Reader, task_id: str, year: int | None) -> dict[str,
     if year is not None:
         within, params["k_y"] = " AND year = {k_y:UInt16}", year
     rows = store.query(
-        "SELECT groupUniqArray(year) AS y, groupUniqArray(qym) AS q,"
-        " groupUniqArray(dept_code) AS d FROM (SELECT year, qym, dept_code FROM case_state"
-        f" WHERE task_id = {{k_t:String}}{within} GROUP BY task_id, year, qym, dept_code)",
+        "SELECT year, qym, dept_code FROM case_state"
+        f" WHERE task_id = {{k_t:String}}{within} GROUP BY task_id, year, qym, dept_code",
         params)
-    r = rows[0] if rows else {"y": [], "q": [], "d": []}
-    return {"k_year": sorted(r["y"]), "k_qym": sorted(r["q"]), "k_dept": sorted(r["d"])}
+    return {"k_year": sorted({r["year"] for r in rows}), "k_qym": sorted({r["qym"] for r in rows}),
+            "k_dept": sorted({r["dept_code"] for r in rows})}
 
 
 ITEM_PREFIX_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String)}"
@@ -63,11 +62,10 @@ ITEM_PREFIX_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String
 def anomaly_key_sets(store: Reader, case_no: str) -> dict[str, list[str]]:
     """The (code, anomaly_id) keys of the raw ``anomaly`` rows of one case (``p_case_no``),
     as parameters ``k_codes``, ``k_ids``."""
-    rows = store.query(
-        "SELECT groupUniqArray(code) AS c, groupUniqArray(anomaly_id) AS i FROM anomaly"
-        " WHERE case_no = {k_case:String}", {"k_case": case_no})
-    r = rows[0] if rows else {"c": [], "i": []}
-    return {"k_codes": sorted(r["c"]), "k_ids": sorted(r["i"])}
+    rows = store.query("SELECT code, anomaly_id FROM anomaly WHERE case_no = {k_case:String}",
+                       {"k_case": case_no})
+    return {"k_codes": sorted({r["code"] for r in rows}),
+            "k_ids": sorted({r["anomaly_id"] for r in rows})}
 
 
 ANOMALY_KEYS_IN = "code IN {k_codes:Array(String)} AND anomaly_id IN {k_ids:Array(String)}"
