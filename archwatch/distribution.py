@@ -422,8 +422,14 @@ class DistributionQueue:
 def _case_qyms(store: Store, case_nos: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in _chunks(sorted(set(case_nos))):
-        for r in store.query("SELECT case_no, any(qym) AS qym FROM case_state FINAL"
-                             " WHERE case_no IN {c:Array(String)} GROUP BY case_no", {"c": part}):
+        # the cases' sorting keys from raw rows (the p_case_no projection, migration
+        # 0012), then FINAL over exactly those keys: a primary-key read, not a scan
+        for r in store.query("SELECT case_no, any(region) AS qym FROM (SELECT case_no,"
+                             " qym AS region FROM case_state FINAL"
+                             " WHERE (year, qym, dept_code, task_id, case_no) IN"
+                             " (SELECT year, qym, dept_code, task_id, case_no FROM case_state"
+                             "  WHERE case_no IN {c:Array(String)})"
+                             " AND case_no IN {c:Array(String)}) GROUP BY case_no", {"c": part}):
             out[r["case_no"]] = r["qym"]
     return out
 

@@ -62,7 +62,7 @@ class AnomalyFilter:
                                  ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
-        if caseNo is not None:  # its keys from raw rows (idx_case), so FINAL reads only them
+        if caseNo is not None:  # its keys from raw rows (p_case_no), so FINAL reads only them
             self.parts.append("(code, anomaly_id) IN (SELECT code, anomaly_id FROM anomaly"
                               " WHERE case_no = {case:String})")
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):

@@ -9,6 +9,7 @@ from typing import Annotated
 from archwatch.api.auth import KPI_COLUMNS, ReaderDep
 from archwatch.api.deps import ReadsDep
 from archwatch.api.errors import ApiError
+from archwatch.api.lookups import ANOMALY_KEYS_IN, CASE_KEYS_IN, anomaly_key_sets, case_key_sets
 from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
 from archwatch.api.routes.stats import case_out
@@ -24,16 +25,14 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
 def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
-    # The case's sorting keys first, from its raw rows (every version and tombstone: a
-    # current row is one of them) through the idx_case_no skip index, then FINAL over
-    # exactly those keys: a primary-key read. (FINAL with the skip index directly widens
-    # each kept range to whole keys and costs several times more.)
+    # The case's sorting keys first, from its raw rows through the p_case_no projection
+    # (0012), then FINAL over exactly those keys: two primary-key reads (api/lookups.py).
+    keys = case_key_sets(store, "case_no = {c:String}", {"c": caseNo})
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         " toUnixTimestamp64Milli(first_received_at) AS f_ms"
-        " FROM case_state FINAL WHERE (year, qym, dept_code, task_id, case_no) IN"
-        " (SELECT year, qym, dept_code, task_id, case_no FROM case_state"
-        "  WHERE case_no = {c:String}) AND case_no = {c:String} LIMIT 1", {"c": caseNo})
+        f" FROM case_state FINAL WHERE {CASE_KEYS_IN} AND case_no = {{c:String}} LIMIT 1",
+        {"c": caseNo, **keys}) if keys["k_task"] else []
     events = store.query(
         "SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source, archive_no,"
         " payload FROM event_log FINAL WHERE entity = {c:String}"
@@ -41,10 +40,11 @@ def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
     visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
     if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    anomalies = store.query(  # keys from raw rows (idx_case), then FINAL by key, as above
-        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE (code, anomaly_id) IN"
-        " (SELECT code, anomaly_id FROM anomaly WHERE case_no = {c:String})"
-        " AND case_no = {c:String} ORDER BY opened_at, code", {"c": caseNo})
+    akeys = anomaly_key_sets(store, caseNo)  # keys from raw rows (p_case_no), as above
+    anomalies = store.query(
+        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE {ANOMALY_KEYS_IN}"
+        " AND case_no = {c:String} ORDER BY opened_at, code",
+        {"c": caseNo, **akeys}) if akeys["k_ids"] else []
     return CaseTrace(
         caseNo=caseNo,
         case=case_out(states[0]) if states else None,

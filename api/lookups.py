@@ -1,0 +1,71 @@
+"""Primary-key reads of ``case_state`` and ``anomaly`` rows found by a column that is not
+their sorting key's prefix (issue #10, query latency).
+
+``FINAL`` (the current row of each key) cannot use a projection, and a filter on a column
+past the key's prefix makes it read every part's rows. So each read here runs in two steps:
+
+1. the sorting keys, from the *raw* rows (every version and tombstone, no ``FINAL``)
+   through a projection of migration 0012 — a superset of the current rows' keys, since
+   the current row of a key is one of its raw rows;
+2. ``FINAL`` over exactly those keys, with the caller's filter applied again: a
+   primary-key read of a few granules.
+
+The key sets are passed as arrays per column (``year IN … AND qym IN …``): their cross
+product is a superset of the keys found, which only widens step 2's primary-key ranges;
+every row returned still passes the caller's filter, so the answer is the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archwatch.store import Reader
+
+
+def case_key_sets(store: Reader, where: str, params: dict[str, Any]) -> dict[str, list[Any]]:
+    """Per key column, the values of the raw ``case_state`` rows matching ``where`` (a
+    filter on ``case_no``, which ``p_case_no`` serves), as parameters ``k_year``,
+    ``k_qym``, ``k_dept``, ``k_task``; empty lists if there is none. Plain rows, gathered
+    here: an aggregate in the query (``groupUniqArray``) makes ClickHouse skip the
+    projection index and scan every case."""
+    rows = store.query(
+        f"SELECT year, qym, dept_code, task_id FROM case_state WHERE {where}", params)
+    return {"k_year": sorted({r["year"] for r in rows}), "k_qym": sorted({r["qym"] for r in rows}),
+            "k_dept": sorted({r["dept_code"] for r in rows}),
+            "k_task": sorted({r["task_id"] for r in rows})}
+
+
+CASE_KEYS_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String)}"
+                " AND dept_code IN {k_dept:Array(String)} AND task_id IN {k_task:Array(String)}")
+
+
+def item_prefix_sets(store: Reader, task_id: str, year: int | None) -> dict[str, list[Any]]:
+    """The (year, qym, dept_code) prefixes an item's raw ``case_state`` rows live under,
+    from the aggregate projection ``p_item_keys`` (one row per item, year, region and
+    department per part), as parameters ``k_year``, ``k_qym``, ``k_dept``."""
+    params: dict[str, Any] = {"k_t": task_id}
+    within = ""
+    if year is not None:
+        within, params["k_y"] = " AND year = {k_y:UInt16}", year
+    rows = store.query(
+        "SELECT year, qym, dept_code FROM case_state"
+        f" WHERE task_id = {{k_t:String}}{within} GROUP BY task_id, year, qym, dept_code",
+        params)
+    return {"k_year": sorted({r["year"] for r in rows}), "k_qym": sorted({r["qym"] for r in rows}),
+            "k_dept": sorted({r["dept_code"] for r in rows})}
+
+
+ITEM_PREFIX_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String)}"
+                  " AND dept_code IN {k_dept:Array(String)}")
+
+
+def anomaly_key_sets(store: Reader, case_no: str) -> dict[str, list[str]]:
+    """The (code, anomaly_id) keys of the raw ``anomaly`` rows of one case (``p_case_no``),
+    as parameters ``k_codes``, ``k_ids``."""
+    rows = store.query("SELECT code, anomaly_id FROM anomaly WHERE case_no = {k_case:String}",
+                       {"k_case": case_no})
+    return {"k_codes": sorted({r["code"] for r in rows}),
+            "k_ids": sorted({r["anomaly_id"] for r in rows})}
+
+
+ANOMALY_KEYS_IN = "code IN {k_codes:Array(String)} AND anomaly_id IN {k_ids:Array(String)}"

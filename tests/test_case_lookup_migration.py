@@ -1,0 +1,108 @@
+"""Migration 0012's projections (p_case_no, p_item_keys) on a store filled before it, and
+the case trace, an item's cases and the anomalies of a case as rows move to another key,
+update, merge and are reset (issue #10, query latency). Apart from tests/test_lookups.py:
+chDB opens one store directory per process at a time, and that module keeps one open."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from archwatch.api.app import create_app
+from archwatch.api.settings import Settings
+from fastapi.testclient import TestClient
+
+from archwatch.accounts import Accounts, Role
+from archwatch.migrate import load_migrations, migrate
+from archwatch.store import ChdbStore, open_store
+
+
+def _row(case_no: str, task: str, qym: str, version: int, deleted: int = 0,
+         status: str = "PENDING") -> dict[str, Any]:
+    return {"case_no": case_no, "task_id": task, "task_code": f"code-{task}",
+            "task_name": f"name-{task}", "dept_code": f"D{qym}", "dept_name": "dept",
+            "qym": qym, "area": "area", "system_code": "SYS-1", "system_name": "sys",
+            "system_level": "市", "completed_at": "2025-03-01 00:00:00",
+            "first_received_at": None, "archive_count": 0, "status": status, "year": 2025,
+            "src": "c001", "version": version, "is_deleted": deleted}
+
+
+def _anomaly(case_no: str, version: int, resolved: str | None) -> dict[str, Any]:
+    return {"anomaly_id": f"a-{case_no}", "code": "MISSING_ARCHIVE", "class": "漏",
+            "case_no": case_no, "archive_no": "", "receiver_id": "", "qym": "330102",
+            "dept_code": "", "system_code": "", "task_code": "",
+            "opened_at": "2025-04-01 00:00:00", "resolved_at": resolved, "detail": "",
+            "src": "c001", "version": version, "is_deleted": 0}
+
+
+def _wait_for_mutations(store: ChdbStore) -> None:
+    deadline = time.monotonic() + 60
+    while store.query("SELECT count() AS n FROM system.mutations WHERE NOT is_done")[0]["n"]:
+        assert time.monotonic() < deadline, "MATERIALIZE PROJECTION did not finish"
+        time.sleep(0.1)
+
+
+def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
+        tmp_path: Path) -> None:
+    store = open_store(tmp_path / "db")
+    assert isinstance(store, ChdbStore)
+    with contextlib.ExitStack() as stack:
+        stack.callback(store.close)
+        # a store filled before 0012: its parts have no projection until the migration
+        for m in load_migrations():
+            if m.version < 12:
+                for stmt in m.statements():
+                    store.command(stmt)
+        store.insert("case_state", [_row(f"C{i}", f"T{i % 3}", "330102", 1) for i in range(50)])
+        store.insert("anomaly", [_anomaly("C7", 1, None)])
+        migrate(store)
+        _wait_for_mutations(store)
+        for table, projection in (("case_state", "p_case_no"), ("case_state", "p_item_keys"),
+                                  ("anomaly", "p_case_no")):
+            parts = store.query(
+                "SELECT count() AS n FROM system.parts WHERE active AND table = {t:String}"
+                " AND has(projections, {p:String}) = 0", {"t": table, "p": projection})
+            assert parts[0]["n"] == 0, f"{table} has parts without {projection}"
+        # (ClickHouse reads a projection index only from tables of 1M rows on,
+        # min_table_rows_to_use_projection_index: below that a scan is as cheap)
+        client = stack.enter_context(TestClient(
+            create_app(Settings(read_cache_entries=0), store=store),
+            raise_server_exceptions=False))
+        _, password = Accounts(store).create("city", Role.city)
+        token = client.post("/api/v1/auth/login",
+                            json={"username": "city", "password": password}).json()
+        client.headers["Authorization"] = f"Bearer {token['accessToken']}"
+
+        def trace() -> dict[str, Any]:
+            return client.get("/api/v1/cases/C7").json()
+
+        t = trace()
+        assert t["case"]["taskId"] == "T1" and t["case"]["qym"] == "330102"
+        assert [a["resolvedAt"] for a in t["anomalies"]] == [None]
+        # the case moves to another key (tombstone under the old one) and its anomaly
+        # is resolved: the trace shows the new row only
+        store.insert("case_state", [_row("C7", "T1", "330102", 2, deleted=1),
+                                    _row("C7", "T9", "330106", 3, status="ARCHIVED_OK")])
+        store.insert("anomaly", [_anomaly("C7", 2, "2025-04-02 00:00:00")])
+        t = trace()
+        assert (t["case"]["taskId"], t["case"]["qym"], t["case"]["status"]) == (
+            "T9", "330106", "ARCHIVED_OK")
+        assert [a["resolvedAt"] for a in t["anomalies"]] == ["2025-04-02T00:00:00Z"]
+        # the moved case is listed under its new item only, in both chains
+        for path, params in (("T9", {"year": 2025, "qym": "330106", "deptCode": "D330106"}),
+                             ("T9", {"systemCode": "SYS-1"}), ("T1", {"systemCode": "SYS-1"})):
+            cases = client.get(f"/api/v1/drill/items/{path}/cases", params=params).json()
+            assert ("C7" in [c["caseNo"] for c in cases["items"]]) == (path == "T9")
+        # merges rebuild the projections from the merged parts (replaced rows dropped)
+        store.command("OPTIMIZE TABLE case_state FINAL")
+        store.command("OPTIMIZE TABLE anomaly FINAL")
+        assert trace()["case"]["taskId"] == "T9"
+        assert [a["resolvedAt"] for a in trace()["anomalies"]] == ["2025-04-02T00:00:00Z"]
+        # what `archwatch replay` does first: the projections go with their rows
+        store.command("TRUNCATE TABLE case_state")
+        store.command("TRUNCATE TABLE anomaly")
+        assert client.get("/api/v1/cases/C7").status_code == 404
+        store.insert("case_state", [_row("C7", "T4", "330102", 5)])
+        assert trace()["case"]["taskId"] == "T4" and trace()["anomalies"] == []
