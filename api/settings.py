@@ -35,8 +35,8 @@ class Settings(BaseSettings):
     topic_prefix: str = ""
     """Prefix of the Kafka topic names (as given to `archwatch run`)."""
     read_cache_entries: int = 4096
-    """Results of statistics/drill-down/anomaly reads kept until the next write to the
-    store (never stale: see archwatch.store.ReadCache); 0 turns the cache off. Only an
+    """Results of statistics/drill-down/anomaly reads kept until the next write to a
+    table they read (never stale: see archwatch.store.ReadCache); 0 turns the cache off. Only an
     embedded store is cached: a server may be written by other processes."""
     lateness_ms: int = 5 * 60_000
     """The engine's lateness, to tell a late receiver from a down one."""

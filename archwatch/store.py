@@ -4,6 +4,7 @@ server through clickhouse-connect. The SQL is the same; only transport differs."
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
@@ -46,11 +47,11 @@ class Store(ABC):
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release the backend."""
 
-    def generation(self) -> int | None:
-        """A number that changes after every write to the store, or None when writes may
-        happen out of this object's sight (then nothing read may be cached). Results read
-        while it had one value stay true until it has another: the key of
-        :class:`ReadCache`."""
+    def generation(self, tables: Iterable[str] | None = None) -> Any:
+        """A value that changes after every write to the store (with ``tables``: after
+        every write that may touch one of them), or None when writes may happen out of
+        this object's sight (then nothing read may be cached). Results read while it had
+        one value stay true until it has another: the key of :class:`ReadCache`."""
         return None
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -121,7 +122,24 @@ class Store(ABC):
 _OPEN_HERE: set[str] = set()  # store directories this process has opened
 # Writes so far per store directory in this process (the only process that can write it).
 _GENERATIONS: dict[str, int] = {}
+# ... and per table, with "*" for writes whose table is not known (they touch every table)
+_TABLE_GENERATIONS: dict[str, dict[str, int]] = {}
 _GENERATIONS_LOCK = threading.Lock()
+# The table a write statement changes (INSERT INTO t, ALTER TABLE t, TRUNCATE t, ...).
+_WRITTEN = re.compile(r"^\s*(?:INSERT\s+INTO|ALTER\s+TABLE|TRUNCATE(?:\s+TABLE)?|OPTIMIZE\s+TABLE"
+                      r"|DELETE\s+FROM)\s+(?:IF\s+EXISTS\s+)?`?([A-Za-z_][A-Za-z0-9_]*)`?\s",
+                      re.I)
+# The tables a read names (FROM t, JOIN t); a dotted name (system.parts) is never cached.
+_READ_TABLES = re.compile(r"\b(?:FROM|JOIN)\s+`?([A-Za-z_][A-Za-z0-9_.]*)", re.I)
+
+
+def read_tables(sql: str) -> frozenset[str] | None:
+    """The tables a read names, or None when it cannot be told (no table, or a system
+    table whose contents change without writes): such a read is never cached."""
+    names = frozenset(_READ_TABLES.findall(sql))
+    if not names or any("." in n for n in names):
+        return None
+    return names
 # First words of statements that cannot change a store's data; anything else counts as a write.
 _READ_WORDS = ("SELECT", "WITH", "SHOW", "DESC", "EXPLAIN", "EXISTS", "(")
 
@@ -232,25 +250,37 @@ class ChdbStore(Store):
             raise StoreError(_clean(exc)) from None
         return res.data() if hasattr(res, "data") else str(res)
 
-    def generation(self) -> int:
-        """Writes through any ChdbStore of this directory in this process so far. chDB lets
+    def generation(self, tables: Iterable[str] | None = None) -> Any:
+        """Writes through any ChdbStore of this directory in this process so far (with
+        ``tables``: the writes to each, and those to unknown tables, as a tuple). chDB lets
         one process own a directory, so every write (dataflow sink, API, migrations) passes
         here; it is counted once it has returned, so a result read before it is never
         filed under the new number. (Merges do not change what FINAL reads.)"""
-        return _GENERATIONS.get(self.path, 0)
+        if tables is None:
+            return _GENERATIONS.get(self.path, 0)
+        per = _TABLE_GENERATIONS.get(self.path, {})
+        return (per.get("*", 0), *(per.get(t, 0) for t in sorted(tables)))
 
-    def wrote(self) -> None:
-        """Count a write. The store's own methods do; code that writes through a raw chDB
-        connection of this directory (``_conn_for_thread``) must call it afterwards, or a
-        :class:`ReadCache` in this process would keep answering from before the write."""
+    def wrote(self, table: str | None = None) -> None:
+        """Count a write (to ``table``, or to any table when not known). The store's own
+        methods do; code that writes through a raw chDB connection of this directory
+        (:meth:`connection`) must call it afterwards, or a :class:`ReadCache` in this
+        process would keep answering from before the write."""
         with _GENERATIONS_LOCK:
             _GENERATIONS[self.path] = _GENERATIONS.get(self.path, 0) + 1
+            per = _TABLE_GENERATIONS.setdefault(self.path, {})
+            key = table or "*"
+            per[key] = per.get(key, 0) + 1
+
+    def _wrote_sql(self, sql: str) -> None:
+        m = _WRITTEN.match(sql)
+        self.wrote(m.group(1) if m else None)
 
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         try:
             self._run(sql, "CSV", params)
         finally:  # a failed statement may still have written part of its effect
-            self.wrote()
+            self._wrote_sql(sql)
 
     def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
         if _is_read(sql):
@@ -258,7 +288,7 @@ class ChdbStore(Store):
         try:
             return self._run(sql, fmt, params)
         finally:
-            self.wrote()
+            self._wrote_sql(sql)
 
     def insert_json_rows(self, table: str, lines: list[str]) -> None:
         sql = f"INSERT INTO {table} FORMAT JSONEachRow\n" + "\n".join(lines)
@@ -266,7 +296,7 @@ class ChdbStore(Store):
             try:
                 self._run(sql, "CSV", None)
             finally:
-                self.wrote()
+                self.wrote(table)
 
     def insert_encoded(self, table: str, columns: tuple[str, ...] | None, fmt: str,
                        data: bytes) -> None:
@@ -275,7 +305,7 @@ class ChdbStore(Store):
             try:
                 self._run(sql, "CSV", None)
             finally:
-                self.wrote()
+                self.wrote(table)
 
     def close(self) -> None:
         with self._conns_lock:
@@ -342,49 +372,54 @@ class ServerStore(Store):
 
 
 class ReadCache:
-    """Results of reads, valid while the store's :meth:`Store.generation` is unchanged.
+    """Results of reads, each valid while the store's :meth:`Store.generation` of the
+    tables it read is unchanged (a write to another table keeps it: under live load the
+    dataflow writes every epoch, but the KPI table only when a KPI moved).
 
     Correct, not merely fresh-enough: an entry is filed under the generation read *before*
-    its query ran, and the generation moves only after a write has finished, so an entry
+    its query ran, and a generation moves only after a write has finished, so an entry
     can hold data older than its generation's only if no reader will ask for that
     generation again. Stores without a generation (a ClickHouse server that other
-    processes write) are never cached. Bounded: at most ``size`` entries, the oldest
-    dropped first; all dropped when the generation moves.
+    processes write) are never cached, nor are reads whose tables cannot be told.
+    Bounded: at most ``size`` entries, the oldest dropped first.
     """
 
     def __init__(self, store: Store, size: int = 4096) -> None:
         self.store = store
         self.size = size
-        self._gen: int | None = None
-        self._entries: dict[Any, Any] = {}
+        self._entries: dict[Any, tuple[Any, Any]] = {}  # key -> (generation, value)
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get_or_compute(self, key: Any, compute: Any) -> Any:
-        """``compute()``'s value for ``key`` (hashable), computed once per generation."""
-        gen = self.store.generation()
-        if gen is None or self.size <= 0:
+    def get_or_compute(self, key: Any, compute: Any,
+                       tables: Iterable[str] | None = None) -> Any:
+        """``compute()``'s value for ``key`` (hashable), computed once per generation of
+        ``tables`` (of the whole store when None)."""
+        if self.size <= 0:
+            return compute()
+        gen = self.store.generation(tables)
+        if gen is None:
             return compute()
         with self._lock:
-            if gen == self._gen and key in self._entries:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] == gen:
                 self.hits += 1
-                return self._entries[key]
+                return hit[1]
         self.misses += 1
         value = compute()
         with self._lock:
-            if gen != self._gen:
-                if self._gen is not None and gen < self._gen:
-                    return value  # a newer generation is cached already: do not go back
-                self._gen, self._entries = gen, {}
-            if len(self._entries) >= self.size:
+            if key not in self._entries and len(self._entries) >= self.size:
                 self._entries.pop(next(iter(self._entries)))
-            self._entries[key] = value
+            self._entries[key] = (gen, value)
         return value
 
     def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """``store.query``, cached. Callers must not mutate the rows returned."""
+        tables = read_tables(sql)
+        if tables is None:
+            return self.store.query(sql, params)
         key = (sql, tuple(sorted((k, _freeze(v)) for k, v in (params or {}).items())))
-        return self.get_or_compute(key, lambda: self.store.query(sql, params))
+        return self.get_or_compute(key, lambda: self.store.query(sql, params), tables)
 
 
 def _column_list(columns: tuple[str, ...] | None) -> str:

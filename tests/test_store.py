@@ -124,6 +124,35 @@ def test_read_cache_answers_until_the_next_write_and_never_stale(store) -> None:
     assert reads.get_or_compute(("racy",), lambda: store.query(sql, {"a": "t"})) == [{"n": 2}]
 
 
+def test_read_cache_keeps_answers_across_writes_to_other_tables(store) -> None:
+    """Entries are keyed on the generations of the tables the read names: the dataflow's
+    writes to other tables keep them; a write to the table, or to a table the store cannot
+    tell (a raw statement), drops them; a read of a system table is never cached."""
+    from archwatch.store import ReadCache, read_tables
+
+    migrate(store)
+    reads = ReadCache(store)
+    sql = "SELECT count() AS n FROM audit_log WHERE actor = {a:String}"
+    row = {"at": "1700000000.000", "actor": "t", "action": "x", "target": "1", "detail": ""}
+    assert reads.query(sql, {"a": "t"}) == [{"n": 0}]
+    store.command(
+        "INSERT INTO kpi_item (year, qym, dept_code, system_code, task_id, system_level,"
+        " version) VALUES (2025, '1', '', '', 't', '', 1)")
+    assert reads.query(sql, {"a": "t"}) == [{"n": 0}] and reads.hits == 1  # other table
+    store.command("INSERT INTO audit_log (at, actor, action, target, detail) VALUES"
+                  " (1700000000, 't', 'x', '1', '')")
+    assert reads.query(sql, {"a": "t"}) == [{"n": 1}] and reads.hits == 1  # this table
+    store.insert("audit_log", [row])
+    assert reads.query(sql, {"a": "t"}) == [{"n": 2}]
+    store.command("SYSTEM FLUSH LOGS")  # no table the store can tell: every entry goes
+    hits = reads.hits
+    assert reads.query(sql, {"a": "t"}) == [{"n": 2}] and reads.hits == hits
+    assert read_tables("SELECT * FROM system.parts") is None
+    assert read_tables("SELECT 1") is None
+    assert read_tables("SELECT a FROM x FINAL JOIN y USING (a) WHERE b IN (SELECT b FROM z)") \
+        == {"x", "y", "z"}
+
+
 def test_read_cache_off_for_size_zero_and_for_stores_without_generation(store) -> None:
     from archwatch.store import ReadCache
 
@@ -137,7 +166,7 @@ def test_read_cache_off_for_size_zero_and_for_stores_without_generation(store) -
     assert [off.get_or_compute("k", compute) for _ in range(2)] == [1, 2]
 
     class Elsewhere:  # a server store: written by other processes
-        def generation(self) -> None:
+        def generation(self, tables: object = None) -> None:
             return None
 
     blind = ReadCache(Elsewhere())  # type: ignore[arg-type]
