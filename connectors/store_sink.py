@@ -200,6 +200,14 @@ class _Partition(StatelessSinkPartition[Any]):
             self._write_batch(items)
 
     def _write_batch(self, items: list[Any]) -> None:
+        recs = [x for x in items if type(x) is Reconcile]
+        if recs:
+            # A shard's Reconcile is its first output, and touches only rows of its own
+            # src, so the batch's Reconciles can go first, together: one read per table
+            # for every shard restarting at once (a live start restarts them all).
+            self.flush()
+            self.writer.drain()
+            reconcile_all(self.store, recs)
         tables = self.tables
         counts = self.counts
         for item in items:
@@ -218,10 +226,7 @@ class _Partition(StatelessSinkPartition[Any]):
             elif isinstance(item, Tick):
                 continue  # only gives the time-based flush below a chance
             elif isinstance(item, Reconcile):
-                self.flush()
-                self.writer.drain()
-                reconcile(self.store, item)
-                tables, counts = self.tables, self.counts
+                continue  # done above
             elif isinstance(item, Envelope):  # pragma: no cover - wiring error
                 raise TypeError("an applied event reached the sink unwritten")
         self.buffered += len(items)
@@ -266,28 +271,48 @@ _IDENTITY: dict[str, tuple[str, ...]] = {
 }
 
 
+def _tables_of(src: str) -> tuple[str, ...]:
+    """The tables a shard writes, by its src's kind: cases (c…) write all three; archive
+    numbers (a…) and receivers (r…) only anomalies. Unknown kinds: all, to be safe."""
+    return ("anomaly",) if src[:1] in ("a", "r") else tuple(_IDENTITY)
+
+
 def reconcile(store: Store, rec: Reconcile) -> None:
     """Make the store hold exactly ``rec.rows`` for shard ``rec.src`` (see Reconcile)."""
+    reconcile_all(store, [rec])
+
+
+def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
+    """:func:`reconcile` for several shards at once: one read per table for all of them."""
     from archwatch.engine import VersionClock
 
-    live: dict[str, set[tuple[object, ...]]] = {t: set() for t in _IDENTITY}
+    by_src = {r.src: r for r in recs}  # a shard reconciles once; the last one stands
+    live: dict[tuple[str, str], set[tuple[object, ...]]] = {}
     by_table: dict[str, list[dict[str, Any]]] = {}
-    for w in rec.rows:
-        by_table.setdefault(w.table, []).append(w.row)
-        if w.table in live:
-            live[w.table].add(tuple(w.row[c] for c in _IDENTITY[w.table]))
+    for rec in by_src.values():
+        for w in rec.rows:
+            by_table.setdefault(w.table, []).append(w.row)
+            if w.table in _IDENTITY:
+                live.setdefault((w.table, rec.src), set()).add(
+                    tuple(w.row[c] for c in _IDENTITY[w.table]))
     clock = VersionClock()
     kpi_rows: list[dict[str, Any]] = []  # kpi_task rows written: their items to recompute
     for table, cols in _IDENTITY.items():
-        extra = ", case_no" if rec.keep and "case_no" not in cols and table != "kpi_task" else ""
+        srcs = sorted(s for s in by_src if table in _tables_of(s))
+        if not srcs:
+            continue
+        extra = ", case_no" if "case_no" not in cols and table != "kpi_task" else ""
         stored = store.query(
-            f"SELECT {', '.join(cols)}{extra} FROM {table} FINAL WHERE src = {{src:String}}",
-            {"src": rec.src})
-        stale = [r for r in stored if tuple(r[c] for c in cols) not in live[table]
-                 and r.get("case_no") not in rec.keep]
-        if stale:
-            tombstones = [{**{c: r[c] for c in cols}, "src": rec.src, "version": clock.next(),
-                           "is_deleted": 1} for r in stale]
+            f"SELECT {', '.join(cols)}, src{extra} FROM {table} FINAL"
+            " WHERE src IN {srcs:Array(String)}", {"srcs": srcs})
+        tombstones = []
+        for r in stored:
+            rec = by_src[r["src"]]
+            if (tuple(r[c] for c in cols) not in live.get((table, rec.src), ())
+                    and r.get("case_no") not in rec.keep):
+                tombstones.append({**{c: r[c] for c in cols}, "src": rec.src,
+                                   "version": clock.next(), "is_deleted": 1})
+        if tombstones:
             store.insert(table, tombstones)
             if table == "kpi_task":
                 kpi_rows.extend(tombstones)
