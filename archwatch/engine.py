@@ -363,6 +363,25 @@ def _rest(summary: Summary | tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     return rest
 
 
+def _row_ident(c: Completion | None, rest: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """What :func:`~archwatch.rules.row_of` reads of a summary (completion and rest): two
+    rows are equal iff these are (the row holds the item's ten strings, the completion
+    time, the first receipt, the archive count, the status and the year of the
+    completion time)."""
+    if rest is None or c is None:
+        return None
+    return (c.item, c.completed_at, rest[0], rest[1], rest[2])
+
+
+def _kpi_ident(c: Completion | None, rest: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """What :func:`~archwatch.rules.kpi_of` reads of a summary: equal idents give equal
+    KPI parts (the item and the completion time make the group, names and cycle; then
+    first receipt, archived, succ, fail)."""
+    if rest is None or c is None:
+        return None
+    return (c.item, c.completed_at, rest[0], rest[3], rest[4], rest[5])
+
+
 _NO_ANOMALIES: dict[str, Anomaly] = {}  # read only: what a case without anomalies diffs from
 
 
@@ -495,29 +514,35 @@ class CaseShard(_Snapshottable):
         c = facts.completion
         prev_c = st.c_of
         rest = _rest(summary)
-        if rest is not st.written and rest != st.written or (c is not prev_c and c != prev_c):
-            # the row and the KPI part only change with the summary: built only now
-            before = st.summary
-            old_row, new_row = row_of(facts.case_no, before), row_of(facts.case_no, summary)
-            if new_row != old_row:
-                if old_row is not None and (
-                    new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row)
-                ):
-                    out.append(Write("case_state",
-                                     case_row(old_row, self.src, self.clock.next(), True)))
+        written = st.written
+        if rest is not written and rest != written or (c is not prev_c and c != prev_c):
+            # The row and the KPI part are functions of a few values of the summary (see
+            # _row_ident, _kpi_ident): compare those, and build the objects only for what
+            # changed (most re-evaluations change the row, far fewer the KPI part).
+            case_no = facts.case_no
+            if _row_ident(c, rest) != _row_ident(prev_c, written):
+                new_row = row_of(case_no, summary)
+                if written is not None and (new_row is None or c is not prev_c):
+                    # the sort key is the completion's: it can only move with it
+                    old_row = row_of(case_no, st.summary)
+                    assert old_row is not None
+                    if new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row):
+                        out.append(Write("case_state",
+                                         case_row(old_row, self.src, self.clock.next(), True)))
                 if new_row is not None:
                     out.append(Write("case_state", case_row(new_row, self.src, self.clock.next())))
-            old_kpi, new_kpi = kpi_of(before), kpi_of(summary)
-            if new_kpi != old_kpi:
-                if old_kpi is not None:
-                    self.kpi[old_kpi.key].apply(old_kpi, -1)
-                    dirty.add(old_kpi.key)
-                if new_kpi is not None:
-                    acc = self.kpi.get(new_kpi.key)
-                    if acc is None:
-                        acc = self.kpi[new_kpi.key] = KpiAcc()
-                    acc.apply(new_kpi, +1)
-                    dirty.add(new_kpi.key)
+            if _kpi_ident(c, rest) != _kpi_ident(prev_c, written):
+                old_kpi, new_kpi = kpi_of(st.summary), kpi_of(summary)
+                if new_kpi != old_kpi:
+                    if old_kpi is not None:
+                        self.kpi[old_kpi.key].apply(old_kpi, -1)
+                        dirty.add(old_kpi.key)
+                    if new_kpi is not None:
+                        acc = self.kpi.get(new_kpi.key)
+                        if acc is None:
+                            acc = self.kpi[new_kpi.key] = KpiAcc()
+                        acc.apply(new_kpi, +1)
+                        dirty.add(new_kpi.key)
             st.written = rest
         # receipts travel on to the archive-number stage (ARCHIVE_NO_CONFLICT)
         receipts = facts.receipts
