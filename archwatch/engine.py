@@ -433,21 +433,30 @@ class CaseShard(_Snapshottable):
         items = list(items)
         if self.evicted:
             self._reload(items)
+        cases = self.cases
+        max_seen = self.max_seen
         for item in items:
-            if isinstance(item, Watermark):
+            kind = type(item)
+            if kind is Envelope:
+                ev = item.event
+            elif kind is Watermark:
                 self.external_wm = max(self.external_wm, item.at)
                 continue
-            ev = item.event if isinstance(item, Envelope) else item
-            self.max_seen = max(self.max_seen, ev.occurredAt)
-            st = self.cases.get(ev.caseNo)
+            else:
+                ev = item
+            if ev.occurredAt > max_seen:
+                max_seen = ev.occurredAt
+            case_no = ev.caseNo
+            st = cases.get(case_no)
             if st is None:
-                st = self.cases[ev.caseNo] = CaseState(CaseFacts(ev.caseNo))
+                st = cases[case_no] = CaseState(CaseFacts(case_no))
                 if not self.src:
-                    self.src = "c" + shard_of(ev.caseNo, self.shards)
+                    self.src = "c" + shard_of(case_no, self.shards)
             if st.facts.add(ev):
-                touched.add(ev.caseNo)
+                touched.add(case_no)
                 if ev.type == "archive.received":
-                    new_receipts[ev.caseNo] = new_receipts.get(ev.caseNo, 0) + 1
+                    new_receipts[case_no] = new_receipts.get(case_no, 0) + 1
+        self.max_seen = max_seen
         wm = self.watermark
         heap = self.heap
         while heap and heap[0][0] < wm:

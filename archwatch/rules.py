@@ -262,8 +262,11 @@ class Anomaly:
         return self.resolved_at is None
 
 
-@dataclass(frozen=True, slots=True)
-class CaseRow:
+class CaseRow(NamedTuple):
+    """A case's row (case_state). A named tuple: one is built for every changed case,
+    and a tuple is built in C (a frozen dataclass sets each of its 16 fields through
+    ``object.__setattr__``)."""
+
     case_no: str
     task_id: str
     task_code: str
@@ -294,9 +297,8 @@ class KpiKey(NamedTuple):
     system_level: str
 
 
-@dataclass(frozen=True, slots=True)
-class KpiPart:
-    """One case's contribution to its KPI group (§5)."""
+class KpiPart(NamedTuple):
+    """One case's contribution to its KPI group (§5); a named tuple, like CaseRow."""
 
     key: KpiKey
     archived: int
@@ -367,12 +369,11 @@ def evaluate(f: CaseFacts, wm: int, sla: Sla) -> CaseResult:
 def row_of(case_no: str, s: Summary | None) -> CaseRow | None:
     if s is None:
         return None
-    c, first_at, n_archives, status = s[0], s[1], s[2], s[3]
-    return CaseRow(
-        case_no, c.task_id, c.task_code, c.task_name, c.dept_code, c.dept_name, c.qym,
-        c.area, c.system_code, c.system_name, c.system_level, c.completed_at, first_at,
-        n_archives, status, shanghai_year(c.completed_at),
-    )
+    c = s[0]
+    # the item is (task id, code, name, dept code, name, qym, area, system code, name,
+    # level): the row's columns in the row's order
+    return CaseRow(case_no, *c.item, c.completed_at, s[1], s[2], s[3],
+                   shanghai_year(c.completed_at))
 
 
 def kpi_of(s: Summary | None) -> KpiPart | None:
@@ -400,8 +401,8 @@ def _names_of(item: tuple[str, ...]) -> tuple[str, str, str, str, str]:
 
 
 def kpi_key(c: Completion) -> KpiKey:
-    return KpiKey(shanghai_year(c.completed_at), c.qym, c.dept_code, c.system_code,
-                  c.task_id, c.system_level)
+    item = c.item  # (year, qym, dept_code, system_code, task_id, system_level)
+    return KpiKey(shanghai_year(c.completed_at), item[5], item[3], item[7], item[0], item[9])
 
 
 def evaluate_summary(
