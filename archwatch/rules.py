@@ -344,14 +344,16 @@ def _instant(value: Any) -> int | None:
 def _meta_mismatch(meta: tuple[Any, Any, Any, int | None], c: Completion) -> bool:
     """The package's own metadata against the case; instants compare across offsets."""
     task_code, dept_code, qym, completed_at = meta
-    return (task_code != c.task_code or dept_code != c.dept_code or qym != c.qym
+    item = c.item  # (the properties are Python calls; this runs per receipt per evaluation)
+    return (task_code != item[1] or dept_code != item[3] or qym != item[5]
             or completed_at is None or completed_at != c.completed_at)
 
 
 def case_attrs(c: Completion | None) -> tuple[str, str, str, str]:
     if c is None:
         return ("", "", "", "")
-    return (c.qym, c.dept_code, c.system_code, c.task_code)
+    item = c.item  # qym, dept_code, system_code, task_code
+    return (item[5], item[3], item[7], item[1])
 
 
 Summary = tuple[Completion, int | None, int, str, int, int, int]

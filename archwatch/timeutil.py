@@ -73,6 +73,14 @@ def matched_ts(text: str) -> int:
     The epoch ms of the minute (date, hour, minute, offset) is looked up in a dict: a
     stream's timestamps share few minutes, and a dict hit is cheaper than the checks and
     the ``lru_cache`` call behind it."""
+    if len(text) == 29 and text[23] in "+-":
+        # the usual spelling, YYYY-MM-DDTHH:MM:SS.fff+hh:mm: a known minute and a
+        # second below 60 take one lookup and one int() (seconds and milliseconds)
+        base = _MINUTE_MS.get(text[:16] + text[23:])
+        if base is not None:
+            sms = int(text[17:19] + text[20:23])
+            if sms < 60_000:
+                return base + sms
     off = "Z" if text[-1] in "Zz" else text[-6:]
     ss = int(text[17:19])
     base = _MINUTE_MS.get(text[:16] + off)
