@@ -74,13 +74,15 @@ def matched_ts(text: str) -> int:
     stream's timestamps share few minutes, and a dict hit is cheaper than the checks and
     the ``lru_cache`` call behind it."""
     if len(text) == 29 and text[23] in "+-":
-        # the usual spelling, YYYY-MM-DDTHH:MM:SS.fff+hh:mm: a known minute and a
-        # second below 60 take one lookup and one int() (seconds and milliseconds)
-        base = _MINUTE_MS.get(text[:16] + text[23:])
-        if base is not None:
-            sms = int(text[17:19] + text[20:23])
-            if sms < 60_000:
-                return base + sms
+        # the usual spelling, YYYY-MM-DDTHH:MM:SS.fff+hh:mm: seconds and milliseconds in
+        # one int(); a leap second takes the general path below
+        sms = int(text[17:19] + text[20:23])
+        if sms < 60_000:
+            off = text[23:]
+            base = _MINUTE_MS.get(text[:16] + off)
+            if base is None:
+                base = _minute_ms(text, off, sms // 1000)
+            return base + sms
     off = "Z" if text[-1] in "Zz" else text[-6:]
     ss = int(text[17:19])
     base = _MINUTE_MS.get(text[:16] + off)
