@@ -74,15 +74,24 @@ def matched_ts(text: str) -> int:
     stream's timestamps share few minutes, and a dict hit is cheaper than the checks and
     the ``lru_cache`` call behind it."""
     if len(text) == 29 and text[23] in "+-":
-        # the usual spelling, YYYY-MM-DDTHH:MM:SS.fff+hh:mm: seconds and milliseconds in
-        # one int(); a leap second takes the general path below
+        # the usual spelling, YYYY-MM-DDTHH:MM:SS.fff+hh:mm: the hour's epoch ms from a
+        # dict (a replay's timestamps mostly fall in a new minute, but in few hours),
+        # seconds and milliseconds in one int(); a leap second or a minute out of range
+        # takes the general path below
+        mm = int(text[14:16])
         sms = int(text[17:19] + text[20:23])
-        if sms < 60_000:
-            off = text[23:]
-            base = _MINUTE_MS.get(text[:16] + off)
-            if base is None:
-                base = _minute_ms(text, off, sms // 1000)
-            return base + sms
+        if mm < 60 and sms < 60_000:
+            key = text[:13] + text[23:]
+            hour = _HOUR_MS.get(key)
+            if hour is None:
+                try:
+                    hour = _hour_ms(text[:13], text[23:])
+                except ValueError as exc:
+                    raise TimeFormatError(f"invalid timestamp {text!r}: {exc}") from None
+                if len(_HOUR_MS) >= 65_536:
+                    _HOUR_MS.clear()
+                _HOUR_MS[key] = hour
+            return hour + mm * 60_000 + sms
     off = "Z" if text[-1] in "Zz" else text[-6:]
     ss = int(text[17:19])
     base = _MINUTE_MS.get(text[:16] + off)
@@ -96,6 +105,7 @@ def matched_ts(text: str) -> int:
 
 
 _MINUTE_MS: dict[str, int] = {}
+_HOUR_MS: dict[str, int] = {}  # YYYY-MM-DDTHH±hh:mm -> epoch ms (matched_ts' shortcut)
 
 
 def _minute_ms(text: str, off: str, ss: int) -> int:
