@@ -99,3 +99,23 @@ def test_fast_path_taken_without_receipts(f: CaseFacts, data: st.DataObject) -> 
     anomalies, summary, deadline = evaluate_summary(f, wm, SLA)
     assert (anomalies, summary, deadline) == evaluate_summary_full(f, wm, SLA)
     assert summary is not None and summary[1] is None and summary[3] in ("PENDING", "MISSING")
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=fact_sets(), b=fact_sets(), data=st.data())
+def test_engine_compares_rows_and_kpi_parts_by_their_idents(
+    a: CaseFacts, b: CaseFacts, data: st.DataObject
+) -> None:
+    """CaseShard decides from (completion, rest of the summary) idents whether the row
+    and the KPI part changed, before building them: equal idents must mean equal objects
+    (and, for rows, different idents different rows, or a needless write)."""
+    from archwatch.engine import _kpi_ident, _rest, _row_ident
+    from archwatch.rules import kpi_of, row_of
+
+    sa = evaluate_summary(a, watermark(data, a), SLA)[1]
+    sb = evaluate_summary(b, watermark(data, b), SLA)[1]
+    ca, cb = (None if s is None else s[0] for s in (sa, sb))
+    ra, rb = _rest(sa), _rest(sb)
+    assert (_row_ident(ca, ra) == _row_ident(cb, rb)) == (row_of("C1", sa) == row_of("C1", sb))
+    if _kpi_ident(ca, ra) == _kpi_ident(cb, rb):
+        assert kpi_of(sa) == kpi_of(sb)
