@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from archwatch.kpi import KpiAcc
 from archwatch.models import Envelope, ReceiverHeartbeat
@@ -59,9 +59,9 @@ class Watermark:
     at: int
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One row for the store; ``table`` names the relation, ``row`` its columns."""
+class Write(NamedTuple):
+    """One row for the store; ``table`` names the relation, ``row`` its columns. A named
+    tuple (immutable, built in C): a few are made for every event."""
 
     table: str
     row: dict[str, Any]
