@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from archwatch.kpi import KpiAcc
 from archwatch.models import Envelope, ReceiverHeartbeat
@@ -59,9 +59,9 @@ class Watermark:
     at: int
 
 
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One row for the store; ``table`` names the relation, ``row`` its columns."""
+class Write(NamedTuple):
+    """One row for the store; ``table`` names the relation, ``row`` its columns. A named
+    tuple (immutable, built in C): a few are made for every event."""
 
     table: str
     row: dict[str, Any]
@@ -363,6 +363,25 @@ def _rest(summary: Summary | tuple[Any, ...] | None) -> tuple[Any, ...] | None:
     return rest
 
 
+def _row_ident(c: Completion | None, rest: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """What :func:`~archwatch.rules.row_of` reads of a summary (completion and rest): two
+    rows are equal iff these are (the row holds the item's ten strings, the completion
+    time, the first receipt, the archive count, the status and the year of the
+    completion time)."""
+    if rest is None or c is None:
+        return None
+    return (c.item, c.completed_at, rest[0], rest[1], rest[2])
+
+
+def _kpi_ident(c: Completion | None, rest: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+    """What :func:`~archwatch.rules.kpi_of` reads of a summary: equal idents give equal
+    KPI parts (the item and the completion time make the group, names and cycle; then
+    first receipt, archived, succ, fail)."""
+    if rest is None or c is None:
+        return None
+    return (c.item, c.completed_at, rest[0], rest[3], rest[4], rest[5])
+
+
 _NO_ANOMALIES: dict[str, Anomaly] = {}  # read only: what a case without anomalies diffs from
 
 
@@ -414,21 +433,30 @@ class CaseShard(_Snapshottable):
         items = list(items)
         if self.evicted:
             self._reload(items)
+        cases = self.cases
+        max_seen = self.max_seen
         for item in items:
-            if isinstance(item, Watermark):
+            kind = type(item)
+            if kind is Envelope:
+                ev = item.event
+            elif kind is Watermark:
                 self.external_wm = max(self.external_wm, item.at)
                 continue
-            ev = item.event if isinstance(item, Envelope) else item
-            self.max_seen = max(self.max_seen, ev.occurredAt)
-            st = self.cases.get(ev.caseNo)
+            else:
+                ev = item
+            if ev.occurredAt > max_seen:
+                max_seen = ev.occurredAt
+            case_no = ev.caseNo
+            st = cases.get(case_no)
             if st is None:
-                st = self.cases[ev.caseNo] = CaseState(CaseFacts(ev.caseNo))
+                st = cases[case_no] = CaseState(CaseFacts(case_no))
                 if not self.src:
-                    self.src = "c" + shard_of(ev.caseNo, self.shards)
+                    self.src = "c" + shard_of(case_no, self.shards)
             if st.facts.add(ev):
-                touched.add(ev.caseNo)
+                touched.add(case_no)
                 if ev.type == "archive.received":
-                    new_receipts[ev.caseNo] = new_receipts.get(ev.caseNo, 0) + 1
+                    new_receipts[case_no] = new_receipts.get(case_no, 0) + 1
+        self.max_seen = max_seen
         wm = self.watermark
         heap = self.heap
         while heap and heap[0][0] < wm:
@@ -495,29 +523,35 @@ class CaseShard(_Snapshottable):
         c = facts.completion
         prev_c = st.c_of
         rest = _rest(summary)
-        if rest is not st.written and rest != st.written or (c is not prev_c and c != prev_c):
-            # the row and the KPI part only change with the summary: built only now
-            before = st.summary
-            old_row, new_row = row_of(facts.case_no, before), row_of(facts.case_no, summary)
-            if new_row != old_row:
-                if old_row is not None and (
-                    new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row)
-                ):
-                    out.append(Write("case_state",
-                                     case_row(old_row, self.src, self.clock.next(), True)))
+        written = st.written
+        if rest is not written and rest != written or (c is not prev_c and c != prev_c):
+            # The row and the KPI part are functions of a few values of the summary (see
+            # _row_ident, _kpi_ident): compare those, and build the objects only for what
+            # changed (most re-evaluations change the row, far fewer the KPI part).
+            case_no = facts.case_no
+            if _row_ident(c, rest) != _row_ident(prev_c, written):
+                new_row = row_of(case_no, summary)
+                if written is not None and (new_row is None or c is not prev_c):
+                    # the sort key is the completion's: it can only move with it
+                    old_row = row_of(case_no, st.summary)
+                    assert old_row is not None
+                    if new_row is None or _case_sort_key(old_row) != _case_sort_key(new_row):
+                        out.append(Write("case_state",
+                                         case_row(old_row, self.src, self.clock.next(), True)))
                 if new_row is not None:
                     out.append(Write("case_state", case_row(new_row, self.src, self.clock.next())))
-            old_kpi, new_kpi = kpi_of(before), kpi_of(summary)
-            if new_kpi != old_kpi:
-                if old_kpi is not None:
-                    self.kpi[old_kpi.key].apply(old_kpi, -1)
-                    dirty.add(old_kpi.key)
-                if new_kpi is not None:
-                    acc = self.kpi.get(new_kpi.key)
-                    if acc is None:
-                        acc = self.kpi[new_kpi.key] = KpiAcc()
-                    acc.apply(new_kpi, +1)
-                    dirty.add(new_kpi.key)
+            if _kpi_ident(c, rest) != _kpi_ident(prev_c, written):
+                old_kpi, new_kpi = kpi_of(st.summary), kpi_of(summary)
+                if new_kpi != old_kpi:
+                    if old_kpi is not None:
+                        self.kpi[old_kpi.key].apply(old_kpi, -1)
+                        dirty.add(old_kpi.key)
+                    if new_kpi is not None:
+                        acc = self.kpi.get(new_kpi.key)
+                        if acc is None:
+                            acc = self.kpi[new_kpi.key] = KpiAcc()
+                        acc.apply(new_kpi, +1)
+                        dirty.add(new_kpi.key)
             st.written = rest
         # receipts travel on to the archive-number stage (ARCHIVE_NO_CONFLICT)
         receipts = facts.receipts

@@ -23,7 +23,7 @@ from archwatch.engine import (
     Watermark,
     Write,
 )
-from archwatch.models import Envelope, Reject, parse_record
+from archwatch.models import Envelope, parse_record
 from archwatch.rules import ReceiptFact
 from archwatch.settings import EngineSettings, shard_of
 
@@ -120,38 +120,50 @@ class Engine:
         return sh
 
     def feed(self, lines: Iterable[str]) -> None:
-        """One batch of input records, processed as the dataflow processes a batch."""
+        """One batch of input records, processed as the dataflow processes a batch: parse,
+        then each event-id shard classifies its events of the batch at once."""
         n = self.s.shards
         by_case: dict[str, list[Any]] = {}
         by_recv: dict[str, list[Any]] = {}
+        envs: list[Envelope] = []
+        dedup_keys: list[str] = []
+        per_dedup: dict[str, list[Envelope]] = {}
+        counts = self.counts
         for i, line in enumerate(lines):
-            self.counts["read"] += 1
+            counts["read"] += 1
             rec = parse_record(line, f"batch:{i}")
-            if isinstance(rec, Reject):
-                self.counts["rejected"] += 1
+            if type(rec) is not Envelope:
+                counts["rejected"] += 1
                 continue
-            assert isinstance(rec, Envelope)
-            d = self.dedup.get(shard_of(rec.event.eventId, n))
+            key = shard_of(rec.event.eventId, n)
+            envs.append(rec)
+            dedup_keys.append(key)
+            per_dedup.setdefault(key, []).append(rec)
+        statuses: dict[str, Any] = {}  # dedup key -> iterator over its events' statuses
+        for key, batch in per_dedup.items():
+            d = self.dedup.get(key)
             if d is None:
-                d = self.dedup[shard_of(rec.event.eventId, n)] = DedupShard(
-                    self.retirement, self.wall_ms)
-            status = d.classify(rec)
+                d = self.dedup[key] = DedupShard(self.retirement, self.wall_ms)
+            statuses[key] = iter(d.classify_batch(batch))
+        as_of = self.s.as_of
+        for rec, key in zip(envs, dedup_keys, strict=True):
+            status = next(statuses[key])
             if status == "duplicate":
-                self.counts["duplicate"] += 1
+                counts["duplicate"] += 1
                 continue
             if status == "reused":
-                self.counts["rejected"] += 1
+                counts["rejected"] += 1
                 continue
             ev = rec.event
-            if self.s.as_of is not None and ev.occurredAt > self.s.as_of:
-                self.counts["afterAsOf"] += 1
+            if as_of is not None and ev.occurredAt > as_of:
+                counts["afterAsOf"] += 1
                 continue
-            self.counts["applied"] += 1
-            d.logged(rec)
+            counts["applied"] += 1
+            self.dedup[key].logged(rec)
             if self.retirement is not None:
                 self.digests[ev.eventId] = rec.digest
-            self.max_seen = ev.occurredAt if self.max_seen is None else max(
-                self.max_seen, ev.occurredAt)
+            if self.max_seen is None or ev.occurredAt > self.max_seen:
+                self.max_seen = ev.occurredAt
             if ev.type in RECEIVER_TYPES:
                 by_recv.setdefault(shard_of(ev.receiverId, n), []).append(ev)
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import (
@@ -220,9 +220,9 @@ def _fast_event(etype: str, obj: dict[str, Any]) -> Event | None:
     return event  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """A validated event plus what the engine needs to count, dedup and log it."""
+class Envelope(NamedTuple):
+    """A validated event plus what the engine needs to count, dedup and log it. A named
+    tuple (immutable, built in C): one is made for every record."""
 
     event: Event
     raw: str  # the original record text, kept for the event log and rejects

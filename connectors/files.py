@@ -23,10 +23,12 @@ class _FilesPartition(StatefulSourcePartition[tuple[str, str], Position]):
         self.batch = batch
         self.progress = progress
         self.fh = None
+        self._name = ""
 
     def _open(self) -> None:
         self.fh = self.files[self.idx].open("rb")
         self.fh.seek(self.offset)
+        self._name = str(self.files[self.idx])  # formatted once, not per line
 
     def next_batch(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
@@ -51,7 +53,7 @@ class _FilesPartition(StatefulSourcePartition[tuple[str, str], Position]):
             text = raw.rstrip(b"\r\n")
             if not text.strip():
                 continue  # blank lines are skipped and not counted
-            pos = f"{self.files[self.idx]}:{self.line}"
+            pos = f"{self._name}:{self.line}"
             try:
                 out.append((text.decode("utf-8"), pos))
             except UnicodeDecodeError:
