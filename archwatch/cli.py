@@ -179,8 +179,9 @@ def _live_start(args: argparse.Namespace):
 def _exit_now(code: int) -> None:
     """Leave without the interpreter's teardown once a live run has stopped cleanly.
 
-    Every row is written by then (live writes are synchronous per batch, the DLQ is
-    flushed per batch, recovery snapshots are committed); what remains is the native
+    Every row is written by then (Bytewax closes the sink, which writes what it buffered
+    and waits; with recovery, writes are synchronous per batch and the snapshots are
+    committed; the DLQ is flushed per batch); what remains is the native
     threads of chDB, librdkafka and Bytewax, whose teardown order at interpreter exit
     has crashed the process (SIGSEGV) after a clean stop."""
     import os
