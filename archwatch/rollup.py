@@ -3,15 +3,19 @@
 ``kpi_task`` holds absolute partial totals, one row per (item, dataflow shard), which
 is what makes the sink idempotent (see :mod:`archwatch.kpi`). Every statistics read then
 has to collapse 32 rows per item with ``FINAL`` and sum them. ``kpi_item`` is that sum,
-written by whoever writes ``kpi_task``: after each write, the items it touched are
-recomputed from ``kpi_task FINAL`` by one ``INSERT ... SELECT`` (:func:`refresh`).
+written by whoever writes ``kpi_task``: after its writes, the items they touched are
+recomputed from ``kpi_task FINAL`` by one ``INSERT ... SELECT`` (:func:`refresh_range`).
+The store sink does it after every write by default, a replay once at its end, a live
+run at most once a second (``connectors/store_sink.py``), so ``kpi_item`` may trail
+``kpi_task`` by that much; :func:`rebuild` recomputes everything.
 
 Why recomputing is exact under concurrent writers (several workers' sinks, or processes
 of a cluster, write partials of the same item at once): each recompute is versioned with
 its statement's start time, taken by ClickHouse before it reads. Take the recompute R
-with the highest version. Every write W of a partial finished before W's own recompute
-started, so before R started (R's version is the highest), so before R read: R saw
-every partial written so far, and ReplacingMergeTree keeps R. An item whose partials
+with the highest version. Every write W of a partial finished before the recompute that
+covers W started, so before R started (R's version is the highest), so before R read: R
+saw every partial written so far, and ReplacingMergeTree keeps R. (A partial replaced
+before its recompute ran is covered by the recompute of the row that replaced it.) An item whose partials
 are all withdrawn gets a tombstone (``is_deleted``) from the same statement, so a
 recompute never leaves a stale row behind. Re-running a recompute (at-least-once
 output) only writes the same sums again, newer.
@@ -38,6 +42,7 @@ _KEY = ", ".join(ITEM_KEY)
 # to recompute, which is harmless.
 _TOUCHED = (f"SELECT DISTINCT {_KEY} FROM kpi_task"
             " WHERE version BETWEEN {lo:UInt64} AND {hi:UInt64}")
+
 _REFRESH = f"""
 INSERT INTO kpi_item ({', '.join(ITEM_KEY + _NAMES + _SUMS)},
                       last_receive, last_update, version, is_deleted)
