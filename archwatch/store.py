@@ -140,6 +140,8 @@ def read_tables(sql: str) -> frozenset[str] | None:
     if not names or any("." in n for n in names):
         return None
     return names
+
+
 # First words of statements that cannot change a store's data; anything else counts as a write.
 _READ_WORDS = ("SELECT", "WITH", "SHOW", "DESC", "EXPLAIN", "EXISTS", "(")
 
