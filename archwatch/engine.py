@@ -94,11 +94,6 @@ class Registrations:
 
 
 @dataclass(frozen=True, slots=True)
-class Tick:
-    """Wall-clock tick forwarded to the sink (live): lets it flush on time when idle."""
-
-
-@dataclass(frozen=True, slots=True)
 class Count:
     """A tally for the replay report (duplicate, afterAsOf), or with a ``stage:`` kind,
     how many items a keyed step has processed: counted by the sink once the rows emitted

@@ -27,7 +27,7 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from archwatch import metrics, rollup
-from archwatch.engine import Count, Reconcile, Tick, Write
+from archwatch.engine import Count, Reconcile, Write
 from archwatch.models import Envelope, Reject
 from archwatch.store import Store
 
@@ -84,8 +84,8 @@ class _Writer:
         self.queue.put((tables, rejects, counts))
 
     def refresh_due(self) -> bool:
-        """Rows summed late enough to refresh now (checked on the live wall-clock ticks, so
-        that an idle flow still catches up)."""
+        """Rows summed late enough to refresh now (checked by the partition's flusher
+        thread too, so that an idle flow still catches up)."""
         return (self.pending is not None and self.refresh_every is not None
                 and not self.requested
                 and time.monotonic() - self.refreshed >= self.refresh_every)
@@ -174,9 +174,9 @@ class _Partition(StatelessSinkPartition[Any]):
         self.buffered = 0
         self.since = time.monotonic()
         self.writer = _Writer(store, tally, on_rejects, refresh_every=refresh_every)
-        # The buffer is flushed (and kpi_item refreshed) on time by a thread of its own:
-        # the live wall-clock ticks reach one worker's partition only, and a partition whose
-        # input went quiet must still write its last rows within max_delay.
+        # The buffer is flushed (and kpi_item refreshed) on time by a thread of its own: a
+        # partition whose input went quiet gets no more write_batch calls, and must still
+        # write its last rows within max_delay.
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_on_time, name="sink-flusher",
@@ -188,7 +188,7 @@ class _Partition(StatelessSinkPartition[Any]):
         while not self._stop.wait(every):
             try:
                 with self._lock:
-                    if self.buffered and time.monotonic() - self.since >= self.max_delay:
+                    if self._aged():
                         self.flush()
                 if self.writer.refresh_due():
                     self.writer.request_refresh()
@@ -223,8 +223,6 @@ class _Partition(StatelessSinkPartition[Any]):
                 counts["rejected"] += 1
             elif isinstance(item, Count):
                 counts[item.kind] += item.n
-            elif isinstance(item, Tick):
-                continue  # only gives the time-based flush below a chance
             elif isinstance(item, Reconcile):
                 continue  # done above
             elif isinstance(item, Envelope):  # pragma: no cover - wiring error
@@ -233,9 +231,12 @@ class _Partition(StatelessSinkPartition[Any]):
         if self.synchronous:
             self.flush()
             self.writer.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
-        elif self.buffered >= self.max_rows or (
-                self.buffered and time.monotonic() - self.since >= self.max_delay):
+        elif self.buffered >= self.max_rows or self._aged():
             self.flush()
+
+    def _aged(self) -> bool:
+        """Rows buffered for max_delay: due to be written (whatever the input does)."""
+        return bool(self.buffered) and time.monotonic() - self.since >= self.max_delay
 
     def flush(self) -> None:
         """Hand the buffer to the writer thread (inserts overlap the dataflow's work:
@@ -277,13 +278,9 @@ def _tables_of(src: str) -> tuple[str, ...]:
     return ("anomaly",) if src[:1] in ("a", "r") else tuple(_IDENTITY)
 
 
-def reconcile(store: Store, rec: Reconcile) -> None:
-    """Make the store hold exactly ``rec.rows`` for shard ``rec.src`` (see Reconcile)."""
-    reconcile_all(store, [rec])
-
-
 def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
-    """:func:`reconcile` for several shards at once: one read per table for all of them."""
+    """Make the store hold exactly ``rec.rows`` for each shard ``rec.src`` (see Reconcile),
+    with one read per table for all of them."""
     from archwatch.engine import VersionClock
 
     by_src = {r.src: r for r in recs}  # a shard reconciles once; the last one stands

@@ -46,7 +46,6 @@ from archwatch.engine import (
     Reconcile,
     Registrations,
     Retirement,
-    Tick,
     VersionClock,
     Watermark,
     Write,
@@ -282,13 +281,11 @@ def build_flow(
 
     maxima = op.flat_map_batch("batch_max", deduped, batch_max)
     clock_in = maxima
-    sink_ticks: list[Any] = []
     if ticks is not None:
         tick_stream = op.input("ticks", flow, ticks)
         wall = op.map("wall", tick_stream,
                       lambda t: (CLOCK_KEY, ("wall", int(t.timestamp() * 1000))))
         clock_in = op.merge("clock_in", maxima, wall)
-        sink_ticks.append(op.map("sink_tick", tick_stream, lambda _t: Tick()))
     marks = op.key_rm("clock_out", op.stateful_batch(
         "clock", clock_in,
         _ShardLogic.builder(lambda: _Clock(settings), eof=lambda c: c.end(), recovery=rec),
@@ -341,7 +338,7 @@ def build_flow(
     ), _values)
 
     everything = op.merge(
-        "all_out", to_sink, case_rows, archive_rows, recv_rows, *sink_ticks,
+        "all_out", to_sink, case_rows, archive_rows, recv_rows,
     )
     op.output("store", everything, sink)
     return flow
