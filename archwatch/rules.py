@@ -562,11 +562,7 @@ def evaluate_summary_full(
         deadline = received + sla.backup
         if (first_backup is None or first_backup > deadline) and fired(deadline):
             add("NOT_BACKED_UP", archive_no, "", deadline, first_backup)
-        if len(backups) == 1:
-            b = backups[0]
-            if b.value != first.package_sha:
-                add("BACKUP_HASH_MISMATCH", archive_no, b.key, max(b.at, received), None)
-        elif backups:
+        if backups:
             earliest: dict[str, Step] = {}
             for b in backups:  # one per backupId, from its earliest event
                 cur = earliest.get(b.key)
