@@ -32,7 +32,13 @@ from tests.kafka_helpers import (
     positions,
     prefix_for,
 )
-from tests.test_kafka import assert_same, broker, replay_tables, workload  # noqa: F401
+from tests.test_kafka import (  # noqa: F401
+    assert_same,
+    broker,
+    produce_first_half,
+    replay_tables,
+    workload,
+)
 
 pytestmark = pytest.mark.kafka
 PASSWORD = "cluster-test-secret"
@@ -137,11 +143,7 @@ def test_two_processes_give_the_tables_of_one(broker: str, workload: Any,  # noq
 def test_restart_of_one_process(broker: str, workload: Any, tmp_path: Path) -> None:  # noqa: F811
     out, _truth = workload
     prefix = prefix_for("clusterkill")
-    lines = (out / "events.jsonl").read_text().splitlines()
-    half = len(lines) // 2
-    ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
-    create_topics(ks, 4)
-    produce_lines(lines[:half], ks)
+    lines, half, ks = produce_first_half(broker, out, prefix, 4)
     batch = replay_tables(out, tmp_path)
     server = StoreServer(tmp_path)
     receivers = out / "receivers.json"

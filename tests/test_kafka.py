@@ -104,15 +104,23 @@ def test_live_equals_replay_and_poison_goes_to_dlq(broker: str, workload: Any,
     assert any(b"not valid JSON" in dict(m.headers())["reason"] for m in dlq)
 
 
+def produce_first_half(broker: str, out: Path, prefix: str,
+                       partitions: int) -> tuple[list[str], int, KafkaSettings]:
+    """Topics for ``prefix``, and the first half of the workload's lines produced to them
+    (the rest is for the test to send while a run is under way): lines, half, settings."""
+    lines = (out / "events.jsonl").read_text().splitlines()
+    half = len(lines) // 2
+    ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
+    create_topics(ks, partitions)
+    produce_lines(lines[:half], ks)
+    return lines, half, ks
+
+
 def test_sigkill_mid_stream_and_restart_gives_identical_tables(broker: str, workload: Any,
                                                                tmp_path: Path) -> None:
     out, truth = workload
     prefix = prefix_for("crash")
-    lines = (out / "events.jsonl").read_text().splitlines()
-    half = len(lines) // 2
-    ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
-    create_topics(ks, 3)
-    produce_lines(lines[:half], ks)
+    lines, half, ks = produce_first_half(broker, out, prefix, 3)
     flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "0.5")
     aw = Archwatch(tmp_path, prefix, *flags).start()
     poll(lambda: aw.metrics().get('archwatch_events_total{outcome="applied"}', 0) > half // 3,
