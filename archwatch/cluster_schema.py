@@ -39,6 +39,8 @@ SHARDING_KEYS: dict[str, str] = {
     "case_state": "cityHash64(case_no)",
     # receiver anomalies (RECEIVER_DOWN) have an empty case_no: shard them by receiver
     "anomaly": "cityHash64(if(case_no = '', receiver_id, case_no))",
+    # 0013's new layout of anomaly, before it is swapped in: the same rows, the same shards
+    "anomaly_next": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # append-only transitions of an anomaly, beside the anomaly itself; the live feed reads
     # WHERE seq > cursor ORDER BY seq across all shards
     "anomaly_feed": "cityHash64(if(case_no = '', receiver_id, case_no))",
@@ -90,6 +92,8 @@ _ALTER = re.compile(r"^ALTER\s+TABLE\s+" + _NAME + r"\s+(?P<cmds>.+)$", re.I | r
 _DROP = re.compile(r"^DROP\s+TABLE\s+(?P<ie>IF\s+EXISTS\s+)?" + _NAME + r"\s*$", re.I | re.S)
 _INSERT_SELECT = re.compile(r"^INSERT\s+INTO\s+" + _NAME + r"(?=\s*(\(|SELECT\b))",
                             re.I | re.S)
+_EXCHANGE = re.compile(r"^EXCHANGE\s+TABLES\s+" + _NAME.replace("name", "a") + r"\s+AND\s+"
+                       + _NAME.replace("name", "b") + r"\s*$", re.I | re.S)
 _FROM_TABLE = re.compile(r"(\bFROM\s+)([A-Za-z_][A-Za-z0-9_.]*)", re.I)
 _ENGINE = re.compile(r"^\s*ENGINE\s*=\s*(?P<engine>[A-Za-z_][A-Za-z0-9_]*)\s*", re.I | re.S)
 _COLUMN_CMD = re.compile(r"^(ADD|DROP|MODIFY|RENAME|COMMENT)\s+COLUMN\b", re.I)
@@ -288,11 +292,27 @@ def _insert_select(stmt: str, m: re.Match[str], db: str) -> str:
     """A backfill (``INSERT INTO t SELECT ... FROM s ...``) runs once, from one node,
     through the Distributed tables: the insert is routed by ``t``'s sharding key, and
     ``FINAL`` applies per shard, which is right because every version of a row lives on
-    one shard. Only the two table names are qualified with the database."""
+    one shard. Only the two table names are qualified with the database. In the
+    foreground: a Distributed insert otherwise queues its rows on this node and sends
+    them later, to whatever table then has the target's ``_local`` name (after 0013's
+    swap, the old layout, about to be dropped)."""
     target = _table_name(m.group("name"), db)
     body = _FROM_TABLE.sub(lambda f: f"{f.group(1)}{db}.{_table_name(f.group(2), db)}",
                            stmt[m.end():])
-    return f"INSERT INTO {db}.{target}{body}"
+    return f"INSERT INTO {db}.{target} SETTINGS distributed_foreground_insert = 1{body}"
+
+
+def _exchange(m: re.Match[str], cluster: str, db: str) -> str:
+    """A swap of two tables (a new layout taking an old one's place) swaps what they
+    hold: on every node, the ``_local`` tables. Each Distributed table reads its
+    ``_local`` table by name, so it then reads the other's rows; the two must be both
+    distributed or both not. The replicas' Keeper paths travel with the tables: the
+    swapped-in ``anomaly_local`` keeps ``…/anomaly_next_local``'s (never reuse that name)."""
+    a, b = (_table_name(m.group(g), db) for g in ("a", "b"))
+    if (a in NOT_DISTRIBUTED) != (b in NOT_DISTRIBUTED):
+        raise ClusterSchemaError(f"EXCHANGE TABLES {a} AND {b}: one is not distributed")
+    suffix = "" if a in NOT_DISTRIBUTED else "_local"
+    return f"EXCHANGE TABLES {db}.{a}{suffix} AND {db}.{b}{suffix} ON CLUSTER {cluster}"
 
 
 def _drop(m: re.Match[str], cluster: str, db: str) -> list[str]:
@@ -322,6 +342,8 @@ def cluster_statements(migration_sql: str, cluster: str = "archwatch",
             out.extend(_drop(m, cluster, database))
         elif m := _INSERT_SELECT.match(stmt):
             out.append(_insert_select(stmt, m, database))
+        elif m := _EXCHANGE.match(stmt):
+            out.append(_exchange(m, cluster, database))
         else:
             raise ClusterSchemaError(
                 "no cluster translation for this statement (extend archwatch/"

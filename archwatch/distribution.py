@@ -53,6 +53,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from archwatch.engine import VersionClock
+from archwatch.lookups import RECEIVER_DOWN, RECEIVER_DOWN_KEYS
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.store import Store
 from archwatch.timeutil import SHANGHAI, ch_time, now_ms, parse_duration, to_iso_utc
@@ -470,8 +471,8 @@ def receivers_by_qym(regs: dict[str, ReceiverEntry], endpoints: dict[str, str]
 def down_receivers(store: Store) -> set[str]:
     """Receivers with an open RECEIVER_DOWN anomaly."""
     return {r["receiver_id"] for r in store.query(
-        "SELECT DISTINCT receiver_id FROM anomaly FINAL WHERE code = 'RECEIVER_DOWN'"
-        " AND resolved_at IS NULL")}
+        f"SELECT DISTINCT receiver_id FROM anomaly FINAL WHERE {RECEIVER_DOWN_KEYS}"
+        f" AND {RECEIVER_DOWN} AND resolved_at IS NULL")}
 
 
 # ---------------------------------------------------------------------------

@@ -150,8 +150,21 @@ def case_row(r: CaseRow, src: str, version: int, deleted: bool = False) -> dict[
     }
 
 
+# Each table's row identity: its ReplacingMergeTree ORDER BY (tests/test_store.py checks
+# them against the migrated schema). A row whose key moves needs a tombstone under the old
+# key (case_state: a moved completion; anomaly: a moved opened_at); the restart reconcile
+# and the test harness's model of FINAL match rows by these.
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "anomaly": ("opened_at", "anomaly_id"),
+    "case_state": ("year", "qym", "dept_code", "task_id", "case_no"),
+    "kpi_task": ("year", "qym", "dept_code", "system_code", "task_id", "system_level", "src"),
+    "event_log": ("entity", "occurred_at", "event_id"),
+    "receiver_status": ("receiver_id",),
+}
+
+
 def _case_sort_key(r: CaseRow) -> tuple[Any, ...]:
-    # must mirror case_state's ORDER BY: a changed key needs a tombstone under the old key
+    # case_state's TABLE_KEYS, from the row object (before building the dict)
     return (r.year, r.qym, r.dept_code, r.task_id, r.case_no)
 
 
@@ -172,6 +185,9 @@ def diff_anomalies(
     for aid, a in new.items():
         old = prev.get(aid)
         if old != a:
+            if old is not None and old.opened_at != a.opened_at:
+                # the table's key is (opened_at, anomaly_id): the old key needs a tombstone
+                out.append(Write("anomaly", anomaly_row(old, src, clock.next(), deleted=True)))
             v = clock.next()
             kind = ("opened" if old is None else
                     "resolved" if old.resolved_at is None and a.resolved_at is not None else

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from archwatch.engine import (
+    TABLE_KEYS,
     ArchiveNoShard,
     CaseShard,
     Count,
@@ -29,15 +30,9 @@ from archwatch.settings import EngineSettings, shard_of
 
 RECEIVER_TYPES = {"receiver.heartbeat", "interface.error"}
 
-# The identity of a row in each table (its ReplacingMergeTree ORDER BY key).
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "anomaly": ("code", "anomaly_id"),
-    "case_state": ("year", "qym", "dept_code", "task_id", "case_no"),
-    "kpi_task": ("year", "qym", "dept_code", "system_code", "task_id", "system_level", "src"),
-    "event_log": ("entity", "occurred_at", "event_id"),
-    "receiver_status": ("receiver_id",),
-    "anomaly_feed": ("seq",),
-}
+# The identity of a row in each table (its ReplacingMergeTree ORDER BY key); the feed's
+# rows are appended, each transition its own.
+FINAL_KEYS: dict[str, tuple[str, ...]] = {**TABLE_KEYS, "anomaly_feed": ("seq",)}
 
 
 class FinalTables:
@@ -47,7 +42,7 @@ class FinalTables:
         self.rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
 
     def apply(self, w: Write) -> None:
-        key = tuple(w.row[k] for k in TABLE_KEYS[w.table])
+        key = tuple(w.row[k] for k in FINAL_KEYS[w.table])
         per = self.rows.setdefault(w.table, {})
         cur = per.get(key)
         if cur is None or w.row.get("version", 0) >= cur.get("version", 0):

@@ -27,9 +27,10 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from archwatch import metrics, rollup
-from archwatch.engine import Count, Reconcile, Write
+from archwatch.engine import TABLE_KEYS, Count, Reconcile, Write
 from archwatch.models import Envelope, Reject
 from archwatch.store import Store
+from archwatch.timeutil import ch_time
 
 RejectHandler = Callable[[list[Reject]], None]
 
@@ -264,12 +265,12 @@ class _Partition(StatelessSinkPartition[Any]):
         self.writer.close()
 
 
-# Each table's identity (its ORDER BY) and how to write a tombstone for it.
+# The tables a restart reconciles, by their identity (engine.TABLE_KEYS: the ORDER BY).
 _IDENTITY: dict[str, tuple[str, ...]] = {
-    "anomaly": ("code", "anomaly_id"),
-    "case_state": ("year", "qym", "dept_code", "task_id", "case_no"),
-    "kpi_task": ("year", "qym", "dept_code", "system_code", "task_id", "system_level", "src"),
-}
+    t: TABLE_KEYS[t] for t in ("anomaly", "case_state", "kpi_task")}
+# Key columns of type DateTime64: read back as epoch ms, compared and written as the
+# engine's rows carry them (timeutil.ch_time text).
+_TIME_KEYS = frozenset({"opened_at"})
 
 
 def _tables_of(src: str) -> tuple[str, ...]:
@@ -299,11 +300,15 @@ def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
         if not srcs:
             continue
         extra = ", case_no" if "case_no" not in cols and table != "kpi_task" else ""
+        select = ", ".join(f"toUnixTimestamp64Milli({c}) AS {c}" if c in _TIME_KEYS else c
+                           for c in cols)
         stored = store.query(
-            f"SELECT {', '.join(cols)}, src{extra} FROM {table} FINAL"
+            f"SELECT {select}, src{extra} FROM {table} FINAL"
             " WHERE src IN {srcs:Array(String)}", {"srcs": srcs})
         tombstones = []
         for r in stored:
+            for c in _TIME_KEYS.intersection(cols):
+                r[c] = ch_time(r[c])
             rec = by_src[r["src"]]
             if (tuple(r[c] for c in cols) not in live.get((table, rec.src), ())
                     and r.get("case_no") not in rec.keep):

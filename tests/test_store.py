@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from archwatch.engine import TABLE_KEYS
 from archwatch.migrate import Migration, load_migrations, migrate, split_statements
 from archwatch.store import StoreError
 
@@ -61,6 +62,15 @@ def test_migrations_apply_once_and_refuse_edits(store) -> None:
     with pytest.raises(Exception, match="changed after it was applied"):
         migrate(store)
     assert edited.checksum != m.checksum
+
+
+def test_row_keys_are_the_migrated_sorting_keys(store) -> None:
+    """The engine's tombstones, the restart reconcile and the harness's model of FINAL
+    match rows by engine.TABLE_KEYS: they must be what the tables are ordered by."""
+    migrate(store)
+    keys = {r["name"]: r["sorting_key"] for r in store.query(
+        "SELECT name, sorting_key FROM system.tables WHERE database = currentDatabase()")}
+    assert {t: keys.get(t) for t in TABLE_KEYS} == {t: ", ".join(k) for t, k in TABLE_KEYS.items()}
 
 
 def test_statement_splitting_respects_quotes_and_comments() -> None:

@@ -8,11 +8,14 @@ from typing import Annotated, Any
 
 from archwatch.api.auth import KPI_COLUMNS, Principal, ReaderDep
 from archwatch.api.deps import PageDep, ReadsDep
+from archwatch.api.errors import ApiError
 from archwatch.api.models import AnomalyOut, AnomalySummary, Paged
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out, page_total
 from fastapi import APIRouter, Depends, Query
 
+from archwatch.lookups import anomaly_keys_in
 from archwatch.rules import CLASS_OF_CODE
+from archwatch.store import Reader
 
 router = APIRouter(prefix="/api/v1/anomalies", tags=["anomalies"])
 
@@ -63,16 +66,17 @@ class AnomalyFilter:
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
         if caseNo is not None:  # its keys from raw rows (p_case_no), so FINAL reads only them
-            self.parts.append("(code, anomaly_id) IN (SELECT code, anomaly_id FROM anomaly"
-                              " WHERE case_no = {case:String})")
+            self.parts.append(anomaly_keys_in("case_no = {case:String}"))
+        self.opened_to = ""  # the list's first window ends here (openedTo, else the newest)
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):
             if value is not None:
                 if value.tzinfo is None:
-                    from archwatch.api.errors import ApiError
-
                     raise ApiError(400, "invalid_parameter", f"{name}: timestamp needs an offset")
-                self._add(f"toUnixTimestamp64Milli(opened_at) {op} {{{name}:Int64}}",
-                          **{name: int(value.timestamp() * 1000)})
+                # a bound on the key itself (not on a function of it): a key-range read
+                cond = f"opened_at {op} fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC')"
+                self._add(cond, **{name: int(value.timestamp() * 1000)})
+                if op == "<":
+                    self.opened_to = f" WHERE {cond}"
 
         self.requested = {"qym": qym, "deptCode": deptCode, "systemCode": systemCode}
 
@@ -94,18 +98,39 @@ class AnomalyFilter:
 FilterDep = Annotated[AnomalyFilter, Depends()]
 
 
+# The list's windows back from the newest anomaly, in days; then everything.
+WINDOW_DAYS = (1, 8, 64, 512)
+
+
 @router.get("", response_model=Paged[AnomalyOut])
 def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
                    f: FilterDep) -> Paged[AnomalyOut]:
     """Anomalies, newest first, filtered by code, class, status, area and time."""
     where, params = f.scoped(p)
-    rows = store.query(
-        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL"
-        f" WHERE {where} ORDER BY opened_at DESC, anomaly_id"
-        f" LIMIT {page.size} OFFSET {page.offset}", params)
+    rows = newest_first(store, where, params, f.opened_to, page.size, page.offset)
     total = page_total(store, rows, page, f"anomaly FINAL WHERE {where}", params)
     return Paged[AnomalyOut](total=total, pageNo=page.no, pageSize=page.size,
                              items=[AnomalyOut(**anomaly_out(r)) for r in rows])
+
+
+def newest_first(store: Reader, where: str, params: dict[str, Any], opened_to: str,
+                 size: int, offset: int) -> list[dict[str, Any]]:
+    """A page of ``anomaly FINAL WHERE {where}``, newest first, read from a window of the
+    newest keys (``anomaly`` is ordered by opened_at, 0013), widened until it holds the
+    page. Exact: a full page from ``opened_at >= t`` is the page of the whole table, since
+    every row outside the window opened before every row in it; and every version of a
+    key shares its opened_at, so FINAL over a key range is FINAL restricted to it."""
+    def page(window: str) -> list[dict[str, Any]]:
+        return store.query(
+            f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE {where}{window}"
+            f" ORDER BY opened_at DESC, anomaly_id LIMIT {size} OFFSET {offset}", params)
+
+    for days in WINDOW_DAYS:
+        rows = page(f" AND opened_at >= (SELECT max(opened_at) FROM anomaly{opened_to})"
+                    f" - toIntervalDay({days})")
+        if len(rows) == size:
+            return rows
+    return page("")
 
 
 @router.get("/summary", response_model=AnomalySummary)

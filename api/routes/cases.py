@@ -9,12 +9,12 @@ from typing import Annotated
 from archwatch.api.auth import KPI_COLUMNS, ReaderDep
 from archwatch.api.deps import ReadsDep
 from archwatch.api.errors import ApiError
-from archwatch.api.lookups import ANOMALY_KEYS_IN, CASE_KEYS_IN, anomaly_key_sets, case_key_sets
 from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
 from archwatch.api.routes.stats import case_out
 from fastapi import APIRouter, Query
 
+from archwatch.lookups import CASE_KEYS_IN, anomaly_keys_in, case_key_sets
 from archwatch.timeutil import to_iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -26,7 +26,7 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
     # The case's sorting keys first, from its raw rows through the p_case_no projection
-    # (0012), then FINAL over exactly those keys: two primary-key reads (api/lookups.py).
+    # (0012), then FINAL over exactly those keys: two primary-key reads (archwatch/lookups.py).
     keys = case_key_sets(store, "case_no = {c:String}", {"c": caseNo})
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
@@ -40,11 +40,10 @@ def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
     visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
     if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    akeys = anomaly_key_sets(store, caseNo)  # keys from raw rows (p_case_no), as above
-    anomalies = store.query(
-        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE {ANOMALY_KEYS_IN}"
-        " AND case_no = {c:String} ORDER BY opened_at, code",
-        {"c": caseNo, **akeys}) if akeys["k_ids"] else []
+    anomalies = store.query(  # keys from raw rows (p_case_no), as above
+        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL"
+        f" WHERE {anomaly_keys_in('case_no = {c:String}')} AND case_no = {{c:String}}"
+        " ORDER BY opened_at, code", {"c": caseNo})
     return CaseTrace(
         caseNo=caseNo,
         case=case_out(states[0]) if states else None,

@@ -16,6 +16,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from archwatch.accounts import Role
+from archwatch.distribution import down_receivers
+from archwatch.lookups import RECEIVER_DOWN, anomaly_keys_in
 from archwatch.receivers import MAX_WINDOWS, check_at, in_maintenance, parse_registration
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.timeutil import DAY_MS, SHANGHAI, now_ms, to_iso_utc
@@ -95,9 +97,7 @@ def list_receivers(store: StoreDep, p: ReaderDep, request: Request) -> list[dict
     status = {r["receiver_id"]: r for r in store.query(
         "SELECT receiver_id, qym, toUnixTimestamp64Milli(last_beat_at) AS last, beats,"
         " toUnixTimestamp64Milli(alert_after) AS alert_after FROM receiver_status FINAL")}
-    open_down = {r["receiver_id"] for r in store.query(
-        "SELECT DISTINCT receiver_id FROM anomaly FINAL WHERE code = 'RECEIVER_DOWN'"
-        " AND resolved_at IS NULL")}
+    open_down = down_receivers(store)
     now = now_ms()
     wm = now - request.app.state.settings.lateness_ms
     out = []
@@ -200,8 +200,10 @@ def uptime(receiverId: RID, store: StoreDep, p: ReaderDep,  # noqa: N803
         raise ApiError(400, "invalid_parameter", "from..to: at most 366 days, in order")
     rows = store.query(
         "SELECT toUnixTimestamp64Milli(opened_at) AS o, toUnixTimestamp64Milli(resolved_at) AS r"
-        " FROM anomaly FINAL WHERE code = 'RECEIVER_DOWN' AND receiver_id = {r:String}"
-        " ORDER BY opened_at", {"r": receiverId})
+        " FROM anomaly FINAL WHERE"
+        f" {anomaly_keys_in(RECEIVER_DOWN + ' AND receiver_id = {r:String}')}"
+        f" AND {RECEIVER_DOWN} AND receiver_id = {{r:String}} ORDER BY opened_at",
+        {"r": receiverId})
     now = now_ms()
     intervals = [(r["o"], r["r"] if r["r"] is not None else now) for r in rows]
     days = []

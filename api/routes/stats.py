@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 from archwatch.api.auth import Principal, ReaderDep
 from archwatch.api.deps import PageDep, ReadsDep
-from archwatch.api.lookups import ITEM_PREFIX_IN, item_prefix_sets
 from archwatch.api.models import CaseOut, KpiGroup, Paged
 from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups, where_of
 from fastapi import APIRouter, Query
 
+from archwatch.lookups import ITEM_PREFIX_IN, item_prefix_sets
 from archwatch.timeutil import to_iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["statistics"])

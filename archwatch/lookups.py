@@ -1,11 +1,12 @@
 """Primary-key reads of ``case_state`` and ``anomaly`` rows found by a column that is not
-their sorting key's prefix (issue #10, query latency).
+their sorting key's prefix (issue #10, query latency). Here, not under ``api/``: the
+distribution queue asks the same questions.
 
 ``FINAL`` (the current row of each key) cannot use a projection, and a filter on a column
 past the key's prefix makes it read every part's rows. So each read here runs in two steps:
 
 1. the sorting keys, from the *raw* rows (every version and tombstone, no ``FINAL``)
-   through a projection of migration 0012 — a superset of the current rows' keys, since
+   through a projection (migrations 0012, 0013) — a superset of the current rows' keys, since
    the current row of a key is one of its raw rows;
 2. ``FINAL`` over exactly those keys, with the caller's filter applied again: a
    primary-key read of a few granules.
@@ -59,13 +60,17 @@ ITEM_PREFIX_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String
                   " AND dept_code IN {k_dept:Array(String)}")
 
 
-def anomaly_key_sets(store: Reader, case_no: str) -> dict[str, list[str]]:
-    """The (code, anomaly_id) keys of the raw ``anomaly`` rows of one case (``p_case_no``),
-    as parameters ``k_codes``, ``k_ids``."""
-    rows = store.query("SELECT code, anomaly_id FROM anomaly WHERE case_no = {k_case:String}",
-                       {"k_case": case_no})
-    return {"k_codes": sorted({r["code"] for r in rows}),
-            "k_ids": sorted({r["anomaly_id"] for r in rows})}
+def anomaly_keys_in(raw_where: str) -> str:
+    """A filter for ``anomaly FINAL`` that keeps the keys (``opened_at, anomaly_id``) of
+    the raw rows matching ``raw_where``: a filter on ``case_no`` (``p_case_no``) or on
+    ``code`` and ``receiver_id`` (``p_code``). Repeat the filter beside it: a key found
+    through an old version may hold a current row that no longer matches. One statement:
+    ClickHouse builds the subquery's set before it reads the primary key, so the outer
+    read is by key as in step 2 above."""
+    return ("(opened_at, anomaly_id) IN"
+            f" (SELECT opened_at, anomaly_id FROM anomaly WHERE {raw_where})")
 
 
-ANOMALY_KEYS_IN = "code IN {k_codes:Array(String)} AND anomaly_id IN {k_ids:Array(String)}"
+RECEIVER_DOWN = "code = 'RECEIVER_DOWN'"
+# every receiver's gaps (p_code), then FINAL over their keys
+RECEIVER_DOWN_KEYS = anomaly_keys_in(RECEIVER_DOWN)
