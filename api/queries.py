@@ -104,17 +104,17 @@ def _count_groups(store: Reader, q: KpiQuery, where: str, params: dict[str, Any]
 
 
 def page_total(store: Reader, rows: list[dict[str, Any]], page: Any, source: str,
-               params: dict[str, Any]) -> int:
+               params: dict[str, Any], count: str = "count()") -> int:
     """How many rows ``SELECT ... FROM {source}`` has in all, for a page of it (``rows``,
     read with ``page.size``/``page.offset``). A short page tells it without a query; else a
     ``count()`` of its own: ``count() OVER ()`` on the page's query would make ClickHouse
     materialise every matching row (all columns) before the LIMIT. A page past the end
-    reports 0, as it always has."""
+    reports 0, as it always has. ``count``: the aggregate, when ``source`` holds counts."""
     if not rows:
         return 0
     if len(rows) < page.size:
         return page.offset + len(rows)
-    return int(store.query(f"SELECT count() AS n FROM {source}", params)[0]["n"])
+    return int(store.query(f"SELECT {count} AS n FROM {source}", params)[0]["n"])
 
 
 def stats_of(r: dict[str, Any]) -> dict[str, Any]:

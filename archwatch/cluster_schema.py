@@ -48,6 +48,7 @@ SHARDING_KEYS: dict[str, str] = {
     "event_log": "cityHash64(entity)",
     # partial totals per dataflow shard; the restart reconcile reads WHERE src = ...
     "kpi_task": "cityHash64(src)",
+    "anomaly_count": "cityHash64(src)",
     # one row per item (the sum of its kpi_task partials): every version on one shard
     "kpi_item": "cityHash64(year, qym, dept_code, system_code, task_id, system_level)",
     "receiver_status": "cityHash64(receiver_id)",

@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -156,6 +156,7 @@ def case_row(r: CaseRow, src: str, version: int, deleted: bool = False) -> dict[
 # and the test harness's model of FINAL match rows by these.
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "anomaly": ("opened_at", "anomaly_id"),
+    "anomaly_count": ("code", "qym", "dept_code", "system_code", "src"),
     "case_state": ("year", "qym", "dept_code", "task_id", "case_no"),
     "kpi_task": ("year", "qym", "dept_code", "system_code", "task_id", "system_level", "src"),
     "event_log": ("entity", "occurred_at", "event_id"),
@@ -176,15 +177,79 @@ def feed_row(a: Anomaly, kind: str, version: int) -> dict[str, Any]:
     return row
 
 
+CountKey = tuple[str, str, str, str]  # (code, qym, dept_code, system_code)
+
+
+class AnomalyCounts:
+    """How many anomalies a shard holds, and how many of them open, per (code, qym,
+    dept_code, system_code): its partial row of ``anomaly_count`` (0014), absolute like
+    its KPI partials, so that writing a row again after a crash changes nothing. The
+    anomaly list's total and the summary sum these over shards instead of counting every
+    anomaly under FINAL. Counts outlive eviction (they are not per case)."""
+
+    __slots__ = ("n", "dirty", "written")
+
+    def __init__(self) -> None:
+        self.n: dict[CountKey, list[int]] = {}  # [total, open]
+        self.dirty: set[CountKey] = set()
+        self.written: dict[CountKey, tuple[int, int]] = {}
+
+    def add(self, a: Anomaly, sign: int) -> None:
+        key = (a.code, a.qym, a.dept_code, a.system_code)
+        c = self.n.get(key)
+        if c is None:
+            c = self.n[key] = [0, 0]
+        c[0] += sign
+        if a.resolved_at is None:
+            c[1] += sign
+        self.dirty.add(key)
+
+    def rows(self, src: str, clock: VersionClock) -> list[Write]:
+        """The partial rows that changed since the last call (a tombstone for a group
+        that has none left)."""
+        out = []
+        for key in self.dirty:
+            c = self.n[key]
+            numbers = (c[0], c[1])
+            if self.written.get(key) == numbers:
+                continue
+            deleted = numbers[0] == 0
+            if deleted:
+                del self.n[key]
+                if self.written.pop(key, None) is None:
+                    continue  # never written: nothing to withdraw
+            else:
+                self.written[key] = numbers
+            out.append(Write("anomaly_count", {
+                "code": key[0], "class": CLASS_OF_CODE[key[0]], "qym": key[1],
+                "dept_code": key[2], "system_code": key[3], "src": src,
+                "total": numbers[0], "open": numbers[1], "version": clock.next(),
+                "is_deleted": int(deleted)}))
+        self.dirty.clear()
+        return out
+
+    def all_rows(self, src: str, clock: VersionClock) -> list[Write]:
+        """Every partial row, as :meth:`Reconcile` needs them."""
+        self.written.clear()
+        self.dirty = set(self.n)
+        return self.rows(src, clock)
+
+
 def diff_anomalies(
-    prev: dict[str, Anomaly], new: dict[str, Anomaly], src: str, clock: VersionClock
+    prev: dict[str, Anomaly], new: dict[str, Anomaly], src: str, clock: VersionClock,
+    counts: AnomalyCounts | None = None,
 ) -> list[Write]:
     """Rows that turn what was stored (``prev``) into ``new``: upserts and withdrawals,
-    each with its transition for the live feed (opened, updated, resolved, withdrawn)."""
+    each with its transition for the live feed (opened, updated, resolved, withdrawn);
+    ``counts`` follows the change (its rows are the caller's to emit, once a batch)."""
     out: list[Write] = []
     for aid, a in new.items():
         old = prev.get(aid)
         if old != a:
+            if counts is not None:
+                if old is not None:
+                    counts.add(old, -1)
+                counts.add(a, +1)
             if old is not None and old.opened_at != a.opened_at:
                 # the table's key is (opened_at, anomaly_id): the old key needs a tombstone
                 out.append(Write("anomaly", anomaly_row(old, src, clock.next(), deleted=True)))
@@ -196,6 +261,8 @@ def diff_anomalies(
             out.append(Write("anomaly_feed", feed_row(a, kind, v)))
     for aid, a in prev.items():
         if aid not in new:
+            if counts is not None:
+                counts.add(a, -1)
             v = clock.next()
             out.append(Write("anomaly", anomaly_row(a, src, v, deleted=True)))
             out.append(Write("anomaly_feed", feed_row(a, "withdrawn", v)))
@@ -223,6 +290,14 @@ class _Snapshottable:
         for name in state.pop("_injected", ()):
             setattr(self, name, defaults[name]())
         self.__dict__.update(state)
+        if "counts" not in state and hasattr(self, "anomalies_held"):
+            # a snapshot from before anomaly_count (0014): count the anomalies it holds
+            # (an evicted case's are not in memory: a replay or a restart without the
+            # old recovery state counts those too)
+            self.counts = AnomalyCounts()
+            for a in self.anomalies_held():
+                self.counts.add(a, +1)
+            self.counts.dirty.clear()
 
     def adopt(self, fresh: Any) -> None:
         """After a restore: take this process's clocks and loader from a fresh shard."""
@@ -431,6 +506,7 @@ class CaseShard(_Snapshottable):
         self.cases: dict[str, CaseState] = {}
         self.heap: list[tuple[int, str]] = []
         self.kpi: dict[KpiKey, KpiAcc] = {}
+        self.counts = AnomalyCounts()
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
 
@@ -480,6 +556,7 @@ class CaseShard(_Snapshottable):
         for case_no in touched:
             self._reevaluate(self.cases[case_no], wm, new_receipts.get(case_no, 0), out, dirty)
         out.extend(self._kpi_rows(dirty))
+        out.extend(self.counts.rows(self.src, self.clock))
         if self.eviction is not None:
             self._evict(wm)
         return out
@@ -529,7 +606,8 @@ class CaseShard(_Snapshottable):
         anomalies, summary, next_deadline = evaluate_summary(facts, wm, self.sla)
         prev = st.anomalies
         if anomalies or prev:
-            out.extend(diff_anomalies(prev or _NO_ANOMALIES, anomalies, self.src, self.clock))
+            out.extend(diff_anomalies(prev or _NO_ANOMALIES, anomalies, self.src, self.clock,
+                                      self.counts))
         st.anomalies = anomalies or None
         c = facts.completion
         prev_c = st.c_of
@@ -582,6 +660,11 @@ class CaseShard(_Snapshottable):
             st.settled = (wm, self.wall_ms())
             self.settled.append((*st.settled, facts.case_no))
 
+    def anomalies_held(self) -> Iterator[Anomaly]:
+        for st in self.cases.values():
+            if st.anomalies:
+                yield from st.anomalies.values()
+
     def live_rows(self) -> list[Write]:
         """Every row this shard believes the store holds, with fresh versions."""
         out: list[Write] = []
@@ -595,6 +678,7 @@ class CaseShard(_Snapshottable):
         for acc in self.kpi.values():
             acc.written = None
         out.extend(self._kpi_rows(set(self.kpi)))
+        out.extend(self.counts.all_rows(self.src, self.clock))
         return out
 
     def _kpi_rows(self, dirty: set[KpiKey]) -> list[Write]:
@@ -639,6 +723,7 @@ class ArchiveNoShard(_Snapshottable):
         self.clock = clock
         self.facts: dict[str, dict[str, ReceiptFact]] = {}
         self.anomalies: dict[str, dict[str, Anomaly]] = {}
+        self.counts = AnomalyCounts()
 
     def on_batch(self, items: Iterable[ReceiptFact | Watermark]) -> list[Write]:
         touched: set[str] = set()
@@ -655,16 +740,21 @@ class ArchiveNoShard(_Snapshottable):
         for archive_no in touched:
             new = evaluate_archive_no(self.facts[archive_no])
             prev = self.anomalies.get(archive_no, {})
-            out.extend(diff_anomalies(prev, new, self.src, self.clock))
+            out.extend(diff_anomalies(prev, new, self.src, self.clock, self.counts))
             if new:
                 self.anomalies[archive_no] = new
             else:
                 self.anomalies.pop(archive_no, None)
+        out.extend(self.counts.rows(self.src, self.clock))
         return out
+
+    def anomalies_held(self) -> Iterator[Anomaly]:
+        for per in self.anomalies.values():
+            yield from per.values()
 
     def live_rows(self) -> list[Write]:
         return [Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
-                for per in self.anomalies.values() for a in per.values()]
+                for a in self.anomalies_held()] + self.counts.all_rows(self.src, self.clock)
 
 
 # ---------------------------------------------------------------------------
@@ -694,6 +784,7 @@ class ReceiverShard(_Snapshottable):
         self.flap = flap  # global (downAfter, upAfter) for registrations that set none
         self.regs = self._resolved(registrations)
         self.receivers: dict[str, ReceiverState] = {}
+        self.counts = AnomalyCounts()
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
         self.last_wm = MIN_TIME
@@ -744,7 +835,8 @@ class ReceiverShard(_Snapshottable):
             reg = self.regs.get(rid)
             if reg is None and st.anomalies:  # unregistered or paused: withdraw open gaps
                 still = {k: a for k, a in st.anomalies.items() if a.resolved_at is not None}
-                out.extend(diff_anomalies(st.anomalies, still, self.src, self.clock))
+                out.extend(diff_anomalies(st.anomalies, still, self.src, self.clock,
+                                          self.counts))
                 st.anomalies = still
                 st.facts.forget_open()
                 self.pending.pop(rid, None)
@@ -759,7 +851,8 @@ class ReceiverShard(_Snapshottable):
                 res = scan(st.facts, reg, wm, start)
                 candidates = gap_ids(st.facts, res.start)
                 prev = {k: v for k, v in st.anomalies.items() if k in candidates}
-                out.extend(diff_anomalies(prev, res.anomalies, self.src, self.clock))
+                out.extend(diff_anomalies(prev, res.anomalies, self.src, self.clock,
+                                          self.counts))
                 for k in prev:
                     st.anomalies.pop(k)
                 st.anomalies.update(res.anomalies)
@@ -768,15 +861,21 @@ class ReceiverShard(_Snapshottable):
                 else:
                     self.pending[rid] = res.pending
             out.extend(self._status(rid, st, reg, wm))
+        out.extend(self.counts.rows(self.src, self.clock))
         self.last_wm = max(self.last_wm, wm)
         return out
 
+    def anomalies_held(self) -> Iterator[Anomaly]:
+        for st in self.receivers.values():
+            yield from st.anomalies.values()
+
     def live_rows(self) -> list[Write]:
         out = [Write("anomaly", anomaly_row(a, self.src, self.clock.next()))
-               for st in self.receivers.values() for a in st.anomalies.values()]
+               for a in self.anomalies_held()]
         for rid, st in self.receivers.items():
             st.status_row = None
             out.extend(self._status(rid, st, self.regs.get(rid), self.last_wm))
+        out.extend(self.counts.all_rows(self.src, self.clock))
         return out
 
     def _status(

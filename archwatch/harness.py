@@ -73,6 +73,20 @@ class FinalTables:
                 acc[5] = lr
         return {k: tuple(v) for k, v in out.items() if v[0]}
 
+    def count_differences(self) -> dict[tuple[Any, ...], tuple[Any, Any]]:
+        """(anomaly_count's, counted) per group and shard where the shard's partial is not
+        the count of its anomalies (empty when consistent), as rollup.count_differences."""
+        want: dict[tuple[Any, ...], tuple[int, int]] = {}
+        for row in self.rows.get("anomaly", {}).values():
+            if not row.get("is_deleted"):
+                key = tuple(row[k] for k in FINAL_KEYS["anomaly_count"])
+                total, open_ = want.get(key, (0, 0))
+                want[key] = (total + 1, open_ + (row["resolved_at"] is None))
+        got = {key: (r["total"], r["open"]) for key, r in self.rows.get("anomaly_count", {}).items()
+               if not r.get("is_deleted")}
+        return {k: (got.get(k), want.get(k)) for k in got.keys() | want.keys()
+                if got.get(k) != want.get(k)}
+
 
 class Engine:
     """All stateful steps of one run, with their shards created on demand."""

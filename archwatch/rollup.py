@@ -1,4 +1,5 @@
-"""``kpi_item``: the KPI numbers per item, kept equal to the sum of ``kpi_task``'s shards.
+"""``kpi_item``: the KPI numbers per item, kept equal to the sum of ``kpi_task``'s shards
+(and the invariant of ``anomaly_count``, the anomaly counts the shards write themselves).
 
 ``kpi_task`` holds absolute partial totals, one row per (item, dataflow shard), which
 is what makes the sink idempotent (see :mod:`archwatch.kpi`). Every statistics read then
@@ -131,3 +132,37 @@ def differences(store: Store) -> list[dict[str, Any]]:
     """Items where ``kpi_item`` is not the sum of ``kpi_task`` (empty when consistent):
     the invariant the tests check after every run, and a check an operator can run."""
     return store.query(DIFFERENCES)
+
+
+# ---------------------------------------------------------------------------
+# anomaly_count (0014): written by the dataflow's shards themselves (engine.AnomalyCounts),
+# each its partial; what it must equal is each shard's anomaly rows, counted.
+
+_COUNT_KEY = "code, qym, dept_code, system_code, src"
+COUNTS = f"""
+SELECT code, any(class) AS class, qym, dept_code, system_code, src, toInt64(count()) AS total,
+       toInt64(countIf(resolved_at IS NULL)) AS open
+FROM anomaly FINAL GROUP BY {_COUNT_KEY}
+"""
+"""Every shard's ``anomaly_count`` partials as counted from ``anomaly`` (the rows carry
+their shard's src): for a store filled without the dataflow (``bench/queries.py``), as
+migration 0014 backfills, and for :func:`count_differences`."""
+
+COUNT_DIFFERENCES = f"""
+SELECT 'anomaly_count only' AS side, * FROM (
+    SELECT {_COUNT_KEY}, total, open FROM anomaly_count FINAL
+    EXCEPT SELECT {_COUNT_KEY}, total, open FROM ({COUNTS}))
+UNION ALL
+SELECT 'anomaly only' AS side, * FROM (
+    SELECT {_COUNT_KEY}, total, open FROM ({COUNTS})
+    EXCEPT SELECT {_COUNT_KEY}, total, open FROM anomaly_count FINAL)
+ORDER BY {_COUNT_KEY}, side
+LIMIT 100
+"""
+
+
+def count_differences(store: Store) -> list[dict[str, Any]]:
+    """Groups where a shard's ``anomaly_count`` row is not the count of its ``anomaly``
+    rows (empty when consistent): checked by the tests after every run, like
+    :func:`differences`."""
+    return store.query(COUNT_DIFFERENCES)

@@ -267,16 +267,19 @@ class _Partition(StatelessSinkPartition[Any]):
 
 # The tables a restart reconciles, by their identity (engine.TABLE_KEYS: the ORDER BY).
 _IDENTITY: dict[str, tuple[str, ...]] = {
-    t: TABLE_KEYS[t] for t in ("anomaly", "case_state", "kpi_task")}
+    t: TABLE_KEYS[t] for t in ("anomaly", "anomaly_count", "case_state", "kpi_task")}
+# Tables of per-case rows: the rows of evicted cases (Reconcile.keep) stay.
+_PER_CASE = frozenset({"anomaly", "case_state"})
 # Key columns of type DateTime64: read back as epoch ms, compared and written as the
 # engine's rows carry them (timeutil.ch_time text).
 _TIME_KEYS = frozenset({"opened_at"})
 
 
 def _tables_of(src: str) -> tuple[str, ...]:
-    """The tables a shard writes, by its src's kind: cases (c…) write all three; archive
-    numbers (a…) and receivers (r…) only anomalies. Unknown kinds: all, to be safe."""
-    return ("anomaly",) if src[:1] in ("a", "r") else tuple(_IDENTITY)
+    """The tables a shard writes, by its src's kind: cases (c…) write all of them; archive
+    numbers (a…) and receivers (r…) only anomalies and their counts. Unknown kinds: all,
+    to be safe."""
+    return ("anomaly", "anomaly_count") if src[:1] in ("a", "r") else tuple(_IDENTITY)
 
 
 def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
@@ -299,7 +302,7 @@ def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
         srcs = sorted(s for s in by_src if table in _tables_of(s))
         if not srcs:
             continue
-        extra = ", case_no" if "case_no" not in cols and table != "kpi_task" else ""
+        extra = ", case_no" if "case_no" not in cols and table in _PER_CASE else ""
         select = ", ".join(f"toUnixTimestamp64Milli({c}) AS {c}" if c in _TIME_KEYS else c
                            for c in cols)
         stored = store.query(

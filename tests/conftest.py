@@ -45,6 +45,7 @@ def replay_into(store: Any, files: list[Path], settings: EngineSettings,
                 tmp_path: Path) -> dict[str, Any]:
     res = replay(files, store, settings, tmp_path / "rejects.jsonl", progress=False)
     assert rollup.differences(store) == []  # kpi_item is the sum of kpi_task's partials
+    assert rollup.count_differences(store) == []  # anomaly_count counts the anomalies
     return report.full(store, res.report())
 
 

@@ -290,9 +290,15 @@ def test_cached_answers_follow_every_write(world: Any) -> None:
            "case_no": "CACHE-TEST", "archive_no": "", "receiver_id": "", "qym": "330102",
            "dept_code": "", "system_code": "", "task_code": "", "opened_at": "2025-01-01 00:00:00",
            "resolved_at": None, "detail": "", "src": "test", "version": 1, "is_deleted": 0}
+    # as a dataflow shard writes one: the anomaly, and its shard's count (0014)
+    count = {"code": "MISSING_ARCHIVE", "class": "漏", "qym": "330102", "dept_code": "",
+             "system_code": "", "src": "test", "total": 1, "open": 1, "version": 1,
+             "is_deleted": 0}
     store.insert("anomaly", [row])
+    store.insert("anomaly_count", [count])
     assert client.get("/api/v1/anomalies",
                       params={"code": "MISSING_ARCHIVE"}).json()["total"] == before + 1
     store.insert("anomaly", [{**row, "version": 2, "is_deleted": 1}])  # withdrawn again
+    store.insert("anomaly_count", [{**count, "version": 2, "is_deleted": 1}])
     assert client.get("/api/v1/anomalies",
                       params={"code": "MISSING_ARCHIVE"}).json()["total"] == before

@@ -71,6 +71,7 @@ class StoreServer:
         try:
             # kpi_item follows kpi_task within a live sink's refresh interval (1 s)
             poll(lambda: rollup.differences(store) == [], 30, what="kpi_item = sum of partials")
+            assert rollup.count_differences(store) == []  # written with the anomalies
             return report.full(store)
         finally:
             store.close()

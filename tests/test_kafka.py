@@ -61,6 +61,7 @@ def replay_tables(out: Path, tmp: Path) -> dict[str, Any]:
 def live_tables(db: Path) -> dict[str, Any]:
     store = open_store(db)
     assert rollup.differences(store) == []  # kpi_item is the sum of kpi_task's partials
+    assert rollup.count_differences(store) == []  # anomaly_count counts the anomalies
     tables = report.full(store)
     store.close()
     return tables

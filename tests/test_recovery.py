@@ -42,6 +42,7 @@ def write(store, logic: _ShardLogic, items: list) -> None:
     part.write_batch(list(out))
     part.close()
     assert rollup.differences(store) == []  # kpi_item followed kpi_task, reconcile too
+    assert rollup.count_differences(store) == []  # so did anomaly_count
 
 
 def assert_missing_archive_withdrawn(store: Any, withdrawn: bool) -> None:

@@ -56,13 +56,22 @@ class AnomalyFilter:
             self._add("code IN {codes:Array(String)}", codes=code)
         if cls is not None:
             self._add("class = {cls:String}", cls=cls.value)
+        for col, name, value in (("qym", "qym", qym), ("dept_code", "dept", deptCode),
+                                 ("system_code", "sys", systemCode)):
+            if value is not None:
+                self._add(f"{col} = {{{name}:String}}", **{name: value})
+        # Up to here, conditions on anomaly_count's columns too (0014): with nothing else,
+        # totals are sums of its rows (``measure`` for the status, ``open`` of them).
+        self.group_parts = list(self.parts)
+        self.countable = caseNo is None and receiverId is None and openedFrom is None \
+            and openedTo is None
+        self.measure, self.open = {None: ("total", "open"), Status.open: ("open", "open"),
+                                   Status.resolved: ("total - open", "0")}[status]
         if status is Status.open:
             self.parts.append("resolved_at IS NULL")
         elif status is Status.resolved:
             self.parts.append("resolved_at IS NOT NULL")
-        for col, name, value in (("qym", "qym", qym), ("dept_code", "dept", deptCode),
-                                 ("system_code", "sys", systemCode), ("case_no", "case", caseNo),
-                                 ("receiver_id", "recv", receiverId)):
+        for col, name, value in (("case_no", "case", caseNo), ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
         if caseNo is not None:  # its keys from raw rows (p_case_no), so FINAL reads only them
@@ -80,11 +89,13 @@ class AnomalyFilter:
 
         self.requested = {"qym": qym, "deptCode": deptCode, "systemCode": systemCode}
 
-    def scoped(self, p: Principal) -> tuple[str, dict[str, Any]]:
-        """These filters within the caller's scope (asking outside it is a 403)."""
+    def scoped(self, p: Principal, counts: bool = False) -> tuple[str, dict[str, Any]]:
+        """These filters within the caller's scope (asking outside it is a 403), for
+        ``anomaly`` or, with ``counts``, for ``anomaly_count`` (only when ``countable``)."""
         p.narrow(self.requested)
         cond, params = p.conditions(KPI_COLUMNS)
-        return f"{self.where} AND {cond}", {**self.params, **params}
+        where = (" AND ".join(self.group_parts) or "1") if counts else self.where
+        return f"{where} AND {cond}", {**self.params, **params}
 
     def _add(self, sql: str, **params: Any) -> None:
         self.parts.append(sql)
@@ -108,7 +119,12 @@ def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
     """Anomalies, newest first, filtered by code, class, status, area and time."""
     where, params = f.scoped(p)
     rows = newest_first(store, where, params, f.opened_to, page.size, page.offset)
-    total = page_total(store, rows, page, f"anomaly FINAL WHERE {where}", params)
+    if f.countable:  # the shards' counts, not every matching anomaly
+        cwhere, cparams = f.scoped(p, counts=True)
+        total = page_total(store, rows, page, f"anomaly_count FINAL WHERE {cwhere}", cparams,
+                           f"sum({f.measure})")
+    else:
+        total = page_total(store, rows, page, f"anomaly FINAL WHERE {where}", params)
     return Paged[AnomalyOut](total=total, pageNo=page.no, pageSize=page.size,
                              items=[AnomalyOut(**anomaly_out(r)) for r in rows])
 
@@ -136,10 +152,18 @@ def newest_first(store: Reader, where: str, params: dict[str, Any], opened_to: s
 @router.get("/summary", response_model=AnomalySummary)
 def summary(store: ReadsDep, p: ReaderDep, f: FilterDep) -> AnomalySummary:
     """Totals and open counts per code and per class (漏/错/重/link)."""
-    where, params = f.scoped(p)
-    rows = store.query(
-        f"SELECT code, count() AS total, countIf(resolved_at IS NULL) AS open"
-        f" FROM anomaly FINAL WHERE {where} GROUP BY code ORDER BY code", params)
+    if f.countable:  # the shards' counts, not every matching anomaly
+        where, params = f.scoped(p, counts=True)
+        rows = store.query(  # (aliases apart from the columns they sum)
+            f"SELECT code, sum({f.measure}) AS n_total, sum({f.open}) AS n_open"
+            f" FROM anomaly_count FINAL WHERE {where} GROUP BY code HAVING n_total != 0"
+            " ORDER BY code", params)
+        rows = [{"code": r["code"], "total": r["n_total"], "open": r["n_open"]} for r in rows]
+    else:
+        where, params = f.scoped(p)
+        rows = store.query(
+            f"SELECT code, count() AS total, countIf(resolved_at IS NULL) AS open"
+            f" FROM anomaly FINAL WHERE {where} GROUP BY code ORDER BY code", params)
     by_code = {r["code"]: {"total": r["total"], "open": r["open"]} for r in rows}
     by_class: dict[str, dict[str, int]] = {}
     for code, c in by_code.items():
