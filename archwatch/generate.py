@@ -12,14 +12,18 @@ redelivered or malformed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import json
 import random
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from archwatch.catalog import REGIONS, Item, build_catalog
 from archwatch.kpi import time_diff_days
@@ -72,8 +76,57 @@ def _sh(ms: int) -> str:
     return dt.isoformat(timespec="milliseconds")
 
 
+SPOOL_CHUNK = 500_000  # events sorted in memory at a time (≈ 0.5 GB)
+
+
+class _Spool:
+    """The workload's events, handed back in delivery order, in bounded memory: kept as
+    their JSON lines, sorted a chunk at a time, spilled to temporary files and merged
+    (an external sort). Held whole, 10M events took more than this machine's 24 GiB."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.chunk = SPOOL_CHUNK
+        self.buf: list[tuple[int, int, str, str]] = []  # (delivery, seq, type, line)
+        self.files: list[Path] = []
+        self.n = 0
+
+    def add(self, delivery: int, seq: int, etype: str, line: str) -> None:
+        self.buf.append((delivery, seq, etype, line))
+        self.n += 1
+        if len(self.buf) >= self.chunk:
+            self._spill()
+
+    def _spill(self) -> None:
+        self.buf.sort()
+        path = self.tmp / f"spool-{len(self.files):04d}.tsv"
+        with path.open("w", encoding="utf-8") as f:  # JSON escapes tabs and newlines
+            f.writelines(f"{d}\t{q}\t{t}\t{line}\n" for d, q, t, line in self.buf)
+        self.files.append(path)
+        self.buf = []
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """(type, line) of every event, by delivery time (ties: the order emitted)."""
+        if not self.files:
+            self.buf.sort()
+            for _d, _q, etype, line in self.buf:
+                yield etype, line
+            return
+        if self.buf:
+            self._spill()
+
+        def read(path: Path) -> Iterator[tuple[int, int, str, str]]:
+            with path.open(encoding="utf-8") as f:
+                for row in f:
+                    d, q, t, line = row.rstrip("\n").split("\t", 3)
+                    yield int(d), int(q), t, line
+
+        for _d, _q, etype, line in heapq.merge(*(read(f) for f in self.files)):
+            yield etype, line
+
+
 class _Planter:
-    def __init__(self, opts: GenerateOptions) -> None:
+    def __init__(self, opts: GenerateOptions, tmp: Path) -> None:
         self.opts = opts
         self.rng = random.Random(opts.seed)
         self.catalog = build_catalog(opts.seed)
@@ -85,7 +138,7 @@ class _Planter:
         for w in weights:
             total += w
             self.cum.append(total)
-        self.events: list[tuple[int, dict[str, Any]]] = []  # (delivery time, event)
+        self.events = _Spool(tmp)
         self.seq = 0
         self.case_seq = 0
         self.anomalies: list[dict[str, Any]] = []
@@ -101,7 +154,7 @@ class _Planter:
         ev = {"eventId": f"ev-{self.opts.seed}-{self.seq:09d}", "type": etype,
               "occurredAt": _sh(at), "source": source, **payload}
         delay = self.rng.randint(0, self.disorder) if self.disorder else 0
-        self.events.append((at + delay, ev))
+        self.events.add(at + delay, self.seq, etype, json.dumps(ev, ensure_ascii=False))
         return ev
 
     def anomaly(self, code: str, opened: int, resolved: int | None, case_no: str | None = None,
@@ -340,7 +393,13 @@ BAD_LINES = [
 
 def generate(out: Path, opts: GenerateOptions, progress: bool = False) -> dict[str, Any]:
     """Write ``events.jsonl``, ``receivers.json``, ``truth.json`` (and per-source files)."""
-    p = _Planter(opts)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".spool-") as tmp:
+        return _generate(out, opts, progress, Path(tmp))
+
+
+def _generate(out: Path, opts: GenerateOptions, progress: bool, tmp: Path) -> dict[str, Any]:
+    p = _Planter(opts, tmp)
     rng = p.rng
     kinds = [k for k, _ in KINDS_WEIGHTED]
     weights = [w for _, w in KINDS_WEIGHTED]
@@ -366,39 +425,65 @@ def generate(out: Path, opts: GenerateOptions, progress: bool = False) -> dict[s
         completed = p.as_of + rng.randint(MIN, DAY_MS)
         p.completion(p.new_case_no(completed), item, completed, completed + MIN)
 
-    p.events.sort(key=lambda x: x[0])
-    lines = [json.dumps(ev, ensure_ascii=False) for _t, ev in p.events]
-    n_events = len(lines)
-    # redeliveries: an exact copy of an earlier line, a little later in the stream
+    n_events = p.events.n
+    # redeliveries: an exact copy of the i-th line, 1 to 50 lines after it; malformed
+    # lines at random places. Drawn first, then woven in while the sorted events stream out.
     dups = int(n_events * opts.redelivery_rate)
+    copies: dict[int, list[int]] = {}
     for _ in range(dups):
-        j = rng.randrange(n_events)
-        lines.insert(min(len(lines), j + rng.randint(1, 50)), lines[j])
+        copies.setdefault(rng.randrange(n_events), []).append(rng.randint(1, 50))
     rejects = max(len(BAD_LINES), int(n_events * opts.reject_rate))
+    bad_at: dict[int, list[str]] = {}
     for r in range(rejects):
         bad = BAD_LINES[r % len(BAD_LINES)]
-        lines.insert(rng.randrange(len(lines)), bad % r if "%d" in bad else bad)
+        bad_at.setdefault(rng.randrange(n_events + 1), []).append(bad % r if "%d" in bad else bad)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "events.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (out / "receivers.json").write_text(json.dumps(regs, ensure_ascii=False, indent=1))
     files = ["events.jsonl"]
-    if opts.split_sources:
-        by_source: dict[str, list[str]] = {}
-        for line in lines:
-            try:
-                etype = json.loads(line).get("type")
-            except (json.JSONDecodeError, AttributeError):
-                etype = None
-            by_source.setdefault(SOURCE_FILE.get(etype, "other"), []).append(line)
-        for name, chunk in sorted(by_source.items()):
-            (out / f"{name}.jsonl").write_text("\n".join(chunk) + "\n", encoding="utf-8")
-            files.append(f"{name}.jsonl")
+    with contextlib.ExitStack() as stack:
+        main = stack.enter_context((out / "events.jsonl").open("w", encoding="utf-8"))
+        split: dict[str, TextIO] = {}
+
+        def write(etype: str | None, line: str) -> None:
+            main.write(line + "\n")
+            if opts.split_sources:
+                name = SOURCE_FILE.get(etype or "", "other")
+                f = split.get(name)
+                if f is None:
+                    f = split[name] = stack.enter_context(
+                        (out / f"{name}.jsonl").open("w", encoding="utf-8"))
+                f.write(line + "\n")
+
+        pending: list[tuple[int, int, str, str]] = []  # (after line i, order, type, line)
+        for i, (etype, line) in enumerate(p.events):
+            for bad in bad_at.pop(i, ()):
+                write(_type_of(bad), bad)
+            write(etype, line)
+            for offset in copies.get(i, ()):
+                heapq.heappush(pending, (i + offset, len(pending), etype, line))
+            while pending and pending[0][0] <= i:
+                _at, _o, dtype, dline = heapq.heappop(pending)
+                write(dtype, dline)
+        while pending:
+            _at, _o, dtype, dline = heapq.heappop(pending)
+            write(dtype, dline)
+        for bads in bad_at.values():
+            for bad in bads:
+                write(_type_of(bad), bad)
+        files += sorted(f"{name}.jsonl" for name in split)
+    (out / "receivers.json").write_text(json.dumps(regs, ensure_ascii=False, indent=1))
 
     truth = _truth(p, n_events, dups, rejects, n_after, planted, regs)
     truth["files"] = files
     (out / "truth.json").write_text(json.dumps(truth, ensure_ascii=False, indent=1))
     return truth
+
+
+def _type_of(line: str) -> str | None:
+    """A malformed line's ``type``, if it has one (it goes to that source's file)."""
+    try:
+        return json.loads(line).get("type")
+    except (json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _truth(p: _Planter, n_events: int, dups: int, rejects: int, n_after: int,
