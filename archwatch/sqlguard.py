@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-PUBLIC_TABLES = {"case_state", "anomaly", "kpi_task", "kpi_item", "receiver", "receiver_status",
-                 "event_log"}
+PUBLIC_TABLES = {"case_state", "anomaly", "anomaly_count", "kpi_task", "kpi_item", "receiver",
+                 "receiver_status", "event_log"}
 PRIVATE_TABLES = {"account", "audit_log", "schema_migrations"}
 SYSTEM_ALLOWED = {
     "one", "numbers", "settings", "functions", "formats", "data_type_families",
@@ -24,7 +24,8 @@ SYSTEM_ALLOWED = {
     "collations", "contributors", "table_functions", "aggregate_function_combinators",
 }
 # tables with a qym column, filtered for a region-scoped auditor
-QYM_TABLES = ("case_state", "anomaly", "kpi_task", "kpi_item", "receiver", "receiver_status")
+QYM_TABLES = ("case_state", "anomaly", "anomaly_count", "kpi_task", "kpi_item", "receiver",
+              "receiver_status")
 
 _TABLE = re.compile(r"^\s*TableIdentifier (\S+)")
 _TABLE_EXPR = re.compile(r"^(\s*)TableExpression\b")

@@ -78,3 +78,14 @@ def workload_store(root: Path, cases: int, seed: int, anomaly_rate: float) -> tu
            root / "rejects.jsonl", progress=False)
     migrate(store)
     return store, truth
+
+
+def log_in(client: Any, store: Any, username: str = "city") -> None:
+    """Open a city-wide account on ``store`` and send its bearer token with every request
+    of ``client`` (a FastAPI TestClient)."""
+    from archwatch.accounts import Accounts, Role
+
+    _, password = Accounts(store).create(username, Role.city)
+    token = client.post("/api/v1/auth/login",
+                        json={"username": username, "password": password}).json()
+    client.headers["Authorization"] = f"Bearer {token['accessToken']}"

@@ -19,12 +19,12 @@ from archwatch.connectors.store_sink import reconcile_all
 from fastapi.testclient import TestClient
 
 from archwatch import rollup
-from archwatch.accounts import Accounts, Role
 from archwatch.engine import Reconcile, VersionClock, Write, anomaly_row, diff_anomalies
 from archwatch.migrate import load_migrations, migrate
 from archwatch.rules import Anomaly
 from archwatch.store import ChdbStore
 from archwatch.timeutil import ch_time, to_iso_utc
+from tests.conftest import log_in
 
 DAY = 86_400_000
 T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
@@ -151,10 +151,7 @@ def listed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ChdbStore
         client = stack.enter_context(TestClient(
             create_app(Settings(read_cache_entries=0), store=store),
             raise_server_exceptions=False))
-        _, password = Accounts(store).create("city", Role.city)
-        token = client.post("/api/v1/auth/login",
-                            json={"username": "city", "password": password}).json()
-        client.headers["Authorization"] = f"Bearer {token['accessToken']}"
+        log_in(client, store)
         yield store, client
 
 

@@ -14,9 +14,9 @@ from archwatch.api.app import create_app
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 
-from archwatch.accounts import Accounts, Role
 from archwatch.migrate import load_migrations, migrate
 from archwatch.store import ChdbStore, open_store
+from tests.conftest import log_in
 
 
 def _row(case_no: str, task: str, qym: str, version: int, deleted: int = 0,
@@ -70,10 +70,7 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         client = stack.enter_context(TestClient(
             create_app(Settings(read_cache_entries=0), store=store),
             raise_server_exceptions=False))
-        _, password = Accounts(store).create("city", Role.city)
-        token = client.post("/api/v1/auth/login",
-                            json={"username": "city", "password": password}).json()
-        client.headers["Authorization"] = f"Bearer {token['accessToken']}"
+        log_in(client, store)
 
         def trace() -> dict[str, Any]:
             return client.get("/api/v1/cases/C7").json()

@@ -12,8 +12,7 @@ from archwatch.api.app import create_app
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 
-from archwatch.accounts import Accounts, Role
-from tests.conftest import workload_store
+from tests.conftest import log_in, workload_store
 
 NO_PROJECTIONS = " SETTINGS optimize_use_projections = 0"  # the scan the lookups replace
 
@@ -24,10 +23,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
     app = create_app(Settings(max_page_size=50, rate_burst=10_000, rate_per_second=10_000,
                               read_cache_entries=0), store=store)
     with TestClient(app, raise_server_exceptions=False) as client:
-        _, password = Accounts(store).create("city-lookups", Role.city)
-        token = client.post("/api/v1/auth/login", json={"username": "city-lookups",
-                                                         "password": password}).json()
-        client.headers["Authorization"] = f"Bearer {token['accessToken']}"
+        log_in(client, store, "city-lookups")
         yield client, store, truth
     store.close()
 

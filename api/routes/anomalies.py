@@ -74,8 +74,13 @@ class AnomalyFilter:
         for col, name, value in (("case_no", "case", caseNo), ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
-        if caseNo is not None:  # its keys from raw rows (p_case_no), so FINAL reads only them
+        # their keys from raw rows (p_case_no, p_code), so FINAL reads only them; few rows,
+        # so the list reads them at once rather than through widening time windows
+        if caseNo is not None:
             self.parts.append(anomaly_keys_in("case_no = {case:String}"))
+        if receiverId is not None:
+            self.parts.append(anomaly_keys_in("receiver_id = {recv:String}"))
+        self.windowed = caseNo is None and receiverId is None
         self.opened_to = ""  # the list's first window ends here (openedTo, else the newest)
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):
             if value is not None:
@@ -118,7 +123,8 @@ def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
                    f: FilterDep) -> Paged[AnomalyOut]:
     """Anomalies, newest first, filtered by code, class, status, area and time."""
     where, params = f.scoped(p)
-    rows = newest_first(store, where, params, f.opened_to, page.size, page.offset)
+    rows = newest_first(store, where, params, f.opened_to if f.windowed else None, page.size,
+                        page.offset)
     if f.countable:  # the shards' counts, not every matching anomaly
         cwhere, cparams = f.scoped(p, counts=True)
         total = page_total(store, rows, page, f"anomaly_count FINAL WHERE {cwhere}", cparams,
@@ -129,19 +135,21 @@ def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
                              items=[AnomalyOut(**anomaly_out(r)) for r in rows])
 
 
-def newest_first(store: Reader, where: str, params: dict[str, Any], opened_to: str,
+def newest_first(store: Reader, where: str, params: dict[str, Any], opened_to: str | None,
                  size: int, offset: int) -> list[dict[str, Any]]:
     """A page of ``anomaly FINAL WHERE {where}``, newest first, read from a window of the
     newest keys (``anomaly`` is ordered by opened_at, 0013), widened until it holds the
     page. Exact: a full page from ``opened_at >= t`` is the page of the whole table, since
     every row outside the window opened before every row in it; and every version of a
-    key shares its opened_at, so FINAL over a key range is FINAL restricted to it."""
+    key shares its opened_at, so FINAL over a key range is FINAL restricted to it.
+    ``opened_to``: the filter's own upper bound (``" WHERE ..."`` or ``""``); None reads
+    the whole table at once (a filter that already selects a few keys)."""
     def page(window: str) -> list[dict[str, Any]]:
         return store.query(
             f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE {where}{window}"
             f" ORDER BY opened_at DESC, anomaly_id LIMIT {size} OFFSET {offset}", params)
 
-    for days in WINDOW_DAYS:
+    for days in WINDOW_DAYS if opened_to is not None else ():
         rows = page(f" AND opened_at >= (SELECT max(opened_at) FROM anomaly{opened_to})"
                     f" - toIntervalDay({days})")
         if len(rows) == size:
