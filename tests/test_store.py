@@ -214,3 +214,39 @@ def check_insert_shapes(store) -> None:  # noqa: ANN001 - a Store of either back
 def test_insert_shapes_store_the_same_as_json_rows(store) -> None:
     store.command(_ROWS_TABLE)
     check_insert_shapes(store)
+
+
+def test_open_anomaly_gauge_follows_the_shards_counts(store) -> None:
+    """The live run's gauge sums anomaly_count (not a count of every anomaly), and a code
+    whose anomalies are all gone reads 0 instead of keeping its last value."""
+    import threading
+    import time
+
+    from prometheus_client import REGISTRY
+
+    from archwatch.metrics import watch_open_anomalies
+
+    migrate(store)
+    row = {"code": "NOT_CHECKED", "class": "漏", "qym": "330102", "dept_code": "D",
+           "system_code": "S", "src": "c001", "total": 5, "open": 3, "version": 1,
+           "is_deleted": 0}
+    store.insert("anomaly_count", [row, {**row, "src": "c002", "open": 1}])
+    def gauge() -> float | None:
+        return REGISTRY.get_sample_value("archwatch_open_anomalies", {"code": "NOT_CHECKED"})
+
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_open_anomalies, args=(store, stop, 0.01))
+    watcher.start()
+    try:
+        for want, change in ((4.0, [{**row, "version": 2, "is_deleted": 1},
+                                    {**row, "src": "c002", "version": 2, "is_deleted": 1}]),
+                             (0.0, None)):
+            deadline = time.monotonic() + 10
+            while gauge() != want:
+                assert time.monotonic() < deadline, (want, gauge())
+                time.sleep(0.01)
+            if change:
+                store.insert("anomaly_count", change)
+    finally:
+        stop.set()
+        watcher.join()
