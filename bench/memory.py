@@ -78,12 +78,15 @@ def worker_engine(cases: int) -> dict[str, Any]:
     open_cases = sum(len(sh.cases) for sh in eng.cases.values())
     pending_deadlines = sum(len(sh.heap) for sh in eng.cases.values())
     fired = open_cases - WARMUP - cases
+    t_snap = time.perf_counter()
     snap = sum(len(pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
                for sh in eng.cases.values())
+    snap_s = time.perf_counter() - t_snap  # what every epoch costs when all shards changed
     dedup = sum(len(d.seen) for d in eng.dedup.values())
     return {"breakdown": breakdown(eng), "rss_before": before, "rss_after": after, "growth": after - before,
             "open_cases": open_cases, "extra_cases": fired, "heap": pending_deadlines,
-            "dedup_ids": dedup, "snapshot_bytes": snap, "feed_s": elapsed,
+            "dedup_ids": dedup, "snapshot_bytes": snap, "snapshot_s": snap_s,
+            "feed_s": elapsed,
             "counts": eng.counts}
 
 
@@ -201,10 +204,16 @@ def main(argv: list[str] | None = None) -> int:
           title="\nwhere it goes (sys.getsizeof, each object counted once)")
     met = gib_per_m < 1.0
     print(f"\ntarget < 1 GiB per million open cases: {gib_per_m:.3f} GiB -> {target(met)}")
+    snap_per_m = eng["snapshot_s"] * per_m
+    print(f"recovery: pickling every case shard took {eng['snapshot_s']:.2f} s "
+          f"({snap_per_m:.2f} s per million open cases, {eng['snapshot_s'] / eng['feed_s']:.2f}x "
+          f"the time their events took to apply): with recovery on, an epoch in which every "
+          f"shard changed costs that much CPU (--epoch-interval sets how often)")
     print(f"(open cases in state {eng['open_cases']:,}, pending deadlines {eng['heap']:,}, "
           f"event ids in dedup {eng['dedup_ids']:,}; fed in {eng['feed_s']:.1f} s)")
     write_results("memory", {
         "cases": n, "engine": eng, "baseline_dicts": base, "one_dict": one,
+        "snapshot_s_per_million": snap_per_m,
         "gib_per_million": gib_per_m,
         "ratio_to_baseline": eng["growth"] / base["growth"] if base["growth"] else None,
         "targets": {"lt_1GiB_per_million": {"value": gib_per_m, "met": met}},

@@ -1,0 +1,81 @@
+"""A case shard's recovery snapshot (engine.pack_shard, issue #10): its cases, deadline
+heap and KPI accumulators go as one marshal blob instead of pickled objects, and a shard
+restored from it carries on exactly as the original does."""
+
+from __future__ import annotations
+
+import marshal
+import pickle
+from pathlib import Path
+
+import pytest
+
+from archwatch.engine import CaseShard, _Snapshottable, pack_shard
+from archwatch.generate import GenerateOptions, generate
+from archwatch.harness import Engine
+from archwatch.receivers import load_registrations
+from archwatch.settings import EngineSettings
+from archwatch.timeutil import parse_ts
+
+
+def _contents(sh: CaseShard) -> object:
+    """What a shard's packed state says (its bytes depend on which strings are interned)."""
+    return marshal.loads(pack_shard(sh.cases, sh.heap, sh.kpi)[1])
+
+
+def _engines(tmp_path: Path, evict_after_ms: int | None) -> tuple[Engine, Engine, list[str]]:
+    truth = generate(tmp_path / "w", GenerateOptions(cases=300, seed=21, anomaly_rate=0.7))
+    lines = (tmp_path / "w" / "events.jsonl").read_text().splitlines()
+    s = EngineSettings(as_of=parse_ts(truth["asOf"]), shards=4,
+                       receivers=load_registrations(tmp_path / "w" / "receivers.json"))
+    return (Engine(s, evict_after_ms=evict_after_ms), Engine(s, evict_after_ms=evict_after_ms),
+            lines)
+
+
+@pytest.mark.parametrize("evict_after_ms", [None, 3_600_000])
+def test_a_restored_case_shard_carries_on_as_the_original(tmp_path: Path,
+                                                          evict_after_ms: int | None) -> None:
+    a, b, lines = _engines(tmp_path, evict_after_ms)
+    half = len(lines) * 3 // 5
+    for eng in (a, b):
+        for i in range(0, half, 500):
+            eng.feed(lines[i:min(i + 500, half)])
+    shards = list(b.cases.items())
+    # what the snapshot holds: receipts, checks, anomalies, settled cases, KPI receipts ...
+    assert any(st.facts.receipts and st.facts.checks for _, sh in shards
+               for st in sh.cases.values())
+    assert any(st.anomalies for _, sh in shards for st in sh.cases.values())
+    if evict_after_ms is not None:
+        assert any(sh.evicted for _, sh in shards)
+    for key, sh in shards:
+        blob = pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL)
+        restored = pickle.loads(blob)
+        assert isinstance(restored, CaseShard)
+        restored.adopt(sh)  # the running process's clock and loader, as after a restore
+        assert _contents(restored) == _contents(sh)
+        assert restored.evicted == sh.evicted and restored.src == sh.src
+        # shared item tuples are shared again, not one copy per case
+        items = {id(st.facts.completion.item) for st in restored.cases.values()
+                 if st.facts.completion is not None}
+        assert len(items) <= len({st.facts.completion.item for st in restored.cases.values()
+                                  if st.facts.completion is not None})
+        b.cases[key] = restored
+    for eng in (a, b):
+        for i in range(half, len(lines), 500):
+            eng.feed(lines[i:i + 500])
+        eng.finish()
+    for table in ("anomaly", "case_state", "receiver_status"):
+        assert b.tables.final(table) == a.tables.final(table), table
+    assert b.tables.kpi_totals() == a.tables.kpi_totals()
+    assert b.tables.count_differences() == {} == a.tables.count_differences()
+
+
+def test_snapshots_of_the_objects_still_restore(tmp_path: Path) -> None:
+    """A snapshot written before the packed form (cases pickled as objects) loads."""
+    a, _, lines = _engines(tmp_path, None)
+    a.feed(lines[:2000])
+    for sh in a.cases.values():
+        old = pickle.dumps(_Snapshottable.__getstate__(sh))  # the former snapshot state
+        restored = CaseShard.__new__(CaseShard)
+        restored.__setstate__(pickle.loads(old))
+        assert _contents(restored) == _contents(sh)
