@@ -8,6 +8,7 @@ Generates a workload once (archwatch.generate) and produces it once to fresh top
   (b) `archwatch run -w 1` and `-w 2` (--no-recovery, a subprocess, a fresh store each)
       until every record is read and its outcome written, watched through /metrics
       (archwatch_input_position / _input_start / archwatch_events_total, as the tests do);
+      with ``--recovery`` also `run -w 1` with recovery on, the product's default;
   (c) `archwatch replay` of the same events file (a fresh interpreter, timed inside).
 
 Rates are events per second from the first record read to the last outcome written
@@ -16,6 +17,7 @@ Rates are events per second from the first record read to the last outcome writt
     .venv/bin/python bench/ingest.py                    # 8,000 cases (~61k events)
     .venv/bin/python bench/ingest.py --cases 50000      # ~360k events
     .venv/bin/python bench/ingest.py --profile          # also cProfile a replay pass
+    .venv/bin/python bench/ingest.py --recovery         # also `run -w 1` with recovery on
 """
 
 from __future__ import annotations
@@ -94,13 +96,14 @@ def _sum(m: dict[str, float], name: str) -> int:
 
 
 def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: Path,
-                  timeout: float = 600) -> dict[str, Any]:
+                  timeout: float = 600, recovery: bool = False) -> dict[str, Any]:
     port = free_port()
-    log = tmp / f"run-w{workers}.log"
-    args = [PY, "-m", "archwatch.cli", "run", "--db", str(tmp / f"db-run-w{workers}"),
+    name = f"w{workers}" + ("-recovery" if recovery else "")
+    log = tmp / f"run-{name}.log"
+    args = [PY, "-m", "archwatch.cli", "run", "--db", str(tmp / f"db-run-{name}"),
             "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
-            "-w", str(workers), "--no-recovery", "--partitions", str(PARTITIONS),
-            "--receivers", str(receivers)]
+            "-w", str(workers), *([] if recovery else ["--no-recovery"]),
+            "--partitions", str(PARTITIONS), "--receivers", str(receivers)]
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     t_first = None
@@ -125,7 +128,7 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
         stop_process(proc, 60)
     outcomes = {k.split('"')[1]: int(v) for k, v in m.items()
                 if k.startswith("archwatch_events_total{")}
-    return {"workers": workers, "events": total, "outcomes": outcomes,
+    return {"workers": workers, "recovery": recovery, "events": total, "outcomes": outcomes,
             "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
 
 
@@ -244,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="generated cases (~7 events each, plus ~5,000 heartbeats)")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--workers", default="1,2", help="worker counts of `archwatch run`")
+    ap.add_argument("--recovery", action="store_true",
+                    help="also `archwatch run -w 1` with recovery on (the product's default:"
+                         " synchronous writes, a snapshot of every changed shard each epoch)")
     ap.add_argument("--profile", action="store_true",
                     help="also run one replay under cProfile and list the hot spots")
     ap.add_argument("--worker", choices=["replay", "floor"], help=argparse.SUPPRESS)
@@ -292,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     for w in (int(x) for x in args.workers.split(",") if x):
         print(f"(b) archwatch run -w {w} ...", flush=True)
         runs.append(archwatch_run(tmp, prefix, w, n, receivers))
+    if args.recovery:
+        print("(b) archwatch run -w 1, recovery on ...", flush=True)
+        runs.append(archwatch_run(tmp, prefix, 1, n, receivers, recovery=True))
     print("(c) archwatch replay ...", flush=True)
     rep = run_worker("ingest.py", ["--worker", "replay", "--events", str(events), "--db",
                                    str(tmp / "db-replay"), "--as-of", truth["asOf"],
@@ -311,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         ok_w, ok_r = per >= TARGET_PER_WORKER, rate / base_rate >= TARGET_RATIO
         measured.append({**r, "rate": rate, "per_worker": per, "ratio": rate / base_rate,
                          "per_worker_met": ok_w, "ratio_met": ok_r})
-        rows.append([f"(b) archwatch run -w {r['workers']}", r["workers"], rate,
+        rows.append([f"(b) archwatch run -w {r['workers']}"
+                     + (", recovery on" if r["recovery"] else ""), r["workers"], rate,
                      n / r["total_s"], per, rate / base_rate, target(ok_w), target(ok_r)])
     rrate = n / rep["elapsed_s"]
     ok_w, ok_r = rrate >= TARGET_PER_WORKER, rrate / base_rate >= TARGET_RATIO
