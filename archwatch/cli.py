@@ -124,7 +124,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     opts = GenerateOptions(cases=args.cases, seed=args.seed, anomaly_rate=args.anomaly_rate,
                            redelivery_rate=args.redelivery_rate, disorder=args.disorder,
-                           split_sources=args.split_sources)
+                           split_sources=args.split_sources, span_days=args.span_days)
     truth = generate(Path(args.out), opts, progress=sys.stderr.isatty())
     print(json.dumps({"out": str(args.out), "events": truth["events"], "cases": args.cases,
                       "files": truth["files"]}, ensure_ascii=False))
@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bound of out-of-order delivery (within the default lateness)")
     g.add_argument("--split-sources", action="store_true",
                    help="also write one file per source (cases, pushes, receipts, ...)")
+    g.add_argument("--span-days", dest="span_days", type=int, default=90,
+                   help="days the completions spread over (default 90): with --cases, how "
+                        "many cases are open at once")
     g.set_defaults(func=cmd_generate)
 
     v = sub.add_parser("serve", help="serve the HTTP API (OpenAPI docs at /docs)")

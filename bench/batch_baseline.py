@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path,
                     help="scratch directory to use (default: a new one); a workload already "
                          "generated there for a size is reused")
+    ap.add_argument("--days-per-million", dest="days_per_million", type=float,
+                    help="spread each size's completions over this many days per million "
+                         "events (the same number of open cases at every size, as a longer "
+                         "history would have); default: 90 days whatever the size, so a "
+                         "bigger size is a denser feed")
     ap.add_argument("--worker", choices=["batch", "stream"], help=argparse.SUPPRESS)
     ap.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
@@ -192,17 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     from archwatch.generate import GenerateOptions, generate
 
     tmp = args.work or scratch("batch")
+    name = ("batch_baseline" if args.days_per_million is None
+            else f"batch_baseline-{args.days_per_million:g}dpm")
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     results = []
     for size in sizes:
         cases = max(100, round((size - FIXED_EVENTS) / EVENTS_PER_CASE))
-        work = tmp / f"w{size}"
+        span = 90 if args.days_per_million is None else max(
+            1, round(args.days_per_million * size / 1e6))
+        work = tmp / (f"w{size}" if span == 90 else f"w{size}-{span}d")
         if (work / "truth.json").exists() and (work / "events.jsonl").exists():
             print(f"size {size:,}: the workload in {work} ...", flush=True)
             truth = json.loads((work / "truth.json").read_text())
         else:
-            print(f"size {size:,}: generating {cases:,} cases ...", flush=True)
-            truth = generate(work, GenerateOptions(cases=cases, seed=args.seed))
+            print(f"size {size:,}: generating {cases:,} cases over {span} days ...",
+                  flush=True)
+            truth = generate(work, GenerateOptions(cases=cases, seed=args.seed, span_days=span))
         events = work / "events.jsonl"
         common = ["--events", str(events), "--as-of", truth["asOf"]]
         timeout = max(900.0, size / 2_000)  # the replay of 10M events takes ~20 min here
@@ -218,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
             stream = run_worker("batch_baseline.py", [
                 "--worker", "stream", "--db", str(tmp / f"stream{size}"),
                 "--receivers", str(work / "receivers.json"), *common], timeout=timeout)
-        results.append(_compare(truth["events"], cases, truth, batch, stream))
+        results.append({**_compare(truth["events"], cases, truth, batch, stream),
+                        "span_days": span})
         # what is measured so far survives a later size's failure
-        write_results("batch_baseline", {"sizes": results, "scratch": str(tmp),
+        write_results(name, {"sizes": results, "scratch": str(tmp),
                                          "partial": len(results) < len(sizes)})
 
     rows = []
@@ -234,12 +245,12 @@ def main(argv: list[str] | None = None) -> int:
             growth_b = (b["elapsed_s"] / prev["batch"]["elapsed_s"]) / scale
             if s and prev["stream"]:
                 growth_s = (s["elapsed_s"] / prev["stream"]["elapsed_s"]) / scale
-        rows.append([n, b["load_s"], b["compute_s"], 1e6 * b["elapsed_s"] / n,
+        rows.append([n, r.get("span_days", 90), b["load_s"], b["compute_s"], 1e6 * b["elapsed_s"] / n,
                      s and s["elapsed_s"], s and 1e6 * s["elapsed_s"] / n,
                      s and s["elapsed_s"] / b["elapsed_s"], growth_b, growth_s,
                      r["check"]])
         prev = r
-    table(["events", "batch load s", "batch SQL s", "batch us/event", "replay s",
+    table(["events", "days", "batch load s", "batch SQL s", "batch us/event", "replay s",
            "replay us/event", "replay x batch", "batch growth/size", "replay growth/size",
            "answers"], rows,
           title="\nnightly SQL batch (baseline) vs `archwatch replay`, same data"
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"; planted (truth.json) MISSING {r['truth']['MISSING_ARCHIVE']} "
                 f"LATE {r['truth']['LATE_ARCHIVE']}"
               + (f"; differences: {r['differences']}" if r["differences"] else ""))
-    write_results("batch_baseline", {"sizes": results, "scratch": str(tmp), "partial": False})
+    write_results(name, {"sizes": results, "scratch": str(tmp), "partial": False})
     return 0 if all(r["check"] in ("equal", "batch only") for r in results) else 1
 
 
