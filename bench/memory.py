@@ -55,7 +55,18 @@ def completion_lines(catalog: list[Any], first: int, n: int) -> list[str]:
     return out
 
 
-def worker_engine(cases: int) -> dict[str, Any]:
+def snapshot_all(eng: Any) -> tuple[int, float]:
+    """Pickle every case shard, as a recovery snapshot does: (bytes, seconds)."""
+    t0 = time.perf_counter()
+    size = sum(len(pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
+               for sh in eng.cases.values())
+    return size, time.perf_counter() - t0
+
+
+def worker_engine(cases: int, recovery: bool = False) -> dict[str, Any]:
+    """The engine's state for ``cases`` open cases. With ``recovery``, a snapshot of every
+    case shard after each batch (an epoch, as a live run with recovery takes them), which
+    leaves the cases packed until touched (CaseShard.cool)."""
     from archwatch.catalog import build_catalog
     from archwatch.harness import Engine
     from archwatch.settings import EngineSettings
@@ -70,23 +81,31 @@ def worker_engine(cases: int) -> dict[str, Any]:
     gc.collect()
     before = rss_bytes()
     t0 = time.perf_counter()
+    epochs: list[float] = []
     for first in range(WARMUP, WARMUP + cases, BATCH):
         eng.feed(completion_lines(catalog, first, min(BATCH, WARMUP + cases - first)))
-    elapsed = time.perf_counter() - t0
+        if recovery:
+            epochs.append(snapshot_all(eng)[1])
+    elapsed = time.perf_counter() - t0 - sum(epochs)
     gc.collect()
     after = rss_bytes()
     open_cases = sum(len(sh.cases) for sh in eng.cases.values())
     pending_deadlines = sum(len(sh.heap) for sh in eng.cases.values())
     fired = open_cases - WARMUP - cases
-    t_snap = time.perf_counter()
-    snap = sum(len(pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
-               for sh in eng.cases.values())
-    snap_s = time.perf_counter() - t_snap  # what every epoch costs when all shards changed
+    parts = {} if recovery else breakdown(eng)
+    # without recovery: every case still in objects, all packed now (the first snapshot);
+    # with it: all packed already, their bytes copied
+    snap, snap_s = snapshot_all(eng)
+    # an epoch that touched BATCH cases (new ones) of all those held
+    first = WARMUP + cases
+    eng.feed(completion_lines(catalog, first, BATCH))
+    _, touched_s = snapshot_all(eng)
     dedup = sum(len(d.seen) for d in eng.dedup.values())
-    return {"breakdown": breakdown(eng), "rss_before": before, "rss_after": after, "growth": after - before,
-            "open_cases": open_cases, "extra_cases": fired, "heap": pending_deadlines,
-            "dedup_ids": dedup, "snapshot_bytes": snap, "snapshot_s": snap_s,
-            "feed_s": elapsed,
+    return {"breakdown": parts, "rss_before": before, "rss_after": after,
+            "growth": after - before, "open_cases": open_cases, "extra_cases": fired,
+            "heap": pending_deadlines, "dedup_ids": dedup, "snapshot_bytes": snap,
+            "snapshot_s": snap_s, "snapshot_touched_s": touched_s,
+            "epoch_snapshots_s": sum(epochs), "epochs": len(epochs), "feed_s": elapsed,
             "counts": eng.counts}
 
 
@@ -170,10 +189,11 @@ def worker_dicts(cases: int, one: bool) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=200_000, help="open cases (default 200k)")
-    ap.add_argument("--worker", choices=["engine", "dicts", "dict"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["engine", "engine-recovery", "dicts", "dict"],
+                    help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.worker == "engine":
-        emit(worker_engine(args.cases))
+    if args.worker in ("engine", "engine-recovery"):
+        emit(worker_engine(args.cases, recovery=args.worker == "engine-recovery"))
         return 0
     if args.worker in ("dicts", "dict"):
         emit(worker_dicts(args.cases, one=args.worker == "dict"))
@@ -182,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.cases
     print(f"memory: {n:,} open cases, each in a fresh interpreter ...", flush=True)
     eng = run_worker("memory.py", ["--worker", "engine", "--cases", str(n)])
+    engr = run_worker("memory.py", ["--worker", "engine-recovery", "--cases", str(n)])
     base = run_worker("memory.py", ["--worker", "dicts", "--cases", str(n)])
     one = run_worker("memory.py", ["--worker", "dict", "--cases", str(n)])
     per_m = 1_000_000 / n
@@ -192,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [
         row("engine state (dedup + CaseShard)", eng["growth"]),
+        row("... with recovery: a snapshot every batch (cases packed until touched)",
+            engr["growth"]),
         row("baseline: N dicts {caseNo: None}", base["growth"]),
         row("one dict of N caseNo keys", one["growth"]),
         row("pickled case shards (snapshot)", eng["snapshot_bytes"]),
@@ -204,16 +227,28 @@ def main(argv: list[str] | None = None) -> int:
           title="\nwhere it goes (sys.getsizeof, each object counted once)")
     met = gib_per_m < 1.0
     print(f"\ntarget < 1 GiB per million open cases: {gib_per_m:.3f} GiB -> {target(met)}")
+    gib_per_m_r = engr["growth"] * per_m / GIB
+    print(f"with recovery on (cases packed from the snapshot after their last change): "
+          f"{gib_per_m_r:.3f} GiB -> {target(gib_per_m_r < 1.0)}")
     snap_per_m = eng["snapshot_s"] * per_m
-    print(f"recovery: pickling every case shard took {eng['snapshot_s']:.2f} s "
-          f"({snap_per_m:.2f} s per million open cases, {eng['snapshot_s'] / eng['feed_s']:.2f}x "
-          f"the time their events took to apply): with recovery on, an epoch in which every "
-          f"shard changed costs that much CPU (--epoch-interval sets how often)")
+    copy_per_m = engr["snapshot_s"] * per_m
+    print(f"recovery snapshot of every case shard, {n:,} open cases:\n"
+          f"  all cases changed since the last (each packed): {eng['snapshot_s']:.2f} s "
+          f"({snap_per_m:.2f} s per million open cases)\n"
+          f"  none changed (packed bytes copied): {engr['snapshot_s']:.2f} s "
+          f"({copy_per_m:.2f} s per million; {copy_per_m / snap_per_m:.3f}x)\n"
+          f"  an epoch that touched {BATCH:,} cases: {engr['snapshot_touched_s']:.2f} s "
+          f"(their events took {engr['feed_s'] / engr['epochs']:.2f} s to apply)\n"
+          f"  during the feed, a snapshot after each of {engr['epochs']} batches: "
+          f"{engr['epoch_snapshots_s']:.1f} s in all, against {engr['feed_s']:.1f} s to "
+          f"apply the events ({engr['epoch_snapshots_s'] / engr['feed_s']:.2f}x)")
     print(f"(open cases in state {eng['open_cases']:,}, pending deadlines {eng['heap']:,}, "
           f"event ids in dedup {eng['dedup_ids']:,}; fed in {eng['feed_s']:.1f} s)")
     write_results("memory", {
-        "cases": n, "engine": eng, "baseline_dicts": base, "one_dict": one,
-        "snapshot_s_per_million": snap_per_m,
+        "cases": n, "engine": eng, "engine_recovery": engr, "baseline_dicts": base,
+        "one_dict": one, "snapshot_s_per_million": snap_per_m,
+        "snapshot_unchanged_s_per_million": copy_per_m,
+        "gib_per_million_recovery": gib_per_m_r,
         "gib_per_million": gib_per_m,
         "ratio_to_baseline": eng["growth"] / base["growth"] if base["growth"] else None,
         "targets": {"lt_1GiB_per_million": {"value": gib_per_m, "met": met}},

@@ -7,6 +7,7 @@ in-process harness lets hypothesis try thousands of delivery orders cheaply.
 from __future__ import annotations
 
 import json
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,6 +94,33 @@ def test_workload_any_order_same_tables(seed: int, cuts: list[int]) -> None:
     order = list(lines)
     random.Random(seed).shuffle(order)
     assert snapshot(run_batches(s, batches_of(order, cuts))) == reference
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 100_000), max_size=12),
+       restore=st.booleans())
+def test_recovery_snapshots_between_batches_same_tables(seed: int, cuts: list[int],
+                                                        restore: bool) -> None:
+    """A recovery snapshot after every batch packs the cases it touched (they stay packed
+    until touched again); restored from it or not, any order gives the same tables."""
+    import random
+
+    lines, s = small_workload()
+    lines = clean_lines(lines)
+    reference = snapshot(run_batches(s, [lines]))
+    order = list(lines)
+    random.Random(seed).shuffle(order)
+    eng = Engine(s)
+    for batch in batches_of(order, cuts):
+        eng.feed(batch)
+        for key, sh in list(eng.cases.items()):
+            blob = pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL)
+            if restore:
+                restored = pickle.loads(blob)
+                restored.adopt(sh)
+                eng.cases[key] = restored
+    eng.finish()
+    assert snapshot(eng) == reference
 
 
 @settings(max_examples=15, deadline=None)

@@ -1,6 +1,7 @@
-"""A case shard's recovery snapshot (engine.pack_shard, issue #10): its cases, deadline
-heap and KPI accumulators go as one marshal blob instead of pickled objects, and a shard
-restored from it carries on exactly as the original does."""
+"""A case shard's recovery snapshot (issue #10): its cases, deadline heap and KPI
+accumulators go as one marshal blob instead of pickled objects; the cases stay packed in
+memory after it until touched (CaseShard.cool), and a shard restored from it, or packed
+at every snapshot, carries on exactly as one never packed does."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ from archwatch.timeutil import parse_ts
 
 
 def _contents(sh: CaseShard) -> object:
-    """What a shard's packed state says (its bytes depend on which strings are interned)."""
-    return marshal.loads(pack_shard(sh.cases, sh.heap, sh.kpi)[1])
+    """What a shard's state says, packed or not (bytes depend on which strings are interned
+    and on how shared tuples are numbered: compared as plain data)."""
+    return marshal.loads(pack_shard(dict(zip(sh.cases, sh.states(), strict=True)), sh.heap,
+                                    dict(sh.accs()))[1])
 
 
 def _engines(tmp_path: Path, evict_after_ms: int | None) -> tuple[Engine, Engine, list[str]]:
@@ -43,8 +46,8 @@ def test_a_restored_case_shard_carries_on_as_the_original(tmp_path: Path,
     shards = list(b.cases.items())
     # what the snapshot holds: receipts, checks, anomalies, settled cases, KPI receipts ...
     assert any(st.facts.receipts and st.facts.checks for _, sh in shards
-               for st in sh.cases.values())
-    assert any(st.anomalies for _, sh in shards for st in sh.cases.values())
+               for st in sh.states())
+    assert any(st.anomalies for _, sh in shards for st in sh.states())
     if evict_after_ms is not None:
         assert any(sh.evicted for _, sh in shards)
     for key, sh in shards:
@@ -55,9 +58,10 @@ def test_a_restored_case_shard_carries_on_as_the_original(tmp_path: Path,
         assert _contents(restored) == _contents(sh)
         assert restored.evicted == sh.evicted and restored.src == sh.src
         # shared item tuples are shared again, not one copy per case
-        items = {id(st.facts.completion.item) for st in restored.cases.values()
+        assert all(type(v) is bytes for v in restored.cases.values())  # packed until touched
+        items = {id(st.facts.completion.item) for st in restored.states()
                  if st.facts.completion is not None}
-        assert len(items) <= len({st.facts.completion.item for st in restored.cases.values()
+        assert len(items) <= len({st.facts.completion.item for st in restored.states()
                                   if st.facts.completion is not None})
         b.cases[key] = restored
     for eng in (a, b):
@@ -79,3 +83,31 @@ def test_snapshots_of_the_objects_still_restore(tmp_path: Path) -> None:
         restored = CaseShard.__new__(CaseShard)
         restored.__setstate__(pickle.loads(old))
         assert _contents(restored) == _contents(sh)
+
+
+@pytest.mark.parametrize("evict_after_ms", [None, 3_600_000])
+def test_packing_at_every_snapshot_changes_nothing(tmp_path: Path,
+                                                   evict_after_ms: int | None) -> None:
+    """A live run with recovery snapshots every epoch: the cases it touched are packed,
+    then unpacked by the next event or deadline (or peeked at by eviction). Same tables
+    as a run that never packs, and only the cases touched since stay unpacked."""
+    a, b, lines = _engines(tmp_path, evict_after_ms)
+    packed_seen = False
+    for i in range(0, len(lines), 300):
+        a.feed(lines[i:i + 300])
+        b.feed(lines[i:i + 300])
+        for sh in b.cases.values():
+            pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL)  # a snapshot: packs
+            assert all(type(v) is bytes for v in (*sh.cases.values(), *sh.kpi.values()))
+            packed_seen = packed_seen or bool(sh.cases)
+    assert packed_seen
+    assert [_contents(sh) for sh in b.cases.values()] == \
+        [_contents(sh) for sh in a.cases.values()]
+    for eng in (a, b):
+        eng.finish()
+    for table in ("anomaly", "case_state", "receiver_status"):
+        assert b.tables.final(table) == a.tables.final(table), table
+    assert b.tables.kpi_totals() == a.tables.kpi_totals()
+    if evict_after_ms is not None:
+        assert sum(sh.evictions for sh in b.cases.values()) == \
+            sum(sh.evictions for sh in a.cases.values()) > 0
