@@ -826,8 +826,14 @@ class CaseShard(_Snapshottable):
         heap = self.heap
         while heap and heap[0][0] < wm:
             deadline, case_no = heapq.heappop(heap)
-            st = self.state(case_no)
-            if st is not None and st.next_deadline == deadline:
+            st = cases.get(case_no)
+            if type(st) is bytes:
+                # a packed case: unpacked only if this is still its deadline (an entry
+                # whose deadline moved on stays in the heap until it comes up)
+                if marshal.loads(st)[-2] != deadline:
+                    continue
+                st = self.state(case_no)
+            if st is not None and st.next_deadline == deadline:  # type: ignore[union-attr]
                 touched.add(case_no)
         out: list[Any] = []
         dirty: set[KpiKey] = set()
