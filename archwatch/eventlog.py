@@ -31,7 +31,7 @@ def store_loader(store: Store) -> Loader:
 
 def store_digests(store: Store) -> DigestLookup:
     """A lookup for :class:`archwatch.engine.Retirement`: the digest of each stored event
-    among ``ids`` (served by event_log's skip index on event_id, migration 0010)."""
+    among ``ids`` (served by event_log's projection by event_id, migration 0015)."""
 
     def lookup(ids: list[str]) -> dict[str, bytes]:
         rows = store.query(
