@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import marshal
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -602,7 +603,10 @@ class _Refs:
         if self.done < len(self.items):
             if len(self.blobs) >= 64:  # a long run: one chunk again, not thousands
                 self.blobs, self.done = [], 0
-            self.blobs.append(marshal.dumps([tuple(t) for t in self.items[self.done:]]))
+            # compressed (≈ 2.5x, once a chunk): kept for the life of the shard, and item,
+            # name and key tuples repeat each other's strings
+            self.blobs.append(zlib.compress(
+                marshal.dumps([tuple(t) for t in self.items[self.done:]]), 1))
             self.done = len(self.items)
         return self.blobs
 
@@ -611,7 +615,7 @@ class _Refs:
         """:meth:`packed` reversed; item tuples become the ones new events of the same
         items share (rules._shared_item)."""
         refs = cls([_shared_item(t) if all(type(x) is str for x in t) else t
-                    for blob in blobs for t in marshal.loads(blob)])
+                    for blob in blobs for t in marshal.loads(zlib.decompress(blob))])
         refs.blobs, refs.done = list(blobs), len(refs.items)
         return refs
 
