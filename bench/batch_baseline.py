@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             growth_b = (b["elapsed_s"] / prev["batch"]["elapsed_s"]) / scale
             if s and prev["stream"]:
                 growth_s = (s["elapsed_s"] / prev["stream"]["elapsed_s"]) / scale
-        rows.append([n, r.get("span_days", 90), b["load_s"], b["compute_s"], 1e6 * b["elapsed_s"] / n,
+        rows.append([n, r["span_days"], b["load_s"], b["compute_s"], 1e6 * b["elapsed_s"] / n,
                      s and s["elapsed_s"], s and 1e6 * s["elapsed_s"] / n,
                      s and s["elapsed_s"] / b["elapsed_s"], growth_b, growth_s,
                      r["check"]])
