@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from archwatch.api.kpicube import hold
 from archwatch.api.settings import Settings
 from fastapi import Depends, Query, Request
 
@@ -25,6 +26,7 @@ async def get_reads(request: Request) -> ReadCache:
     reads = getattr(state, "reads", None)
     if reads is None or reads.store is not state.store:
         reads = state.reads = ReadCache(state.store, state.settings.read_cache_entries)
+        hold(reads, state.settings.kpi_cube_rows)
     return reads
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from archwatch.api.kpicube import cube_of
+
 from archwatch.kpi import rate, time_diff_days
 from archwatch.store import Reader
 from archwatch.timeutil import to_iso_utc, to_shanghai_text
@@ -56,6 +58,10 @@ def where_of(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     """KPI numbers grouped by ``q.group_by``, filtered, sorted and paginated."""
+    cube = cube_of(store)
+    if cube is not None:
+        rows, total = cube.groups(q)
+        return [_group_of(r, q) for r in rows], total
     where, params = where_of(q.filters)
     cols = [DIMENSIONS[d][0] for d in q.group_by]
     select_keys = ", ".join(f"toString({c}) AS k_{i}" for i, c in enumerate(cols))
@@ -63,8 +69,11 @@ def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     names = {d: DIMENSIONS[d][2] for d in q.group_by if DIMENSIONS[d][2]}
     select_names = "".join(f"{agg} AS n_{d}, " for d, agg in names.items())
     name_agg = DIMENSIONS[q.group_by[-1]][2] if q.group_by else None
-    order = SORTS[q.sort] or ", ".join(cols) or "kpi"
     direction = "DESC" if q.desc else "ASC"
+    if SORTS[q.sort] or not cols:
+        order = f"{SORTS[q.sort] or 'kpi'} {direction}"
+    else:  # by the group columns themselves, each in the asked direction
+        order = ", ".join(f"{c} {direction}" for c in cols)
     sql = f"""
         SELECT {select_keys + ',' if select_keys else ''} {select_names}
                {name_agg or "''"} AS name,
@@ -77,19 +86,21 @@ def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
         WHERE {where}
         {'GROUP BY ' + ', '.join(cols) if cols else ''}
         HAVING kpi != 0
-        ORDER BY {order} {direction}{', ' + ', '.join(cols) if cols else ''}
+        ORDER BY {order}{', ' + ', '.join(cols) if cols else ''}
         LIMIT {int(q.limit)} OFFSET {int(q.offset)}
     """
     rows = store.query(sql, params)
     total = rows[0]["total"] if rows else _count_groups(store, q, where, params, cols)
-    out = []
-    for r in rows:
-        stats = stats_of(r)
-        stats["key"] = {d: r[f"k_{i}"] for i, d in enumerate(q.group_by)}
-        stats["name"] = r["name"] or None
-        stats["names"] = {d: r[f"n_{d}"] or None for d in names}
-        out.append(stats)
-    return out, total
+    return [_group_of(r, q) for r in rows], total
+
+
+def _group_of(r: dict[str, Any], q: KpiQuery) -> dict[str, Any]:
+    """A group as the API gives it, from a row of :func:`kpi_groups`' SQL."""
+    stats = stats_of(r)
+    stats["key"] = {d: r[f"k_{i}"] for i, d in enumerate(q.group_by)}
+    stats["name"] = r["name"] or None
+    stats["names"] = {d: r[f"n_{d}"] or None for d in q.group_by if DIMENSIONS[d][2]}
+    return stats
 
 
 def _count_groups(store: Reader, q: KpiQuery, where: str, params: dict[str, Any],

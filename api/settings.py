@@ -38,5 +38,9 @@ class Settings(BaseSettings):
     """Results of statistics/drill-down/anomaly reads kept until the next write to a
     table they read (never stale: see archwatch.store.ReadCache); 0 turns the cache off. Only an
     embedded store is cached: a server may be written by other processes."""
+    kpi_cube_rows: int = 500_000
+    """The statistics reads answer from ``kpi_item`` held in memory (archwatch.api.kpicube)
+    while it has at most this many rows (≈ 400 bytes a row; 23,505 rows at 100 million
+    cases); 0 sends every read to the store. Only where reads are cached (above)."""
     lateness_ms: int = 5 * 60_000
     """The engine's lateness, to tell a late receiver from a down one."""

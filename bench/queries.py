@@ -17,6 +17,7 @@
     .venv/bin/python bench/queries.py --db /tmp/bench-queries-x/db --reuse   # skip the fill
     .venv/bin/python bench/queries.py --cases 10000000 --fill-only --optimize   # size a store
     .venv/bin/python bench/queries.py --db ... --reuse --read-cache 0   # without the cache
+    .venv/bin/python bench/queries.py --db ... --reuse --kpi-cube-rows 0   # KPI reads by SQL
 """
 
 from __future__ import annotations
@@ -419,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill-only", action="store_true", help="fill (and size) the store, no API")
     ap.add_argument("--read-cache", type=int, default=None,
                     help="ARCHWATCH_READ_CACHE_ENTRIES for the server (0: cache off)")
+    ap.add_argument("--kpi-cube-rows", type=int, default=None,
+                    help="ARCHWATCH_KPI_CUBE_ROWS for the server (0: KPI reads go to the store)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile every endpoint in-process and list the hot spots")
     ap.add_argument("--worker", choices=["fill", "params", "profile", "disk"],
@@ -478,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         [PY, "-m", "archwatch.cli", "serve", "--db", str(db), "--port", str(port)],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, **UNLIMITED_ENV, **({} if args.read_cache is None else {
-            "ARCHWATCH_READ_CACHE_ENTRIES": str(args.read_cache)})})
+            "ARCHWATCH_READ_CACHE_ENTRIES": str(args.read_cache)}), **(
+            {} if args.kpi_cube_rows is None else {
+                "ARCHWATCH_KPI_CUBE_ROWS": str(args.kpi_cube_rows)})})
     results: dict[str, Any] = {}
     try:
         wait_for(lambda: http_ok(f"{base}/healthz") or proc.poll() is not None, 120,
@@ -574,11 +579,13 @@ def main(argv: list[str] | None = None) -> int:
               [[h["function"], h["calls"], h["own_s"], h["cum_s"]] for h in hot["all"]],
               title="\nhot spots overall")
     write_results(f"queries-{args.cases}" + (f"-cache{args.read_cache}"
-                                             if args.read_cache is not None else ""),
+                                             if args.read_cache is not None else "")
+                  + (f"-cube{args.kpi_cube_rows}" if args.kpi_cube_rows is not None else ""),
                   {"cases": args.cases, "clients": args.clients, "read_cache": args.read_cache,
-                              "requests_per_client": args.requests, "db": str(db),
-                              "fill": fill, "auth": bool(headers), "endpoints": verdict,
-                              "server_errors": server_errors, "profile": hot})
+                   "kpi_cube_rows": args.kpi_cube_rows,
+                   "requests_per_client": args.requests, "db": str(db),
+                   "fill": fill, "auth": bool(headers), "endpoints": verdict,
+                   "server_errors": server_errors, "profile": hot})
     return 0
 
 
