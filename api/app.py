@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from archwatch.api import errors
 from archwatch.api.auth import LoginThrottle, PrincipalCache, RateLimiter
@@ -24,8 +23,9 @@ from archwatch.api.routes import (
     webhooks,
 )
 from archwatch.api.settings import Settings
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from archwatch import __version__
 from archwatch.accounts import Accounts
@@ -69,14 +69,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
               webhooks.router, webhooks.notifier_router, console.router, sql.router):
         app.include_router(r)
 
-    @app.middleware("http")
-    async def cap_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse({"error": {"code": "too_large", "details": [],
-                                           "message": f"body over {settings.max_body_bytes} bytes"}},
-                                status_code=413)
-        return await call_next(request)
+    app.add_middleware(CapBody, max_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -85,6 +78,30 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         return {"status": "ok"}
 
     return app
+
+
+class CapBody:
+    """413 for a request whose Content-Length is over ``max_bytes`` (or not a number).
+    Plain ASGI: ``@app.middleware("http")`` (BaseHTTPMiddleware) wraps every request in a
+    task group and a streamed response, ~10% of a small request's CPU here."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length":
+                    if not value.isdigit() or int(value) > self.max_bytes:
+                        response = JSONResponse(
+                            {"error": {"code": "too_large", "details": [],
+                                       "message": f"body over {self.max_bytes} bytes"}},
+                            status_code=413)
+                        await response(scope, receive, send)
+                        return
+                    break
+        await self.app(scope, receive, send)
 
 
 def _jwt_secret(settings: Settings) -> str:
