@@ -312,3 +312,53 @@ def test_clickhouse_connect_backend_against_the_endpoint(world: Any) -> None:
         with pytest.raises(StoreError):
             remote.command("DROP TABLE anomaly")
         remote.close()
+
+
+def test_concurrent_requests_share_one_account_lookup(world: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the remembered principal has expired, the requests arriving together wait for
+    one store lookup of the credential instead of each running their own."""
+    import asyncio
+    import threading
+
+    import httpx
+    from archwatch.api import auth
+
+    client, _, users, _, _, _ = world
+    h = headers(client, users, "city")
+    app = client.app
+    app.state.principals.clear()
+    calls: list[int] = []
+    release = threading.Event()
+    real = auth._lookup
+
+    def slow_lookup(request: Any, cred: Any) -> Principal:
+        calls.append(1)
+        release.wait(10)  # held until every request has arrived
+        return real(request, cred)
+
+    monkeypatch.setattr(auth, "_lookup", slow_lookup)
+    arrived: list[int] = []
+    remembered = auth._remembered
+
+    def counted(request: Any) -> Any:
+        arrived.append(1)  # get_principal runs on to its await without yielding
+        return remembered(request)
+
+    monkeypatch.setattr(auth, "_remembered", counted)
+
+    async def go() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as c:
+            reqs = [asyncio.ensure_future(c.get("/api/v1/drill/regions", headers=h))
+                    for _ in range(8)]
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(arrived) < 8:  # every request past its cache check
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.01)
+            release.set()
+            return [r.status_code for r in await asyncio.gather(*reqs)]
+
+    assert asyncio.run(go()) == [200] * 8
+    assert len(calls) == 1
+    assert app.state.principals.inflight == {}
