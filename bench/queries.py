@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import subprocess
@@ -343,31 +344,93 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ]
 
 
+LOADGEN_SRC = ROOT / "bench" / "loadgen"
+LOADGEN_BIN = ROOT / "bench" / ".bin" / "loadgen"
+
+
+def native_client() -> Path | None:
+    """bench/loadgen (Go) built once into bench/.bin, or None without a Go toolchain.
+    Rebuilt when its source is newer than the binary."""
+    import shutil
+
+    go = shutil.which("go") or ("/usr/local/go/bin/go"
+                                if Path("/usr/local/go/bin/go").exists() else None)
+    src = LOADGEN_SRC / "main.go"
+    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= src.stat().st_mtime:
+        return LOADGEN_BIN
+    if go is None:
+        return None
+    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([go, "build", "-o", str(LOADGEN_BIN), "."], cwd=LOADGEN_SRC, check=True,
+                   env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"})
+    return LOADGEN_BIN
+
+
 def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_client: int,
-           seed: int, seen: set[str] | None = None) -> dict[str, Any]:
-    """``clients`` threads, each sending ``per_client`` requests back to back. ``seen``:
+           seed: int, seen: set[str] | None = None, loadgen: Path | None = None
+           ) -> dict[str, Any]:
+    """``clients`` clients, each sending ``per_client`` requests back to back: goroutines
+    of ``loadgen`` when given, else Python threads (one httpx client each). ``seen``:
     paths asked before in this run (the server's read cache can answer a repeat: the
     share of repeats is reported)."""
+    plans = []
+    for k in range(clients):
+        rng = random.Random(seed * 1000 + k)
+        plans.append([make(rng) for _ in range(per_client)])
+    if loadgen is not None:
+        lat, errors, wall = _native(loadgen, base, headers, plans)
+    else:
+        lat, errors, wall = _threads(base, headers, plans)
     seen = set() if seen is None else seen
-    paths: list[str] = []
+    paths = [p for plan in plans for p in plan]
+    kinds: dict[str, int] = {}
+    for e in errors:
+        kinds[e.split(" ", 1)[0]] = kinds.get(e.split(" ", 1)[0], 0) + 1
+    repeats = sum(1 for p in paths if p in seen)
+    new = set(paths) - seen
+    repeats += len(paths) - repeats - len(new)  # asked twice within this pass
+    seen.update(paths)
+    return {"n": len(lat), "errors": len(errors), "error_kinds": kinds,
+            "repeat_share": repeats / len(paths) if paths else None,
+            "error_sample": errors[:2],
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
+            "max_ms": max(lat) if lat else None, "rps": len(lat) / wall if wall else None}
+
+
+def _native(loadgen: Path, base: str, headers: dict[str, str], plans: list[list[str]]
+            ) -> tuple[list[float], list[str], float]:
+    out = subprocess.run([str(loadgen)], input=json.dumps(
+        {"base": base, "headers": headers, "paths": plans}).encode(), capture_output=True,
+        check=True, timeout=3600)
+    res = json.loads(out.stdout)
+    lat, errors = [], []
+    for r in res["results"]:
+        if r.get("error"):
+            errors.append(f"transport {r['path']}: {r['error']}")
+        elif r["status"] == 200:
+            lat.append(r["ms"])
+        else:
+            errors.append(f"{r['status']} {r['path']}: {r.get('body', '')}")
+    return lat, errors, res["wall_s"]
+
+
+def _threads(base: str, headers: dict[str, str], plans: list[list[str]]
+             ) -> tuple[list[float], list[str], float]:
     import httpx
 
     lat: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
-    start = threading.Barrier(clients)
+    start = threading.Barrier(len(plans))
 
-    def client(k: int) -> None:
-        rng = random.Random(seed * 1000 + k)
-        mine, bad, mine_paths = [], [], []
+    def client(plan: list[str]) -> None:
+        mine, bad = [], []
         with httpx.Client(base_url=base, headers=headers, timeout=60) as c:
             try:
                 c.get("/healthz")  # connect before the clock starts
             finally:
                 start.wait()
-            for _ in range(per_client):
-                path = make(rng)
-                mine_paths.append(path)
+            for path in plan:
                 t0 = time.perf_counter()
                 try:
                     r = c.get(path)
@@ -382,27 +445,14 @@ def hammer(base: str, headers: dict[str, str], make: Any, clients: int, per_clie
         with lock:
             lat.extend(mine)
             errors.extend(bad)
-            paths.extend(mine_paths)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    threads = [threading.Thread(target=client, args=(plan,)) for plan in plans]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    kinds: dict[str, int] = {}
-    for e in errors:
-        kinds[e.split(" ", 1)[0]] = kinds.get(e.split(" ", 1)[0], 0) + 1
-    repeats = sum(1 for p in paths if p in seen)
-    new = set(paths) - seen
-    repeats += len(paths) - repeats - len(new)  # asked twice within this pass
-    seen.update(paths)
-    return {"n": len(lat), "errors": len(errors), "error_kinds": kinds,
-            "repeat_share": repeats / len(paths) if paths else None,
-            "error_sample": errors[:2],
-            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
-            "max_ms": max(lat) if lat else None, "rps": len(lat) / wall if wall else None}
+    return lat, errors, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,6 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fill-only", action="store_true", help="fill (and size) the store, no API")
     ap.add_argument("--read-cache", type=int, default=None,
                     help="ARCHWATCH_READ_CACHE_ENTRIES for the server (0: cache off)")
+    ap.add_argument("--client", choices=("auto", "go", "python"), default="auto",
+                    help="load generator: bench/loadgen (Go; auto: when a Go toolchain is "
+                         "there) or Python threads with httpx (~3 ms of CPU a request here)")
     ap.add_argument("--kpi-cube-rows", type=int, default=None,
                     help="ARCHWATCH_KPI_CUBE_ROWS for the server (0: KPI reads go to the store)")
     ap.add_argument("--profile", action="store_true",
@@ -473,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         # a reused store names its results by what it holds, not by the --cases default
         args.cases = int(fill.get("rows", {}).get("case_state") or args.cases)
     params = run_worker("queries.py", ["--worker", "params", "--db", str(db)])
+    loadgen = None if args.client == "python" else native_client()
+    if args.client == "go" and loadgen is None:
+        raise SystemExit("queries: --client go needs a Go toolchain (go on PATH)")
+    print(f"queries: clients are {'bench/loadgen (Go)' if loadgen else 'Python threads'}",
+          flush=True)
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -504,15 +562,16 @@ def main(argv: list[str] | None = None) -> int:
                     c.get(path)
         serial = {}
         for i, (name, _kind, make) in enumerate(eps):
-            serial[name] = hammer(base, headers, make, 1, args.serial, seed=100 + i, seen=seen)
+            serial[name] = hammer(base, headers, make, 1, args.serial, seed=100 + i, seen=seen,
+                                  loadgen=loadgen)
         for i, (name, _kind, make) in enumerate(eps):
             print(f"  {args.clients} clients x {args.requests}: {name} ...", flush=True)
             results[name] = hammer(base, headers, make, args.clients, args.requests, seed=i,
-                                   seen=seen)
+                                   seen=seen, loadgen=loadgen)
             results[name]["serial_p50_ms"] = serial[name]["p50_ms"]
         # the baseline once more at the end: did the machine change under us?
         results["/healthz (again, at the end)"] = hammer(
-            base, headers, eps[0][2], args.clients, args.requests, seed=99)
+            base, headers, eps[0][2], args.clients, args.requests, seed=99, loadgen=loadgen)
     finally:
         stop_process(proc, 30)
     server_errors: dict[str, int] = {}
@@ -547,7 +606,8 @@ def main(argv: list[str] | None = None) -> int:
            "p99 ms",
            "p50 x healthz",
            "p99 x healthz", "req/s", "target"], rows,
-          title=f"\nAPI latency, {args.clients} concurrent clients, store of "
+          title=f"\nAPI latency, {args.clients} concurrent clients "
+                f"({'Go' if loadgen else 'Python'}), store of "
                 f"{count('case_state', args.cases)} cases / "
                 f"{count('kpi_task')} kpi_task rows / {count('anomaly')} anomalies")
     for name, r in results.items():
@@ -583,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"-cube{args.kpi_cube_rows}" if args.kpi_cube_rows is not None else ""),
                   {"cases": args.cases, "clients": args.clients, "read_cache": args.read_cache,
                    "kpi_cube_rows": args.kpi_cube_rows,
+                   "client": "go" if loadgen else "python",
                    "requests_per_client": args.requests, "db": str(db),
                    "fill": fill, "auth": bool(headers), "endpoints": verdict,
                    "server_errors": server_errors, "profile": hot})

@@ -1,0 +1,3 @@
+module archwatch/bench/loadgen
+
+go 1.22
