@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from archwatch.api.auth import ReaderDep
 from archwatch.api.deps import PageDep, ReadsDep
-from archwatch.api.queries import KpiQuery, kpi_groups
+from archwatch.api.queries import KpiQuery, kpi_groups_async
 from fastapi import APIRouter, Query
 
 from archwatch.timeutil import SHANGHAI
@@ -36,7 +36,7 @@ def _seed_row(g: dict[str, Any], year: int) -> dict[str, Any]:
 
 
 @router.get("/taskArchiveList")
-def task_archive_list(
+async def task_archive_list(
     store: ReadsDep,
     p: ReaderDep,
     page: PageDep,
@@ -47,7 +47,7 @@ def task_archive_list(
     """Archive statistics of one department's items in one region and year (seed API)."""
     started = time.perf_counter()
     y = year or _current_year()
-    rows, total = kpi_groups(store, KpiQuery(
+    rows, total = await kpi_groups_async(store, KpiQuery(
         group_by=["taskId"], filters=p.narrow({"year": y, "qym": qym, "deptCode": deptCode}),
         sort="key", limit=page.size, offset=page.offset))
     records = []
@@ -61,7 +61,7 @@ def task_archive_list(
 
 
 @router.get("/sysView")
-def sys_view(
+async def sys_view(
     store: ReadsDep,
     p: ReaderDep,
     page: PageDep,
@@ -71,7 +71,7 @@ def sys_view(
     """Archive statistics per business system in one year (seed API)."""
     started = time.perf_counter()
     y = year or _current_year()
-    rows, total = kpi_groups(store, KpiQuery(
+    rows, total = await kpi_groups_async(store, KpiQuery(
         group_by=["systemCode", "systemLevel"],
         filters=p.narrow({"year": y, "systemCode": systemCode}),
         sort="key", limit=page.size, offset=page.offset))

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from archwatch.api.auth import Principal, ReaderDep
 from archwatch.api.deps import PageDep, ReadsDep
 from archwatch.api.models import CaseOut, KpiGroup, Paged
-from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups, where_of
+from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups_async, where_of
 from fastapi import APIRouter, Query
 
 from archwatch.lookups import ITEM_PREFIX_IN, item_prefix_sets
@@ -41,16 +41,17 @@ SortQ = Annotated[Sort, Query(description="e.g. archiveRate with order=asc: wors
 OrderQ = Annotated[Order, Query()]
 
 
-def _paged(store: Any, page: Any, group_by: list[str], filters: dict[str, Any], sort: Sort,
-           order: Order, p: Principal) -> Paged[KpiGroup]:
-    rows, total = kpi_groups(store, KpiQuery(group_by, p.narrow(filters), sort.value,
-                                             order is Order.desc, page.size, page.offset))
+async def _paged(store: Any, page: Any, group_by: list[str], filters: dict[str, Any],
+                 sort: Sort, order: Order, p: Principal) -> Paged[KpiGroup]:
+    # async routes: a read the cube answers stays on the event loop (kpi_groups_async)
+    rows, total = await kpi_groups_async(store, KpiQuery(
+        group_by, p.narrow(filters), sort.value, order is Order.desc, page.size, page.offset))
     return Paged[KpiGroup](total=total, pageNo=page.no, pageSize=page.size,
                            items=[KpiGroup(**r) for r in rows])
 
 
 @router.get("/stats", response_model=Paged[KpiGroup])
-def stats(
+async def stats(
     store: ReadsDep, page: PageDep, p: ReaderDep,
     groupBy: Annotated[str, Query(description="comma-separated: year,qym,deptCode,systemCode,systemLevel,taskId")] = "year",  # noqa: E501, N803
     year: Year = None, qym: Code = None, deptCode: Code = None,  # noqa: N803
@@ -68,53 +69,53 @@ def stats(
                        f"use {', '.join(DIMENSIONS)}")
     filters = {"year": year, "qym": qym, "deptCode": deptCode, "systemCode": systemCode,
                "systemLevel": systemLevel}
-    return _paged(store, page, dims, filters, sort, order, p)
+    return await _paged(store, page, dims, filters, sort, order, p)
 
 
 @router.get("/drill/regions", response_model=Paged[KpiGroup])
-def regions(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
+async def regions(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
             order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of region drill-down: one row per region (qym)."""
-    return _paged(store, page, ["qym"], {"year": year}, sort, order, p)
+    return await _paged(store, page, ["qym"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments", response_model=Paged[KpiGroup])
-def departments(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, year: Year = None,
+async def departments(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, year: Year = None,
                 sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the departments of one region."""
-    return _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order, p)
+    return await _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments/{deptCode}/items", response_model=Paged[KpiGroup])
-def dept_items(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, deptCode: str,  # noqa: N803
+async def dept_items(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, deptCode: str,  # noqa: N803
                year: Year = None, sort: SortQ = Sort.key,
                order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one department."""
-    return _paged(store, page, ["taskId"], {"year": year, "qym": qym, "deptCode": deptCode},
+    return await _paged(store, page, ["taskId"], {"year": year, "qym": qym, "deptCode": deptCode},
                   sort, order, p)
 
 
 @router.get("/drill/levels", response_model=Paged[KpiGroup])
-def levels(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
+async def levels(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
            order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of system drill-down: 国/省/市."""
-    return _paged(store, page, ["systemLevel"], {"year": year}, sort, order, p)
+    return await _paged(store, page, ["systemLevel"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/levels/{systemLevel}/systems", response_model=Paged[KpiGroup])
-def systems(store: ReadsDep, page: PageDep, p: ReaderDep, systemLevel: str, year: Year = None,  # noqa: N803
+async def systems(store: ReadsDep, page: PageDep, p: ReaderDep, systemLevel: str, year: Year = None,  # noqa: N803
             sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the business systems of one level."""
-    return _paged(store, page, ["systemCode"], {"year": year, "systemLevel": systemLevel},
+    return await _paged(store, page, ["systemCode"], {"year": year, "systemLevel": systemLevel},
                   sort, order, p)
 
 
 @router.get("/drill/systems/{systemCode}/items", response_model=Paged[KpiGroup])
-def system_items(store: ReadsDep, page: PageDep, p: ReaderDep, systemCode: str,  # noqa: N803
+async def system_items(store: ReadsDep, page: PageDep, p: ReaderDep, systemCode: str,  # noqa: N803
                  year: Year = None, sort: SortQ = Sort.key,
                  order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one business system."""
-    return _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode}, sort, order, p)
+    return await _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode}, sort, order, p)
 
 
 CASE_SORTS = {"caseNo": "case_no", "completedAt": "completed_at",
