@@ -128,6 +128,18 @@ class KpiCube:
             cols[c] = [intern.setdefault(v, v) for v in cols[c]]
         return cls(list(zip(*cols, strict=True)))
 
+    def item_prefixes(self, task_id: str, year: int | None) -> dict[str, list[Any]]:
+        """The (year, qym, dept_code) prefixes under which ``case_state`` holds the item's
+        cases, as :func:`archwatch.lookups.item_prefix_sets` gives them: every case with a
+        row counts in its item's KPI group (the row and the KPI part come from the same
+        completion), so a current case's prefix is a kpi_item row's, as soon as kpi_item
+        has been refreshed after it (live: within a second)."""
+        rows = [self.rows[i] for i in self.rows_with(_DIM_INDEX["taskId"], task_id)]
+        if year is not None:
+            rows = [r for r in rows if r[0] == year]
+        return {"k_year": sorted({r[0] for r in rows}), "k_qym": sorted({r[1] for r in rows}),
+                "k_dept": sorted({r[2] for r in rows})}
+
     def groups(self, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
         """The rows and total that ``kpi_groups``' SQL returns for ``q``, in its shape
         (shared between callers: not to be changed)."""

@@ -209,3 +209,57 @@ def test_api_answers_the_same_before_and_after_the_cube_loads(tmp_path: Path) ->
         assert answers() == by_sql
         assert any(body.get("total") or body.get("data", {}).get("total") for body in by_sql)
     store.close()
+
+
+def test_item_case_lists_are_the_same_with_prefixes_from_the_cube(tmp_path: Path) -> None:
+    """An item's case list finds its key prefixes in the cube instead of case_state's raw
+    rows: on a replayed workload the prefixes are exactly those of the item's current
+    cases, and the lists (region and system chains, with and without a year) are equal."""
+    from archwatch.api.app import create_app
+    from archwatch.api.settings import Settings
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import log_in, workload_store
+
+    store, _truth = workload_store(tmp_path, 600, 17, 0.3)
+    cube = kpicube.KpiCube.load(store)
+    assert cube is not None
+    current = store.query("SELECT DISTINCT task_id, year, qym, dept_code, system_code"
+                          " FROM case_state FINAL")
+    items = sorted({r["task_id"] for r in current})
+    assert len(items) > 5
+    for task in items:
+        mine = [r for r in current if r["task_id"] == task]
+        for year in (None, mine[0]["year"]):
+            want = [r for r in mine if year is None or r["year"] == year]
+            assert cube.item_prefixes(task, year) == {
+                "k_year": sorted({r["year"] for r in want}),
+                "k_qym": sorted({r["qym"] for r in want}),
+                "k_dept": sorted({r["dept_code"] for r in want})}
+    app = create_app(Settings(rate_burst=100_000, rate_per_second=100_000), store=store)
+    paths = []
+    for task in items[:6]:
+        r = next(r for r in current if r["task_id"] == task)
+        paths += [f"/api/v1/drill/items/{task}/cases?pageSize=50",
+                  f"/api/v1/drill/items/{task}/cases?year={r['year']}&sort=completedAt",
+                  f"/api/v1/drill/items/{task}/cases?systemCode={r['system_code']}"]
+    with TestClient(app) as client:
+        log_in(client, store)
+        client.get(paths[0])
+        reads = app.state.reads
+
+        def answers() -> list[Any]:
+            out = []
+            for path in paths:
+                r = client.get(path)
+                assert r.status_code == 200, r.text
+                out.append(r.json())
+            return out
+
+        kpicube.hold(reads, 0)
+        by_sql = answers()
+        kpicube.hold(reads, 100_000)
+        assert kpicube.cube_of(reads, wait=True) is not None
+        assert answers() == by_sql
+        assert all(body["total"] > 0 for body in by_sql)
+    store.close()

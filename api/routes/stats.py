@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from archwatch.api.auth import Principal, ReaderDep
 from archwatch.api.deps import PageDep, ReadsDep
+from archwatch.api.kpicube import cube_of
 from archwatch.api.models import CaseOut, KpiGroup, Paged
 from archwatch.api.queries import DIMENSIONS, KpiQuery, kpi_groups_async, where_of
 from fastapi import APIRouter, Query
@@ -143,7 +144,10 @@ def item_cases(
         # case_no) narrows nothing past the year: take the item's key prefixes from its raw
         # rows (every current row is one of them) through the p_item_keys projection (0012),
         # so that FINAL reads primary-key ranges.
-        prefixes = item_prefix_sets(store, filters["taskId"], filters["year"])
+        # (from kpi_item in memory when the app holds it: archwatch.api.kpicube)
+        cube = cube_of(store)
+        prefixes = (cube.item_prefixes(filters["taskId"], filters["year"]) if cube is not None
+                    else item_prefix_sets(store, filters["taskId"], filters["year"]))
         if not prefixes["k_year"]:
             return Paged[CaseOut](total=0, pageNo=page.no, pageSize=page.size, items=[])
         where += f" AND {ITEM_PREFIX_IN}"
