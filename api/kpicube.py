@@ -140,6 +140,13 @@ class KpiCube:
         return {"k_year": sorted({r[0] for r in rows}), "k_qym": sorted({r[1] for r in rows}),
                 "k_dept": sorted({r[2] for r in rows})}
 
+    def count(self, filters: dict[str, Any]) -> int:
+        """The cases counted in the KPI groups matching ``filters`` (sum of ``kpi``)."""
+        from archwatch.api.queries import KpiQuery
+
+        rows, _ = self.groups(KpiQuery([], filters, "key", False, 1, 0))
+        return int(rows[0]["kpi"]) if rows else 0
+
     def groups(self, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
         """The rows and total that ``kpi_groups``' SQL returns for ``q``, in its shape
         (shared between callers: not to be changed)."""

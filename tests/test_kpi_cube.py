@@ -212,9 +212,10 @@ def test_api_answers_the_same_before_and_after_the_cube_loads(tmp_path: Path) ->
 
 
 def test_item_case_lists_are_the_same_with_prefixes_from_the_cube(tmp_path: Path) -> None:
-    """An item's case list finds its key prefixes in the cube instead of case_state's raw
-    rows: on a replayed workload the prefixes are exactly those of the item's current
-    cases, and the lists (region and system chains, with and without a year) are equal."""
+    """An item's case list finds its key prefixes (and, without a status filter, its total)
+    in the cube instead of case_state: on a replayed workload the prefixes are exactly
+    those of the item's current cases, and the lists (region and system chains, with and
+    without a year, a page past the end, a status) are equal."""
     from archwatch.api.app import create_app
     from archwatch.api.settings import Settings
     from fastapi.testclient import TestClient
@@ -242,7 +243,11 @@ def test_item_case_lists_are_the_same_with_prefixes_from_the_cube(tmp_path: Path
         r = next(r for r in current if r["task_id"] == task)
         paths += [f"/api/v1/drill/items/{task}/cases?pageSize=50",
                   f"/api/v1/drill/items/{task}/cases?year={r['year']}&sort=completedAt",
-                  f"/api/v1/drill/items/{task}/cases?systemCode={r['system_code']}"]
+                  f"/api/v1/drill/items/{task}/cases?systemCode={r['system_code']}",
+                  f"/api/v1/drill/items/{task}/cases?qym={r['qym']}&deptCode={r['dept_code']}"
+                  "&pageSize=3&pageNo=2",
+                  f"/api/v1/drill/items/{task}/cases?status=MISSING",
+                  f"/api/v1/drill/items/{task}/cases?pageNo=99"]
     with TestClient(app) as client:
         log_in(client, store)
         client.get(paths[0])
@@ -261,5 +266,7 @@ def test_item_case_lists_are_the_same_with_prefixes_from_the_cube(tmp_path: Path
         kpicube.hold(reads, 100_000)
         assert kpicube.cube_of(reads, wait=True) is not None
         assert answers() == by_sql
-        assert all(body["total"] > 0 for body in by_sql)
+        assert all(body["total"] > 0 for body in by_sql[0::6])  # each item's whole list
+        # a page past the end reports 0, as before
+        assert all(body["total"] == 0 and body["items"] == [] for body in by_sql[5::6])
     store.close()
