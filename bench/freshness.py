@@ -7,7 +7,8 @@ the wall-clock moment it is sent, a case's completedAt is the moment its case.co
 is sent (receipts' meta.completedAt and archive-number years follow, so nothing but the
 planted anomalies and the compressed timeline differs from the workload), and exact
 redeliveries stay exact. `archwatch up` (dataflow + API in one process, a fresh store,
---no-recovery) runs with short deadlines: --archive-sla PT2S --lateness PT0S.
+--no-recovery unless --recovery) runs with short deadlines: --archive-sla PT2S
+--lateness PT0S.
 
 The cases planted with a MISSING_ARCHIVE (truth.json: kinds "missing" and "late") are
 the probes: deadline = the moment their completion was sent + archiveSla. A poller asks
@@ -18,6 +19,7 @@ Between probes it times GET /healthz: the API's own round trip, the baseline.
     .venv/bin/python bench/freshness.py                     # 2,000/s for 30 s
     .venv/bin/python bench/freshness.py --rate 10000        # 10,000/s for 30 s
     .venv/bin/python bench/freshness.py --archive-sla PT10S # the workload's P30D, compressed
+    .venv/bin/python bench/freshness.py --recovery          # the product's default: recovery on
 """
 
 from __future__ import annotations
@@ -231,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--anomaly-rate", dest="anomaly_rate", type=float, default=0.05)
     ap.add_argument("--workers", type=int, default=1, help="`archwatch up -w`")
+    ap.add_argument("--recovery", action="store_true",
+                    help="run `archwatch up` with recovery on (its default: synchronous writes"
+                         " and a snapshot per epoch), not --no-recovery")
     ap.add_argument("--epoch-interval", dest="epoch_interval", type=float,
                     help="`archwatch up --epoch-interval` (default: the product's)")
     ap.add_argument("--worker", choices=["prepare", "versions"], help=argparse.SUPPRESS)
@@ -272,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(
         [PY, "-m", "archwatch.cli", "up", "--db", str(db), "--port", str(port), "--brokers",
          BROKERS, "--topic-prefix", prefix, "--archive-sla", args.archive_sla, "--lateness",
-         args.lateness, "--no-recovery", "-w", str(args.workers),
+         args.lateness, *([] if args.recovery else ["--no-recovery"]), "-w", str(args.workers),
          *(["--epoch-interval", str(args.epoch_interval)] if args.epoch_interval else [])],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, **UNLIMITED_ENV})
@@ -354,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         by = summary["byCode"]
         print("anomalies in the store at the end: "
               + ", ".join(f"{k} {v['total']:,}" for k, v in sorted(by.items())))
-    write_results("freshness", {
+    write_results("freshness" + ("-recovery" if args.recovery else ""), {
         "rate": args.rate, "seconds": args.seconds, "archive_sla": args.archive_sla,
-        "lateness": args.lateness, "workers": args.workers, "events": produced,
+        "lateness": args.lateness, "workers": args.workers, "recovery": args.recovery,
+        "events": produced,
         "cases": cases, "probes": len(probes), "seen": len(lat), "on_time": len(on_time),
         "never_seen": missing, "epoch_interval": args.epoch_interval,
         "freshness_ms": {"p50": p50, "p99": p99, "max": max(lat) if lat else None},
