@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 MAX_ROWS = 500_000
 """Above this many rows (≈ 200 MB of tuples) the reads go to the store; the API's
 setting ``kpi_cube_rows`` sets it per app (0: never held)."""
+RELOAD_GAP = 10
+"""A load starts at least this many times its own last duration after the last one..."""
+MIN_RELOAD_S = 1.0
+"""... and at least this many seconds after it."""
 MAX_ANSWERS = 4096
 """Answers a cube keeps (a dashboard asks the same pages again and again)."""
 
@@ -225,6 +230,7 @@ class _Held:
     generation: Any = None
     cube: KpiCube | None = None
     loader: Future[None] | None = None
+    next_load: float = 0.0  # time.monotonic() before which no load starts (unless waited for)
 
 
 _HELD: weakref.WeakKeyDictionary[ReadCache, _Held] = weakref.WeakKeyDictionary()
@@ -246,7 +252,9 @@ def cube_of(reads: Any, wait: bool = False) -> KpiCube | None:
     the reads cannot be cached (a server others write, the cache off), when the table is
     too large, or while the current generation's cube is loading (a read then goes to
     the store: a load costs 0.1–0.3 s at 23,505 rows, ten reads' worth, so no read waits
-    for one unless ``wait``). A load starts when a read finds the cube out of date."""
+    for one unless ``wait``). A load starts when a read finds the cube out of date, no
+    sooner than :data:`MIN_RELOAD_S` and :data:`RELOAD_GAP` times the last load's
+    duration after the last one (``wait`` starts one at once)."""
     if not isinstance(reads, ReadCache) or reads.size <= 0:
         return None
     store = reads.store
@@ -260,9 +268,9 @@ def cube_of(reads: Any, wait: bool = False) -> KpiCube | None:
         if held.generation == gen or held.max_rows == 0:
             return held.cube
         loader = held.loader
-        if loader is None:
+        if loader is None and (wait or time.monotonic() >= held.next_load):
             loader = held.loader = _LOADER.submit(_load, store, held)
-    if wait:
+    if wait and loader is not None:
         loader.result()
         return cube_of(reads)
     return None
@@ -271,13 +279,18 @@ def cube_of(reads: Any, wait: bool = False) -> KpiCube | None:
 def _load(store: Store, held: _Held) -> None:
     # Filed under the generation read before loading, as ReadCache files its entries: a
     # cube may hold a write newer than its generation, never miss an older one.
+    started = time.monotonic()
     try:
         gen = store.generation(("kpi_item",))
         cube = KpiCube.load(store, held.max_rows)
     except Exception:  # noqa: BLE001 - the reads go to the store meanwhile
         log.warning("loading kpi_item into memory failed; reading the store", exc_info=True)
-        with _LOCK:
-            held.loader = None
-        return
+        cube, gen = None, None
+    # Live, kpi_item changes up to once a second, and a load holds the GIL for much of its
+    # 0.15-0.25 s, beside the dataflow in `archwatch up`: loads are spaced so that they
+    # take at most 1/RELOAD_GAP of the time; reads go to the store in between.
+    pause = max(MIN_RELOAD_S, RELOAD_GAP * (time.monotonic() - started))
     with _LOCK:
-        held.generation, held.cube, held.loader = gen, cube, None
+        if gen is not None:
+            held.generation, held.cube = gen, cube
+        held.loader, held.next_load = None, started + pause

@@ -270,3 +270,28 @@ def test_item_case_lists_are_the_same_with_prefixes_from_the_cube(tmp_path: Path
         # a page past the end reports 0, as before
         assert all(body["total"] == 0 and body["items"] == [] for body in by_sql[5::6])
     store.close()
+
+
+def test_loads_are_spaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a load, the next starts no sooner than MIN_RELOAD_S (and RELOAD_GAP times its
+    duration) later, however often kpi_item changes; reads use the store meanwhile."""
+    from types import SimpleNamespace
+
+    store = open_store(tmp_path / "db")
+    migrate(store)
+    _fill(store, 6)
+    now = [1000.0]  # a frozen clock: the loads take no time on it
+    monkeypatch.setattr(kpicube, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    reads = ReadCache(store)
+    assert kpicube.cube_of(reads, wait=True) is not None
+    store.insert("kpi_item", [_row(random.Random(1), 7)])
+    now[0] += kpicube.MIN_RELOAD_S - 0.01
+    assert kpicube.cube_of(reads) is None
+    assert kpicube._HELD[reads].loader is None  # within the gap: no load started
+    now[0] += 0.01
+    assert kpicube.cube_of(reads) is None  # due: a load starts, this read used the store
+    loader = kpicube._HELD[reads].loader
+    assert loader is not None
+    loader.result()
+    assert kpicube.cube_of(reads) is not None
+    store.close()
