@@ -13,10 +13,10 @@ entry of the app's :class:`~archwatch.store.ReadCache` like any read, and as cor
 filed under the generation read before it was loaded, dropped at the next write to
 ``kpi_item``. Where that cache cannot keep anything (a ClickHouse server that other
 processes write, or the cache turned off), or the table is larger than
-:data:`MAX_ROWS` (``ARCHWATCH_KPI_CUBE_ROWS``), :func:`archwatch.api.queries.kpi_groups`
-runs its SQL instead; the
-two give the same answers (``tests/test_kpi_cube.py`` compares them on random tables and
-queries).
+:data:`MAX_ROWS` (``ARCHWATCH_KPI_CUBE_ROWS``), or while a new generation's cube is
+loading (loads run in the background, spaced: see :func:`cube_of`),
+:func:`archwatch.api.queries.kpi_groups` runs its SQL instead; the two give the same
+answers (``tests/test_kpi_cube.py`` compares them on random tables and queries).
 """
 
 from __future__ import annotations
