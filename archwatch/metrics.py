@@ -8,7 +8,7 @@ import time
 from collections import Counter
 
 from prometheus_client import Counter as PCounter
-from prometheus_client import Gauge
+from prometheus_client import Gauge, Histogram
 
 from archwatch.rules import CLASS_OF_CODE
 
@@ -23,6 +23,16 @@ STAGE = PCounter("archwatch_stage_items_total", "Events (cases, receivers) and r
                  "facts (archive_nos; facts_sent by the cases) each keyed step processed, "
                  "counted once the rows it emitted with them are written", ["stage"])
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
+# Where a row's way to the store goes (freshness): each INSERT's duration, and for each
+# write the time from its oldest row entering the sink's buffer to the write's end (the
+# flush delay, the queue before the writer thread, the inserts).
+STORE_WRITE = Histogram("archwatch_store_write_seconds",
+                        "One INSERT by the sink (kpi_item: one refresh of it)", ["table"],
+                        buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
+SINK_DELAY = Histogram("archwatch_sink_delay_seconds",
+                       "From a write's oldest row entering the sink's buffer to the write's "
+                       "end (its rows queryable)",
+                       buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
 # Webhook delivery (archwatch/notify.py): every POST's outcome (failed: it will be retried
 # unless it was the last attempt), deliveries that gave up, and the queue by status
 # (failed = waiting for a retry).

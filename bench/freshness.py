@@ -224,6 +224,25 @@ class Poller:
                    for c in self.probes)
 
 
+def sink_breakdown(m: dict[str, float]) -> dict[str, Any]:
+    """From the run's /metrics: the mean time from a write's oldest row entering the
+    sink's buffer to the write's end, and the mean INSERT per table (where a row's way to
+    the store goes, after the engine made it)."""
+    def mean(name: str) -> float | None:
+        n = m.get(f"{name}_count")
+        return m[f"{name}_sum"] / n * 1000 if n else None
+
+    out: dict[str, Any] = {"sink_delay_mean_ms": mean("archwatch_sink_delay_seconds"),
+                           "writes": int(m.get("archwatch_sink_delay_seconds_count", 0)),
+                           "insert_mean_ms": {}}
+    for key, n in m.items():
+        hit = re.fullmatch(r'archwatch_store_write_seconds_count\{table="([^"]+)"\}', key)
+        if hit and n:
+            total = m[f'archwatch_store_write_seconds_sum{{table="{hit.group(1)}"}}']
+            out["insert_mean_ms"][hit.group(1)] = total / n * 1000
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=2000, help="events per second (default 2000)")
@@ -252,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     from archwatch.connectors.kafka import KafkaSettings, produce_lines, wait_for_broker
 
     from archwatch.generate import GenerateOptions, generate
+    from archwatch.metrics import scrape
     from archwatch.timeutil import parse_duration
 
     sla_ms = parse_duration(args.archive_sla)
@@ -272,17 +292,20 @@ def main(argv: list[str] | None = None) -> int:
     db = tmp / "db"
     prep = run_worker("freshness.py", ["--worker", "prepare", "--db", str(db)])
     port = free_port()
+    mport = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp / "up.log"
     proc = subprocess.Popen(
         [PY, "-m", "archwatch.cli", "up", "--db", str(db), "--port", str(port), "--brokers",
          BROKERS, "--topic-prefix", prefix, "--archive-sla", args.archive_sla, "--lateness",
          args.lateness, *([] if args.recovery else ["--no-recovery"]), "-w", str(args.workers),
+         "--metrics-port", str(mport),
          *(["--epoch-interval", str(args.epoch_interval)] if args.epoch_interval else [])],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, **UNLIMITED_ENV})
     poller = None
     produced = 0
+    sink: dict[str, Any] = {}
     try:
         wait_for(lambda: http_ok(f"{base}/healthz") or proc.poll() is not None, 120,
                  what="archwatch up")
@@ -309,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = None
         with contextlib.suppress(Exception):  # informational only
             summary = poller.c.get("/api/v1/anomalies/summary").json()
+        sink = sink_breakdown(scrape(mport))
     finally:
         if poller is not None:
             poller.stop.set()
@@ -359,6 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         by = summary["byCode"]
         print("anomalies in the store at the end: "
               + ", ".join(f"{k} {v['total']:,}" for k, v in sorted(by.items())))
+    if sink.get("writes"):
+        inserts = ", ".join(f"{t} {ms:.1f}" for t, ms in
+                            sorted(sink["insert_mean_ms"].items(), key=lambda kv: -kv[1]))
+        print(f"the sink: {sink['writes']:,} writes, each {sink['sink_delay_mean_ms']:.0f} ms "
+              f"on average from its oldest row entering the buffer to its end; mean INSERT "
+              f"ms by table: {inserts}")
     write_results("freshness" + ("-recovery" if args.recovery else ""), {
         "rate": args.rate, "seconds": args.seconds, "archive_sla": args.archive_sla,
         "lateness": args.lateness, "workers": args.workers, "recovery": args.recovery,
@@ -372,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_to_healthz": {"p50": p50 / h50 if h50 else None,
                              "p99": p99 / h99 if h99 else None},
         "api_errors": poller.errors, "summary_at_end": summary, "topic_prefix": prefix,
-        "per_probe": poller.seen, "scratch": str(tmp),
+        "per_probe": poller.seen, "scratch": str(tmp), "sink": sink,
     })
     return 0
 

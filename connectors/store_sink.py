@@ -80,9 +80,11 @@ class _Writer:
         self.thread.start()
 
     def submit(self, tables: dict[str, list[dict[str, Any]]], rejects: list[Reject],
-               counts: Counter[str]) -> None:
+               counts: Counter[str], since: float | None = None) -> None:
+        """Queue a buffer for writing; ``since``: when its oldest row was buffered
+        (time.monotonic), for the sink-delay metric."""
         self._raise()
-        self.queue.put((tables, rejects, counts))
+        self.queue.put((tables, rejects, counts, since))
 
     def refresh_due(self) -> bool:
         """Rows summed late enough to refresh now (checked by the partition's flusher
@@ -135,12 +137,14 @@ class _Writer:
                 self.queue.task_done()
 
     def _write(self, tables: dict[str, list[dict[str, Any]]], rejects: list[Reject],
-               counts: Counter[str]) -> None:
+               counts: Counter[str], since: float | None) -> None:
         if rejects:
             self.on_rejects(rejects)  # before the rows: a lost record is worse than a late one
         for table, rows in tables.items():
             if rows:
+                started = time.monotonic()
                 self.store.insert(table, rows)
+                metrics.STORE_WRITE.labels(table).observe(time.monotonic() - started)
         kpi = tables.get("kpi_task")
         if kpi:
             lo, hi = rollup.version_range(kpi)
@@ -150,11 +154,15 @@ class _Writer:
             if self.refresh_due():
                 self._refresh()
         self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
+        if since is not None:
+            metrics.SINK_DELAY.observe(time.monotonic() - since)
 
     def _refresh(self) -> None:
         self.requested = False
         if self.pending is not None:
+            started = time.monotonic()
             rollup.refresh_range(self.store, *self.pending)
+            metrics.STORE_WRITE.labels("kpi_item").observe(time.monotonic() - started)
             self.pending = None
         self.refreshed = time.monotonic()
 
@@ -174,6 +182,7 @@ class _Partition(StatelessSinkPartition[Any]):
         self.rejects: list[Reject] = []
         self.buffered = 0
         self.since = time.monotonic()
+        self.first_at = self.since
         self.writer = _Writer(store, tally, on_rejects, refresh_every=refresh_every)
         # The buffer is flushed (and kpi_item refreshed) on time by a thread of its own: a
         # partition whose input went quiet gets no more write_batch calls, and must still
@@ -228,6 +237,8 @@ class _Partition(StatelessSinkPartition[Any]):
                 continue  # done above
             elif isinstance(item, Envelope):  # pragma: no cover - wiring error
                 raise TypeError("an applied event reached the sink unwritten")
+        if not self.buffered:
+            self.first_at = time.monotonic()  # when the buffer's oldest row came
         self.buffered += len(items)
         if self.synchronous:
             self.flush()
@@ -245,7 +256,7 @@ class _Partition(StatelessSinkPartition[Any]):
         with self._lock:
             if not self.buffered:
                 return
-            self.writer.submit(self.tables, self.rejects, self.counts)
+            self.writer.submit(self.tables, self.rejects, self.counts, self.first_at)
             self.tables = {}
             self.counts = Counter()
             self.rejects = []
