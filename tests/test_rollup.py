@@ -131,3 +131,57 @@ def test_a_quiet_sink_writes_and_sums_on_time(store) -> None:
     finally:
         part.close()
     assert rollup.differences(store) == []
+
+
+def test_writes_do_not_wait_for_a_refresh_and_its_failure_surfaces(store, monkeypatch) -> None:
+    """Live (refresh_every > 0), kpi_item is refreshed by a thread of its own: a slow
+    refresh does not hold back the rows written after it (the anomalies operations staff
+    wait for), and a failed one stops the flow at its next write."""
+    import pytest
+
+    from archwatch.connectors.store_sink import StoreSink, Tally
+
+    from archwatch.engine import Write
+    from tests.kafka_helpers import poll
+
+    migrate(store)
+    entered, release = threading.Event(), threading.Event()
+    real = rollup.refresh_range
+
+    def slow(*args: Any) -> None:
+        entered.set()
+        assert release.wait(10)
+        real(*args)
+
+    monkeypatch.setattr(rollup, "refresh_range", slow)
+    part = StoreSink(store, Tally(), lambda _r: None, max_delay=0.05,
+                     refresh_every=0.05).build("s", 0, 1)
+    try:
+        part.write_batch([Write("kpi_task", partial("s1", 5))])
+        poll(entered.is_set, 10, every=0.01, what="a refresh under way")
+        part.write_batch([Write("kpi_task", partial("s2", 2, task_id="T2"))])
+        poll(lambda: store.query("SELECT count() AS n FROM kpi_task")[0]["n"] == 2, 10,
+             every=0.01, what="the next rows written while the refresh is held")
+        assert entered.is_set() and not release.is_set()
+        release.set()
+        poll(lambda: [r["kpi"] for r in items(store)] == [5, 2], 10, every=0.02,
+             what="kpi_item refreshed for both")
+    finally:
+        release.set()
+        part.close()
+    assert rollup.differences(store) == []
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("refresh failed")
+
+    monkeypatch.setattr(rollup, "refresh_range", broken)
+    part = StoreSink(store, Tally(), lambda _r: None, max_delay=0.05,
+                     refresh_every=0.05).build("s", 0, 1)
+    part.write_batch([Write("kpi_task", partial("s3", 1, task_id="T3"))])
+    writer = part.writer
+    poll(lambda: writer.error is not None, 10, every=0.01, what="the refresh to fail")
+    with pytest.raises(RuntimeError, match="refresh failed"):
+        part.write_batch([Write("kpi_task", partial("s4", 1, task_id="T4"))])
+        part.drain()
+    part._stop.set()
+    writer.queue.put(None)
