@@ -138,7 +138,6 @@ def test_writes_do_not_wait_for_a_refresh_and_its_failure_surfaces(store, monkey
     refresh does not hold back the rows written after it (the anomalies operations staff
     wait for), and a failed one stops the flow at its next write."""
     import pytest
-
     from archwatch.connectors.store_sink import StoreSink, Tally
 
     from archwatch.engine import Write
