@@ -7,9 +7,11 @@ re-emits after a recovery replaces itself instead of adding up.
 Two modes. ``synchronous`` (live, with recovery): every batch Bytewax hands over is
 written before ``write_batch`` returns, so when Bytewax commits an epoch's recovery state
 every row of that epoch is in the store, and a crash can lose no row whose input will not
-be replayed. Otherwise (a replay): rows are buffered up to ``max_rows`` or ``max_delay``
-(ClickHouse wants few large parts) and written by a background thread while the dataflow
-goes on; ``close`` waits for them.
+be replayed. Otherwise (a replay, or live without recovery): rows are buffered up to
+``max_rows`` or ``max_delay`` (ClickHouse wants few large parts), and past ``max_delay``
+until the writer thread has finished the buffer before, so that under load writes grow
+instead of queueing; the writer writes them while the dataflow goes on; ``close`` waits
+for them.
 
 A DynamicSink, not a FixedPartitionedSink: Bytewax holds a stateful sink's items until
 their epoch closes (measured: up to a second of extra delay for a fired deadline).
