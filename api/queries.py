@@ -59,10 +59,29 @@ def where_of(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     """KPI numbers grouped by ``q.group_by``, filtered, sorted and paginated."""
+    held = _cube_groups(store, q)
+    return held if held is not None else _sql_groups(store, q)
+
+
+async def kpi_groups_async(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
+    """:func:`kpi_groups` for an ``async`` route: answered on the event loop when the
+    cube holds it (tens of µs to a few ms of Python), in the thread pool when it reads
+    the store. The hand-over to a pool thread and back, and the GIL passing between the
+    two, cost a cached read more than its answer."""
+    held = _cube_groups(store, q)
+    return held if held is not None else await run_in_threadpool(_sql_groups, store, q)
+
+
+def _cube_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int] | None:
+    """:func:`kpi_groups` from kpi_item held in memory, or None when it is not held."""
     cube = cube_of(store)
-    if cube is not None:
-        rows, total = cube.groups(q)
-        return [_group_of(r, q) for r in rows], total
+    if cube is None:
+        return None
+    rows, total = cube.groups(q)
+    return [_group_of(r, q) for r in rows], total
+
+
+def _sql_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     where, params = where_of(q.filters)
     cols = [DIMENSIONS[d][0] for d in q.group_by]
     select_keys = ", ".join(f"toString({c}) AS k_{i}" for i, c in enumerate(cols))
@@ -93,18 +112,6 @@ def kpi_groups(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
     rows = store.query(sql, params)
     total = rows[0]["total"] if rows else _count_groups(store, q, where, params, cols)
     return [_group_of(r, q) for r in rows], total
-
-
-async def kpi_groups_async(store: Reader, q: KpiQuery) -> tuple[list[dict[str, Any]], int]:
-    """:func:`kpi_groups` for an ``async`` route: answered on the event loop when the
-    cube holds it (tens of µs to a few ms of Python), in the thread pool when it reads
-    the store. The hand-over to a pool thread and back, and the GIL passing between the
-    two, cost a cached read more than its answer."""
-    cube = cube_of(store)
-    if cube is not None:
-        rows, total = cube.groups(q)
-        return [_group_of(r, q) for r in rows], total
-    return await run_in_threadpool(kpi_groups, store, q)
 
 
 def _group_of(r: dict[str, Any], q: KpiQuery) -> dict[str, Any]:
