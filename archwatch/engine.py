@@ -543,6 +543,13 @@ def case_row_packed(st: CaseState, ref: Callable[[tuple[str, ...]], int]) -> Cas
         st.next_deadline, st.settled)
 
 
+def packed_deadline_settled(blob: bytes) -> tuple[int | None, Any]:
+    """A packed case's next deadline and settled mark (its row's last two fields), read
+    without building its objects (a stale heap entry, an eviction check)."""
+    row = marshal.loads(blob)
+    return row[-2], row[-1]
+
+
 def case_state_unpacked(case_no: str, row: CaseRowPacked,
                         items: list[tuple[str, ...]]) -> CaseState:
     """:func:`case_row_packed` reversed; ``items`` are the tuples its numbers name."""
@@ -834,7 +841,7 @@ class CaseShard(_Snapshottable):
             if type(st) is bytes:
                 # a packed case: unpacked only if this is still its deadline (an entry
                 # whose deadline moved on stays in the heap until it comes up)
-                if marshal.loads(st)[-2] != deadline:
+                if packed_deadline_settled(st)[0] != deadline:
                     continue
                 st = self.state(case_no)
             if st is not None and st.next_deadline == deadline:  # type: ignore[union-attr]
@@ -885,8 +892,8 @@ class CaseShard(_Snapshottable):
             st = self.cases.get(case_no)
             if st is None:
                 continue
-            if type(st) is bytes:  # packed: its last two fields, without unpacking it
-                next_deadline, settled = marshal.loads(st)[-2:]
+            if type(st) is bytes:  # packed: without unpacking it
+                next_deadline, settled = packed_deadline_settled(st)
             else:
                 next_deadline, settled = st.next_deadline, st.settled
             if next_deadline is None and settled == (settled_wm, settled_wall):
