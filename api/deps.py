@@ -8,7 +8,7 @@ from archwatch.api.kpicube import hold
 from archwatch.api.settings import Settings
 from fastapi import Depends, Query, Request
 
-from archwatch.store import ReadCache, Store
+from archwatch.store import ChdbStore, ReadCache, Store
 
 # The dependencies are async: they do no I/O, and FastAPI runs a sync one in its thread
 # pool (a hand-over between threads per dependency per request); the routes that query
@@ -25,9 +25,18 @@ async def get_reads(request: Request) -> ReadCache:
     state = request.app.state
     reads = getattr(state, "reads", None)
     if reads is None or reads.store is not state.store:
-        reads = state.reads = ReadCache(state.store, state.settings.read_cache_entries)
+        reads = state.reads = ReadCache(state.store, state.settings.read_cache_entries,
+                                        read_settings(state.store, state.settings))
         hold(reads, state.settings.kpi_cube_rows)
     return reads
+
+
+def read_settings(store: Store, settings: Settings) -> dict[str, int]:
+    """ClickHouse settings for the API's reads: ``max_threads`` on an embedded store,
+    whose cores are the API's own (a server's operators tune theirs)."""
+    if isinstance(store, ChdbStore) and settings.read_max_threads > 0:
+        return {"max_threads": settings.read_max_threads}
+    return {}
 
 
 async def get_settings(request: Request) -> Settings:

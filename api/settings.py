@@ -42,5 +42,10 @@ class Settings(BaseSettings):
     """The statistics reads answer from ``kpi_item`` held in memory (archwatch.api.kpicube)
     while it has at most this many rows (≈ 400 bytes a row; 23,505 rows at 100 million
     cases); 0 sends every read to the store. Only where reads are cached (above)."""
+    read_max_threads: int = 1
+    """Threads one API read may use in an embedded store (ClickHouse's ``max_threads``);
+    0: ClickHouse's default (the machine's cores). The API answers many clients at once
+    on the cores the store shares with it: splitting each small read over every core only
+    adds hand-overs (bench/RESULTS.md section 4, session 7). A server tunes its own."""
     lateness_ms: int = 5 * 60_000
     """The engine's lateness, to tell a late receiver from a down one."""

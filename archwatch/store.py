@@ -37,8 +37,10 @@ class Store(ABC):
         """Run a statement that returns nothing of interest (DDL, INSERT ... SELECT)."""
 
     @abstractmethod
-    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
-        """Run a query; the result as text in format ``fmt`` (unless the SQL names one)."""
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None) -> str:
+        """Run a query; the result as text in format ``fmt`` (unless the SQL names one).
+        ``settings``: ClickHouse settings for this query alone."""
 
     @abstractmethod
     def insert_json_rows(self, table: str, lines: list[str]) -> None:
@@ -54,9 +56,10 @@ class Store(ABC):
         one value stay true until it has another: the key of :class:`ReadCache`."""
         return None
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run a SELECT; rows as dicts."""
-        text = self.query_text(sql, "JSONEachRow", params)
+    def query(self, sql: str, params: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a SELECT; rows as dicts. ``settings``: as for :meth:`query_text`."""
+        text = self.query_text(sql, "JSONEachRow", params, settings)
         return [orjson.loads(line) for line in text.splitlines() if line]
 
     def page(self, table: str, cols: str, equals: Mapping[str, str | None], order_by: str,
@@ -245,9 +248,11 @@ class ChdbStore(Store):
             self._conns.append(conn)
         return conn
 
-    def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None) -> str:
+    def _run(self, sql: str, fmt: str, params: Mapping[str, Any] | None,
+             settings: Mapping[str, Any] | None = None) -> str:
         try:
-            res = self._conn_for_thread().query(sql, fmt, params=_encode_params(params))
+            conn = self.connection(settings) if settings else self._conn_for_thread()
+            res = conn.query(sql, fmt, params=_encode_params(params))
         except Exception as exc:
             raise StoreError(_clean(exc)) from None
         return res.data() if hasattr(res, "data") else str(res)
@@ -284,11 +289,12 @@ class ChdbStore(Store):
         finally:  # a failed statement may still have written part of its effect
             self._wrote_sql(sql)
 
-    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None) -> str:
         if _is_read(sql):
-            return self._run(sql, fmt, params)
+            return self._run(sql, fmt, params, settings)
         try:
-            return self._run(sql, fmt, params)
+            return self._run(sql, fmt, params, settings)
         finally:
             self._wrote_sql(sql)
 
@@ -343,11 +349,12 @@ class ServerStore(Store):
         except Exception as exc:
             raise StoreError(_clean(exc)) from None
 
-    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None) -> str:
         try:
             raw = self._client().raw_query(
-                sql, parameters=dict(params or {}) or None, fmt=fmt, settings=_READ_SETTINGS
-            )
+                sql, parameters=dict(params or {}) or None, fmt=fmt,
+                settings={**_READ_SETTINGS, **(settings or {})})
         except Exception as exc:
             raise StoreError(_clean(exc)) from None
         return raw.decode("utf-8")
@@ -383,12 +390,15 @@ class ReadCache:
     can hold data older than its generation's only if no reader will ask for that
     generation again. Stores without a generation (a ClickHouse server that other
     processes write) are never cached, nor are reads whose tables cannot be told.
-    Bounded: at most ``size`` entries, the oldest dropped first.
+    Bounded: at most ``size`` entries, the oldest dropped first. ``settings``: ClickHouse
+    settings for every query it sends (the API's ``max_threads``).
     """
 
-    def __init__(self, store: Store, size: int = 4096) -> None:
+    def __init__(self, store: Store, size: int = 4096,
+                 settings: Mapping[str, Any] | None = None) -> None:
         self.store = store
         self.size = size
+        self.settings = dict(settings or {}) or None
         self._entries: dict[Any, tuple[Any, Any]] = {}  # key -> (generation, value)
         self._lock = threading.Lock()
         self.hits = self.misses = 0
@@ -419,9 +429,10 @@ class ReadCache:
         """``store.query``, cached. Callers must not mutate the rows returned."""
         tables = read_tables(sql)
         if tables is None:
-            return self.store.query(sql, params)
+            return self.store.query(sql, params, self.settings)
         key = (sql, tuple(sorted((k, _freeze(v)) for k, v in (params or {}).items())))
-        return self.get_or_compute(key, lambda: self.store.query(sql, params), tables)
+        return self.get_or_compute(key, lambda: self.store.query(sql, params, self.settings),
+                                   tables)
 
 
 def _column_list(columns: tuple[str, ...] | None) -> str:

@@ -473,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client", choices=("auto", "go", "python"), default="auto",
                     help="load generator: bench/loadgen (Go; auto: when a Go toolchain is "
                          "there) or Python threads with httpx (~3 ms of CPU a request here)")
+    ap.add_argument("--read-max-threads", type=int, default=None,
+                    help="the server's ARCHWATCH_READ_MAX_THREADS (default: the product's)")
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the endpoints whose name contains TEXT (repeatable; "
+                         "/healthz, the baseline, always runs)")
     ap.add_argument("--kpi-cube-rows", type=int, default=None,
                     help="ARCHWATCH_KPI_CUBE_ROWS for the server (0: KPI reads go to the store)")
     ap.add_argument("--profile", action="store_true",
@@ -541,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         env={**os.environ, **UNLIMITED_ENV, **({} if args.read_cache is None else {
             "ARCHWATCH_READ_CACHE_ENTRIES": str(args.read_cache)}), **(
             {} if args.kpi_cube_rows is None else {
-                "ARCHWATCH_KPI_CUBE_ROWS": str(args.kpi_cube_rows)})})
+                "ARCHWATCH_KPI_CUBE_ROWS": str(args.kpi_cube_rows)}), **(
+            {} if args.read_max_threads is None else {
+                "ARCHWATCH_READ_MAX_THREADS": str(args.read_max_threads)})})
     results: dict[str, Any] = {}
     try:
         wait_for(lambda: http_ok(f"{base}/healthz") or proc.poll() is not None, 120,
@@ -549,7 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         if proc.poll() is not None:
             raise RuntimeError(f"archwatch serve exited: {log.read_text()[-2000:]}")
         headers = api_headers(base)
-        eps = endpoints(params)
+        eps = [e for e in endpoints(params) if e[0] == "/healthz" or not args.only
+               or any(t in e[0] for t in args.only)]
         import httpx
 
         seen: set[str] = set()
@@ -640,9 +648,13 @@ def main(argv: list[str] | None = None) -> int:
               title="\nhot spots overall")
     write_results(f"queries-{args.cases}" + (f"-cache{args.read_cache}"
                                              if args.read_cache is not None else "")
-                  + (f"-cube{args.kpi_cube_rows}" if args.kpi_cube_rows is not None else ""),
+                  + (f"-cube{args.kpi_cube_rows}" if args.kpi_cube_rows is not None else "")
+                  + (f"-threads{args.read_max_threads}"
+                     if args.read_max_threads is not None else "")
+                  + ("-only" if args.only else ""),
                   {"cases": args.cases, "clients": args.clients, "read_cache": args.read_cache,
-                   "kpi_cube_rows": args.kpi_cube_rows,
+                   "kpi_cube_rows": args.kpi_cube_rows, "only": args.only,
+                   "read_max_threads": args.read_max_threads,
                    "client": "go" if loadgen else "python",
                    "requests_per_client": args.requests, "db": str(db),
                    "fill": fill, "auth": bool(headers), "endpoints": verdict,

@@ -98,7 +98,9 @@ class _SessionStore(Store):
     def command(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         self._run(sql, "CSV", params)
 
-    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None) -> str:
+    def query_text(self, sql: str, fmt: str, params: Mapping[str, Any] | None = None,
+                   settings: Mapping[str, Any] | None = None) -> str:
+        assert not settings, "the API sets read settings on embedded stores only"
         return self._run(sql, fmt, params)
 
     def insert_json_rows(self, table: str, lines: list[str]) -> None:

@@ -163,6 +163,26 @@ def test_read_cache_keeps_answers_across_writes_to_other_tables(store) -> None:
         == {"x", "y", "z"}
 
 
+def test_read_settings_apply_to_the_cache_s_queries_alone(store) -> None:
+    """The API's reads run with its ``max_threads`` (api.deps.read_settings); the
+    setting stays on their own connections, so no other query of the thread, cached or
+    not, runs with it."""
+    from archwatch.api.deps import read_settings
+    from archwatch.api.settings import Settings
+
+    from archwatch.store import ReadCache
+
+    sql = "SELECT getSetting('max_threads') AS n"
+    plain = store.query(sql)[0]["n"]
+    reads = ReadCache(store, 16, {"max_threads": 13})
+    assert reads.query(sql) == [{"n": 13}]
+    assert store.query(sql) == [{"n": plain}]  # not leaked to the thread's connection
+    assert ReadCache(store, 0, {"max_threads": 13}).query(sql) == [{"n": 13}]  # uncached too
+    assert ReadCache(store).query(sql) == [{"n": plain}]
+    assert read_settings(store, Settings()) == {"max_threads": 1}
+    assert read_settings(store, Settings(read_max_threads=0)) == {}
+
+
 def test_read_cache_off_for_size_zero_and_for_stores_without_generation(store) -> None:
     from archwatch.store import ReadCache
 
