@@ -37,6 +37,8 @@ from archwatch.migrate import Migration, load_migrations
 # row's identity (its ORDER BY key, or for anomaly the case/receiver its id hashes).
 SHARDING_KEYS: dict[str, str] = {
     "case_state": "cityHash64(case_no)",
+    # a case's keys (0016), written by case_key_mv beside the case_state rows they index
+    "case_key": "cityHash64(case_no)",
     # receiver anomalies (RECEIVER_DOWN) have an empty case_no: shard them by receiver
     "anomaly": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # 0013's new layout of anomaly, before it is swapped in: the same rows, the same shards
@@ -89,6 +91,10 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NAME = r"(?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)"
 _CREATE = re.compile(
     r"^CREATE\s+TABLE\s+(?P<ine>IF\s+NOT\s+EXISTS\s+)?" + _NAME + r"\s*\(", re.I | re.S)
+_CREATE_MV = re.compile(
+    r"^CREATE\s+MATERIALIZED\s+VIEW\s+(?P<ine>IF\s+NOT\s+EXISTS\s+)?" + _NAME + r"\s+TO\s+"
+    + _NAME.replace("name", "target") + r"\s+AS\s+(?P<select>SELECT\b.*)$", re.I | re.S)
+_JOIN = re.compile(r"\bJOIN\b", re.I)
 _ALTER = re.compile(r"^ALTER\s+TABLE\s+" + _NAME + r"\s+(?P<cmds>.+)$", re.I | re.S)
 _DROP = re.compile(r"^DROP\s+TABLE\s+(?P<ie>IF\s+EXISTS\s+)?" + _NAME + r"\s*$", re.I | re.S)
 _INSERT_SELECT = re.compile(r"^INSERT\s+INTO\s+" + _NAME + r"(?=\s*(\(|SELECT\b))",
@@ -264,6 +270,30 @@ def _create(stmt: str, m: re.Match[str], cluster: str, db: str,
     return out
 
 
+def _create_mv(m: re.Match[str], cluster: str, db: str, keys: Mapping[str, str]) -> str:
+    """A materialized view fires on the inserts into its source's ``_local`` table on each
+    node and writes to the target's ``_local`` table there: right only when the two are
+    sharded alike (each target row belongs where its source row lives), so that is
+    required. One source table, no JOIN (a view over a JOIN fires on its left table
+    only: join in the dataflow instead)."""
+    name, target = (_table_name(m.group(g), db) for g in ("name", "target"))
+    select = m.group("select")
+    sources = [_table_name(f.group(2), db) for f in _FROM_TABLE.finditer(select)]
+    if len(sources) != 1 or _JOIN.search(select):
+        raise ClusterSchemaError(f"materialized view {name}: one source table, no JOIN")
+    source = sources[0]
+    if source in NOT_DISTRIBUTED or target in NOT_DISTRIBUTED:
+        raise ClusterSchemaError(f"materialized view {name}: its tables must be distributed")
+    if keys.get(source) is None or keys.get(source) != keys.get(target):
+        raise ClusterSchemaError(
+            f"materialized view {name}: {target} must be sharded like {source} "
+            "(archwatch.cluster_schema.SHARDING_KEYS): the view writes on the shard it reads")
+    body = _FROM_TABLE.sub(lambda f: f"{f.group(1)}{db}.{source}_local", _tidy(select))
+    ine = "IF NOT EXISTS " if m.group("ine") else ""
+    return (f"CREATE MATERIALIZED VIEW {ine}{db}.{name} ON CLUSTER {cluster}"
+            f" TO {db}.{target}_local AS\n{body}")
+
+
 def _alter(stmt: str, m: re.Match[str], cluster: str, db: str) -> list[str]:
     name = _table_name(m.group("name"), db)
     cmds_text = m.group("cmds")
@@ -337,6 +367,8 @@ def cluster_statements(migration_sql: str, cluster: str = "archwatch",
     for stmt in split_statements(migration_sql):
         if m := _CREATE.match(stmt):
             out.extend(_create(stmt, m, cluster, database, keys))
+        elif m := _CREATE_MV.match(stmt):
+            out.append(_create_mv(m, cluster, database, keys))
         elif m := _ALTER.match(stmt):
             out.extend(_alter(stmt, m, cluster, database))
         elif m := _DROP.match(stmt):

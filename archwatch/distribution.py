@@ -423,7 +423,7 @@ class DistributionQueue:
 def _case_qyms(store: Store, case_nos: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in _chunks(sorted(set(case_nos))):
-        # the cases' sorting keys from raw rows (the p_case_no projection), then FINAL
+        # the cases' sorting keys from case_key (0016), then FINAL
         # over exactly those keys: primary-key reads, not a scan (archwatch/lookups.py)
         where, params = "case_no IN {c:Array(String)}", {"c": part}
         keys = case_key_sets(store, where, params)

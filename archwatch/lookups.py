@@ -6,7 +6,8 @@ distribution queue asks the same questions.
 past the key's prefix makes it read every part's rows. So each read here runs in two steps:
 
 1. the sorting keys, from the *raw* rows (every version and tombstone, no ``FINAL``)
-   through a projection (migrations 0012, 0013) — a superset of the current rows' keys, since
+   through a projection (migrations 0012, 0013), or for a case from ``case_key`` (0016),
+   which holds every key its rows have had — a superset of the current rows' keys, since
    the current row of a key is one of its raw rows;
 2. ``FINAL`` over exactly those keys, with the caller's filter applied again: a
    primary-key read of a few granules.
@@ -24,16 +25,15 @@ from archwatch.store import Reader
 
 
 def case_key_sets(store: Reader, where: str, params: dict[str, Any]) -> dict[str, list[Any]]:
-    """Per key column, the values of the raw ``case_state`` rows matching ``where`` (a
-    filter on ``case_no``, which ``p_case_no`` serves), as parameters ``k_year``,
-    ``k_qym``, ``k_dept``, ``k_task``; empty lists if there is none. Plain rows, gathered
-    here: an aggregate in the query (``groupUniqArray``) makes ClickHouse skip the
-    projection index and scan every case. (``use_primary_key = 0`` would spare the main
-    key's analysis, a generic exclusion search over every mark since case_no is its last
-    column, 17-28 ms at 100M cases; but it turns the projection index off too, and a scan
-    then looks fast only on a repeat, from the query condition cache.)"""
-    rows = store.query(
-        f"SELECT year, qym, dept_code, task_id FROM case_state WHERE {where}", params)
+    """Per key column, the keys ``case_state`` rows matching ``where`` (a filter on
+    ``case_no`` alone) have had, as parameters ``k_year``, ``k_qym``, ``k_dept``,
+    ``k_task``; empty lists if there is none. From ``case_key`` (migration 0016, ordered by
+    case_no, filled from every insert into case_state): a superset of the current rows'
+    keys, as step 1 needs. (0012's projection p_case_no answered it too, but ClickHouse
+    also analysed case_state's own key for each such read, a generic exclusion search
+    over every mark since case_no is its last column: 20-30 ms at 100M cases.)"""
+    rows = store.query(f"SELECT year, qym, dept_code, task_id FROM case_key WHERE {where}",
+                       params)
     return {"k_year": sorted({r["year"] for r in rows}), "k_qym": sorted({r["qym"] for r in rows}),
             "k_dept": sorted({r["dept_code"] for r in rows}),
             "k_task": sorted({r["task_id"] for r in rows})}

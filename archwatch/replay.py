@@ -63,8 +63,8 @@ def register_receivers(store: Store, settings: EngineSettings) -> None:
 REPLAY_FLUSH_DELAY = 2.0
 
 # What a replay computes; it starts them empty (accounts and registrations stay).
-ENGINE_TABLES = ("case_state", "anomaly", "anomaly_count", "anomaly_feed", "kpi_task", "kpi_item",
-                 "event_log", "receiver_status")
+ENGINE_TABLES = ("case_state", "case_key", "anomaly", "anomaly_count", "anomaly_feed",
+                 "kpi_task", "kpi_item", "event_log", "receiver_status")
 
 
 def replay(

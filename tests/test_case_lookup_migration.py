@@ -1,7 +1,8 @@
-"""Migration 0012's projections (p_case_no, p_item_keys) on a store filled before it, and
-the case trace, an item's cases and the anomalies of a case as rows move to another key,
-update, merge and are reset (issue #10, query latency). Apart from tests/test_lookups.py:
-chDB opens one store directory per process at a time, and that module keeps one open."""
+"""Migrations 0012's projections (p_case_no, p_item_keys) and 0016's case_key on a store
+filled before them, and the case trace, an item's cases and the anomalies of a case as
+rows move to another key, update, merge and are reset (issue #10, query latency). Apart
+from tests/test_lookups.py: chDB opens one store directory per process at a time, and that
+module keeps one open."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 
 from archwatch.migrate import load_migrations, migrate
+from archwatch.replay import ENGINE_TABLES
 from archwatch.store import ChdbStore, open_store
 from tests.conftest import log_in
 
@@ -59,12 +61,18 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         store.insert("anomaly", [_anomaly("C7", 1, None)])
         migrate(store)
         _wait_for_mutations(store)
-        for table, projection in (("case_state", "p_case_no"), ("case_state", "p_item_keys"),
-                                  ("anomaly", "p_case_no")):
+        for table, projection in (("case_state", "p_item_keys"), ("anomaly", "p_case_no")):
             parts = store.query(
                 "SELECT count() AS n FROM system.parts WHERE active AND table = {t:String}"
                 " AND has(projections, {p:String}) = 0", {"t": table, "p": projection})
             assert parts[0]["n"] == 0, f"{table} has parts without {projection}"
+        # 0016: case_state's case numbers moved to case_key, backfilled from the rows
+        # already there; the projection went
+        assert store.query("SELECT count() AS n FROM system.parts WHERE active"
+                           " AND table = 'case_state' AND has(projections, 'p_case_no')"
+                           ) == [{"n": 0}]
+        assert store.query("SELECT count() AS n, uniqExact(case_no) AS c FROM case_key"
+                           ) == [{"n": 50, "c": 50}]
         # (ClickHouse reads a projection index only from tables of 1M rows on,
         # min_table_rows_to_use_projection_index: below that a scan is as cheap)
         client = stack.enter_context(TestClient(
@@ -97,9 +105,15 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         store.command("OPTIMIZE TABLE anomaly FINAL")
         assert trace()["case"]["taskId"] == "T9"
         assert [a["resolvedAt"] for a in trace()["anomalies"]] == ["2025-04-02T00:00:00Z"]
-        # what `archwatch replay` does first: the projections go with their rows
-        store.command("TRUNCATE TABLE case_state")
-        store.command("TRUNCATE TABLE anomaly")
+        # the moved case's keys: both, the old one a superset that FINAL filters out
+        assert [r["task_id"] for r in store.query(
+            "SELECT DISTINCT task_id FROM case_key WHERE case_no = 'C7' ORDER BY task_id")] == [
+            "T1", "T9"]
+        # what `archwatch replay` does first: the projections go with their rows, and
+        # case_key with case_state
+        for table in ENGINE_TABLES:
+            store.command(f"TRUNCATE TABLE {table}")
         assert client.get("/api/v1/cases/C7").status_code == 404
         store.insert("case_state", [_row("C7", "T4", "330102", 5)])
         assert trace()["case"]["taskId"] == "T4" and trace()["anomalies"] == []
+        assert store.query("SELECT task_id FROM case_key") == [{"task_id": "T4"}]

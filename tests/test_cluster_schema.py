@@ -256,9 +256,24 @@ def test_untranslatable_statements_fail_loudly() -> None:
         "CREATE TABLE t (a String) ENGINE = MergeTree ORDER BY a",
         sharding_keys={"t": "cityHash64(a)"})
     with pytest.raises(cs.ClusterSchemaError, match="no cluster translation"):
-        cs.cluster_sql("CREATE MATERIALIZED VIEW v TO t AS SELECT 1")
+        cs.cluster_sql("CREATE VIEW v AS SELECT 1")
+    with pytest.raises(cs.ClusterSchemaError, match="one source table, no JOIN"):
+        cs.cluster_sql("CREATE MATERIALIZED VIEW v TO case_key AS SELECT case_no FROM"
+                       " case_state JOIN anomaly USING (case_no)")
+    with pytest.raises(cs.ClusterSchemaError, match="sharded like"):
+        cs.cluster_sql("CREATE MATERIALIZED VIEW v TO kpi_task AS SELECT * FROM case_state")
     with pytest.raises(cs.ClusterSchemaError, match="Replicated variant"):
         cs.cluster_sql("CREATE TABLE receiver (a String) ENGINE = Memory")
+
+
+def test_a_materialized_view_reads_and_writes_the_local_tables() -> None:
+    """0016's case_key_mv fires on each node's inserts into case_state_local and writes
+    to case_key_local there, both sharded by the case number."""
+    out = cs.cluster_statements("CREATE MATERIALIZED VIEW IF NOT EXISTS case_key_mv TO case_key"
+                                " AS SELECT case_no, year FROM case_state", database="db1")
+    assert out == ["CREATE MATERIALIZED VIEW IF NOT EXISTS db1.case_key_mv ON CLUSTER archwatch"
+                   " TO db1.case_key_local AS\nSELECT case_no, year FROM db1.case_state_local"]
+    assert cs.SHARDING_KEYS["case_key"] == cs.SHARDING_KEYS["case_state"]
 
 
 def test_sharding_key_is_fixed_by_each_rows_identity() -> None:

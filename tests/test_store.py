@@ -73,6 +73,29 @@ def test_row_keys_are_the_migrated_sorting_keys(store) -> None:
     assert {t: keys.get(t) for t in TABLE_KEYS} == {t: ", ".join(k) for t, k in TABLE_KEYS.items()}
 
 
+def test_each_materialized_view_selects_its_target_s_columns(store) -> None:
+    """A view inserts its SELECT's columns by name into its target: a column it does not
+    give gets the default, silently; a type that does not match is converted, or the
+    source's insert fails. So: the same names, in order, and the same types (up to
+    LowCardinality, which only changes the storage)."""
+    import re
+
+    migrate(store)
+    views = store.query("SELECT name, as_select, create_table_query FROM system.tables"
+                        " WHERE database = currentDatabase() AND engine = 'MaterializedView'")
+    assert [v["name"] for v in views] == ["case_key_mv"]  # a new view: this test covers it
+
+    def strip(t: str) -> str:
+        return re.sub(r"^LowCardinality\((.*)\)$", r"\1", t)
+
+    for v in views:
+        target = re.search(r"\bTO\s+(?:\w+\.)?(\w+)", v["create_table_query"]).group(1)
+        gives = [(c["name"], strip(c["type"]))
+                 for c in store.query(f"DESCRIBE TABLE ({v['as_select']})")]
+        wants = [(c["name"], strip(c["type"])) for c in store.query(f"DESCRIBE TABLE {target}")]
+        assert gives == wants, v["name"]
+
+
 def test_statement_splitting_respects_quotes_and_comments() -> None:
     sql = "SELECT 'a;b'; -- c; d\nSELECT \"x;\" /* ; */ ;\n\n"
     assert split_statements(sql) == ["SELECT 'a;b'", 'SELECT "x;"']

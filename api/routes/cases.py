@@ -25,8 +25,8 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
 def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
-    # The case's sorting keys first, from its raw rows through the p_case_no projection
-    # (0012), then FINAL over exactly those keys: two primary-key reads (archwatch/lookups.py).
+    # The case's sorting keys first, from case_key (0016), then FINAL over exactly those
+    # keys: two primary-key reads (archwatch/lookups.py).
     keys = case_key_sets(store, "case_no = {c:String}", {"c": caseNo})
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
