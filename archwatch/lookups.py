@@ -74,6 +74,20 @@ def anomaly_keys_in(raw_where: str) -> str:
             f" (SELECT opened_at, anomaly_id FROM anomaly WHERE {raw_where})")
 
 
+def anomaly_current(raw_where: str) -> str:
+    """A FROM source equal to ``anomaly FINAL`` restricted to the keys of the raw rows
+    matching ``raw_where``, in one read: those raw rows (through ``p_case_no`` or
+    ``p_code``), the newest version of each key, tombstones dropped. ``raw_where`` may
+    only test ``case_no``, ``receiver_id`` and ``code``: every version of a key shares
+    them (``anomaly_id`` hashes them, rules.anomaly_id), so the raw rows hold each found
+    key's every version, newest included, and nothing else is needed. Versions are unique
+    per key (one shard's clock writes a key, archwatch.engine.VersionClock), so the newest
+    is what FINAL keeps. 13-15 ms at 5M anomalies where :func:`anomaly_keys_in` with FINAL
+    took 23: FINAL read the found keys' granules again."""
+    return ("(SELECT * FROM (SELECT * FROM anomaly WHERE " + raw_where
+            + " ORDER BY version DESC LIMIT 1 BY opened_at, anomaly_id) WHERE is_deleted = 0)")
+
+
 RECEIVER_DOWN = "code = 'RECEIVER_DOWN'"
 # every receiver's gaps (p_code), then FINAL over their keys
 RECEIVER_DOWN_KEYS = anomaly_keys_in(RECEIVER_DOWN)

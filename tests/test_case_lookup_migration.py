@@ -14,7 +14,10 @@ from typing import Any
 from archwatch.api.app import create_app
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from archwatch.lookups import anomaly_current
 from archwatch.migrate import load_migrations, migrate
 from archwatch.replay import ENGINE_TABLES
 from archwatch.store import ChdbStore, open_store
@@ -117,3 +120,42 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         store.insert("case_state", [_row("C7", "T4", "330102", 5)])
         assert trace()["case"]["taskId"] == "T4" and trace()["anomalies"] == []
         assert store.query("SELECT task_id FROM case_key") == [{"task_id": "T4"}]
+
+
+_IDS = {  # every version of a key shares its case, receiver and code (rules.anomaly_id)
+    "a1": ("C1", "", "MISSING_ARCHIVE"), "a2": ("C1", "", "NOT_CHECKED"),
+    "a3": ("", "R1", "RECEIVER_DOWN"), "a4": ("", "R2", "RECEIVER_DOWN"),
+    "a5": ("C2", "", "MISSING_ARCHIVE"),
+}
+_write = st.tuples(st.sampled_from(sorted(_IDS)), st.booleans(), st.booleans())
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=st.lists(st.lists(_write, min_size=1, max_size=6), min_size=1, max_size=3),
+       merge=st.booleans())
+def test_a_case_s_or_receiver_s_current_anomalies_equal_final(
+        store: ChdbStore, blocks: list[list[tuple[str, bool, bool]]], merge: bool) -> None:
+    """lookups.anomaly_current (the raw rows' newest version per key, tombstones dropped)
+    answers what ``anomaly FINAL`` does, whatever the versions, tombstones, inserts and
+    merges, for each filter it is used with."""
+    migrate(store)
+    store.command("TRUNCATE TABLE anomaly")
+    version = 0
+    for block in blocks:
+        rows = []
+        for aid, deleted, resolved in block:
+            version += 1
+            case_no, receiver, code = _IDS[aid]
+            rows.append({**_anomaly(case_no, version, "2025-04-02 00:00:00" if resolved
+                                    else None), "anomaly_id": aid, "receiver_id": receiver,
+                         "code": code, "opened_at": f"2025-04-01 00:00:0{aid[1]}",
+                         "is_deleted": int(deleted)})
+        store.insert("anomaly", rows)
+    if merge:
+        store.command("OPTIMIZE TABLE anomaly FINAL")
+    for raw in ("case_no = 'C1'", "receiver_id = 'R1'",
+                "code = 'RECEIVER_DOWN' AND receiver_id = 'R2'", "case_no = 'C9'"):
+        cols = "anomaly_id, resolved_at, version"
+        assert store.query(f"SELECT {cols} FROM {anomaly_current(raw)} ORDER BY anomaly_id") \
+            == store.query(f"SELECT {cols} FROM anomaly FINAL WHERE {raw} ORDER BY anomaly_id"), raw

@@ -13,7 +13,7 @@ from archwatch.api.models import AnomalyOut, AnomalySummary, Paged
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out, page_total
 from fastapi import APIRouter, Depends, Query
 
-from archwatch.lookups import anomaly_keys_in
+from archwatch.lookups import anomaly_current
 from archwatch.rules import CLASS_OF_CODE
 from archwatch.store import Reader
 
@@ -74,13 +74,15 @@ class AnomalyFilter:
         for col, name, value in (("case_no", "case", caseNo), ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
-        # their keys from raw rows (p_case_no, p_code), so FINAL reads only them; few rows,
-        # so the list reads them at once rather than through widening time windows
-        if caseNo is not None:
-            self.parts.append(anomaly_keys_in("case_no = {case:String}"))
-        if receiverId is not None:
-            self.parts.append(anomaly_keys_in("receiver_id = {recv:String}"))
-        self.windowed = caseNo is None and receiverId is None
+        # the current rows of a case or a receiver from its raw rows (p_case_no, p_code),
+        # not FINAL over the table; few rows, so the list reads them at once rather than
+        # through widening time windows
+        self.source = "anomaly FINAL"  # what the filters apply to
+        raw = [c for c, v in (("case_no = {case:String}", caseNo),
+                              ("receiver_id = {recv:String}", receiverId)) if v is not None]
+        if raw:
+            self.source = anomaly_current(" AND ".join(raw))
+        self.windowed = not raw
         self.opened_to = ""  # the list's first window ends here (openedTo, else the newest)
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):
             if value is not None:
@@ -124,20 +126,21 @@ def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
     """Anomalies, newest first, filtered by code, class, status, area and time."""
     where, params = f.scoped(p)
     rows = newest_first(store, where, params, f.opened_to if f.windowed else None, page.size,
-                        page.offset)
+                        page.offset, f.source)
     if f.countable:  # the shards' counts, not every matching anomaly
         cwhere, cparams = f.scoped(p, counts=True)
         total = page_total(store, rows, page, f"anomaly_count FINAL WHERE {cwhere}", cparams,
                            f"sum({f.measure})")
     else:
-        total = page_total(store, rows, page, f"anomaly FINAL WHERE {where}", params)
+        total = page_total(store, rows, page, f"{f.source} WHERE {where}", params)
     return Paged[AnomalyOut](total=total, pageNo=page.no, pageSize=page.size,
                              items=[AnomalyOut(**anomaly_out(r)) for r in rows])
 
 
 def newest_first(store: Reader, where: str, params: dict[str, Any], opened_to: str | None,
-                 size: int, offset: int) -> list[dict[str, Any]]:
-    """A page of ``anomaly FINAL WHERE {where}``, newest first, read from a window of the
+                 size: int, offset: int, source: str = "anomaly FINAL"
+                 ) -> list[dict[str, Any]]:
+    """A page of ``{source} WHERE {where}``, newest first, read from a window of the
     newest keys (``anomaly`` is ordered by opened_at, 0013), widened until it holds the
     page. Exact: a full page from ``opened_at >= t`` is the page of the whole table, since
     every row outside the window opened before every row in it; and every version of a
@@ -146,7 +149,7 @@ def newest_first(store: Reader, where: str, params: dict[str, Any], opened_to: s
     the whole table at once (a filter that already selects a few keys)."""
     def page(window: str) -> list[dict[str, Any]]:
         return store.query(
-            f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE {where}{window}"
+            f"SELECT {ANOMALY_COLUMNS} FROM {source} WHERE {where}{window}"
             f" ORDER BY opened_at DESC, anomaly_id LIMIT {size} OFFSET {offset}", params)
 
     for days in WINDOW_DAYS if opened_to is not None else ():
@@ -171,7 +174,7 @@ def summary(store: ReadsDep, p: ReaderDep, f: FilterDep) -> AnomalySummary:
         where, params = f.scoped(p)
         rows = store.query(
             f"SELECT code, count() AS total, countIf(resolved_at IS NULL) AS open"
-            f" FROM anomaly FINAL WHERE {where} GROUP BY code ORDER BY code", params)
+            f" FROM {f.source} WHERE {where} GROUP BY code ORDER BY code", params)
     by_code = {r["code"]: {"total": r["total"], "open": r["open"]} for r in rows}
     by_class: dict[str, dict[str, int]] = {}
     for code, c in by_code.items():

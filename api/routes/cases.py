@@ -14,7 +14,7 @@ from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
 from archwatch.api.routes.stats import case_out
 from fastapi import APIRouter, Query
 
-from archwatch.lookups import CASE_KEYS_IN, anomaly_keys_in, case_key_sets
+from archwatch.lookups import CASE_KEYS_IN, anomaly_current, case_key_sets
 from archwatch.timeutil import to_iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -40,9 +40,8 @@ def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
     visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
     if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    anomalies = store.query(  # keys from raw rows (p_case_no), as above
-        f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL"
-        f" WHERE {anomaly_keys_in('case_no = {c:String}')} AND case_no = {{c:String}}"
+    anomalies = store.query(  # its raw rows (p_case_no), the newest version of each
+        f"SELECT {ANOMALY_COLUMNS} FROM {anomaly_current('case_no = {c:String}')}"
         " ORDER BY opened_at, code", {"c": caseNo})
     return CaseTrace(
         caseNo=caseNo,

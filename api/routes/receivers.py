@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from archwatch.accounts import Role
 from archwatch.distribution import down_receivers
-from archwatch.lookups import RECEIVER_DOWN, anomaly_keys_in
+from archwatch.lookups import RECEIVER_DOWN, anomaly_current
 from archwatch.receivers import MAX_WINDOWS, check_at, in_maintenance, parse_registration
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.timeutil import DAY_MS, SHANGHAI, now_ms, to_iso_utc
@@ -200,9 +200,8 @@ def uptime(receiverId: RID, store: StoreDep, p: ReaderDep,  # noqa: N803
         raise ApiError(400, "invalid_parameter", "from..to: at most 366 days, in order")
     rows = store.query(
         "SELECT toUnixTimestamp64Milli(opened_at) AS o, toUnixTimestamp64Milli(resolved_at) AS r"
-        " FROM anomaly FINAL WHERE"
-        f" {anomaly_keys_in(RECEIVER_DOWN + ' AND receiver_id = {r:String}')}"
-        f" AND {RECEIVER_DOWN} AND receiver_id = {{r:String}} ORDER BY opened_at",
+        f" FROM {anomaly_current(RECEIVER_DOWN + ' AND receiver_id = {r:String}')}"
+        " ORDER BY opened_at",
         {"r": receiverId})
     now = now_ms()
     intervals = [(r["o"], r["r"] if r["r"] is not None else now) for r in rows]
