@@ -215,8 +215,8 @@ def worker_params(db: Path) -> dict[str, Any]:
     return out
 
 
-def worker_profile(db: Path, n: int, out: Path) -> dict[str, Any]:
-    """Every endpoint ``n`` times in-process under cProfile, serially. The app runs on this
+def worker_profile(db: Path, n: int, out: Path, only: list[str]) -> dict[str, Any]:
+    """Every endpoint (or those ``only`` names) ``n`` times in-process under cProfile, serially. The app runs on this
     thread (ASGI transport; FastAPI's thread pool replaced by inline calls) so that the
     profile sees the route, the auth, the SQL and the serialisation."""
     import asyncio
@@ -243,10 +243,10 @@ def worker_profile(db: Path, n: int, out: Path) -> dict[str, Any]:
     measuring = [False]
     plain = store.query_text
 
-    def timed(sql: str, fmt: str, params: Any = None) -> str:
+    def timed(sql: str, fmt: str, params: Any = None, settings: Any = None) -> str:
         t0 = time.perf_counter()
         try:
-            return plain(sql, fmt, params)
+            return plain(sql, fmt, params, settings)
         finally:
             if measuring[0]:
                 frame = sys._getframe(1)
@@ -269,7 +269,6 @@ def worker_profile(db: Path, n: int, out: Path) -> dict[str, Any]:
             if r.status_code == 200:
                 c.headers["Authorization"] = f"Bearer {r.json()['accessToken']}"
             rng = random.Random(7)
-            eps = endpoints(params)
             for _name, _kind, make in eps:
                 await c.get(make(rng))
             prof = cProfile.Profile()
@@ -289,9 +288,10 @@ def worker_profile(db: Path, n: int, out: Path) -> dict[str, Any]:
                 serial[name] = percentile(lat, 50)
             prof.dump_stats(str(out))
 
+    eps = selected(endpoints(params), only)
     asyncio.run(go())
     store.close()
-    total = sum(len(endpoints(params)) * [n])
+    total = len(eps) * n
     sql = sorted(({"caller": k, "queries": v[0], "ms_per_request": 1000 * v[1] / total,
                    "ms_per_query": 1000 * v[1] / v[0]} for k, v in sql_time.items()),
                  key=lambda r: -r["ms_per_request"])
@@ -342,6 +342,12 @@ def endpoints(p: dict[str, Any]) -> list[tuple[str, str, Any]]:
              f"/api/v1/anomalies?caseNo={r.choice(p['cases'])}",
          ])),
     ]
+
+
+def selected(eps: list[Any], only: list[str]) -> list[Any]:
+    """The endpoints whose name contains one of ``only`` (all when empty), and always
+    ``/healthz``, the baseline."""
+    return [e for e in eps if e[0] == "/healthz" or not only or any(t in e[0] for t in only)]
 
 
 LOADGEN_SRC = ROOT / "bench" / "loadgen"
@@ -496,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         emit(worker_params(args.db))
         return 0
     if args.worker == "profile":
-        emit(worker_profile(args.db, args.requests, args.profile_out))
+        emit(worker_profile(args.db, args.requests, args.profile_out, args.only))
         return 0
 
     db = args.db or scratch("queries") / "db"
@@ -556,8 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.poll() is not None:
             raise RuntimeError(f"archwatch serve exited: {log.read_text()[-2000:]}")
         headers = api_headers(base)
-        eps = [e for e in endpoints(params) if e[0] == "/healthz" or not args.only
-               or any(t in e[0] for t in args.only)]
+        eps = selected(endpoints(params), args.only)
         import httpx
 
         seen: set[str] = set()
@@ -631,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         prof = db.parent / "api.prof"
         out = run_worker("queries.py", ["--worker", "profile", "--db", str(db), "--requests",
-                                        str(args.requests), "--profile-out", str(prof)])
+                                        str(args.requests), "--profile-out", str(prof)]
+                         + [a for t in args.only for a in ("--only", t)])
         if out["failed"]:
             print(f"  failed during profiling (serial): {out['failed']}")
         hot = {"serial_ms": out["serial_ms"], "sql": out["sql"], "failed": out["failed"],
