@@ -150,9 +150,14 @@ def _kafka(args: argparse.Namespace):
 
 
 def _open_migrated(args: argparse.Namespace):
-    """The store of ``--db``/``--url`` with its schema up to date, or a one-line error."""
+    """The store of ``--db``/``--url`` with its schema up to date, or a one-line error.
+    Migrations applied now are logged to stderr (a backfill can take minutes)."""
+    import logging
+
     from archwatch.migrate import migrate
     from archwatch.store import StoreError, open_store
+
+    logging.basicConfig(level=logging.INFO)  # a no-op where the command configured it
 
     try:
         store = open_store(args.db, args.url)

@@ -7,13 +7,16 @@ the run with a clear error instead of silently diverging from what the store hol
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 
 from archwatch.store import Store
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+log = logging.getLogger("archwatch.migrate")
 
 
 @dataclass(frozen=True)
@@ -104,8 +107,13 @@ def migrate(store: Store) -> list[str]:
                     "instead of editing a landed one"
                 )
             continue
+        # some copy every row of a table (0013, 0016: a minute or more at 100M cases):
+        # say what the process is doing before it goes quiet
+        log.info("schema: applying %s", mig.name)
+        started = time.monotonic()
         for stmt in mig.statements():
             store.command(stmt)
+        log.info("schema: applied %s in %.1f s", mig.name, time.monotonic() - started)
         store.insert(
             "schema_migrations",
             [{"version": mig.version, "name": mig.name, "checksum": mig.checksum}],

@@ -51,10 +51,19 @@ def test_inserts_and_queries_interleave_across_threads(store) -> None:
     assert store.query("SELECT count() AS n FROM audit_log")[0]["n"] == 30
 
 
-def test_migrations_apply_once_and_refuse_edits(store) -> None:
-    applied = migrate(store)
+def test_migrations_apply_once_and_refuse_edits(store, caplog) -> None:
+    with caplog.at_level("INFO", logger="archwatch.migrate"):
+        applied = migrate(store)
     assert applied == [m.name for m in load_migrations()]
-    assert migrate(store) == []
+    # each one applied now is announced, then timed (a backfill can take minutes)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[:2] == [f"schema: applying {applied[0]}", said[1]]
+    assert said[1].startswith(f"schema: applied {applied[0]} in ")
+    assert len(said) == 2 * len(applied)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="archwatch.migrate"):
+        assert migrate(store) == []
+    assert caplog.records == []  # nothing to apply, nothing said
     m = load_migrations()[0]
     edited = Migration(m.version, m.name, m.sql + "\n-- edited")
     store.command("ALTER TABLE schema_migrations DELETE WHERE version = 1")
