@@ -216,9 +216,10 @@ def worker_params(db: Path) -> dict[str, Any]:
 
 
 def worker_profile(db: Path, n: int, out: Path, only: list[str]) -> dict[str, Any]:
-    """Every endpoint (or those ``only`` names) ``n`` times in-process under cProfile, serially. The app runs on this
-    thread (ASGI transport; FastAPI's thread pool replaced by inline calls) so that the
-    profile sees the route, the auth, the SQL and the serialisation."""
+    """Every endpoint (or those ``only`` names) ``n`` times in-process under cProfile,
+    serially. The app runs on this thread (ASGI transport; FastAPI's thread pool replaced
+    by inline calls) so that the profile sees the route, the auth, the SQL and the
+    serialisation."""
     import asyncio
     import cProfile
 
