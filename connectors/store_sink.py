@@ -236,7 +236,7 @@ class _Partition(StatelessSinkPartition[Any]):
         while not self._stop.wait(every):
             try:
                 with self._lock:
-                    if self._aged() and not self.writer.busy():
+                    if self._due():
                         self.flush()
             except RuntimeError:  # the writer failed: the dataflow thread reports it
                 return
@@ -279,16 +279,17 @@ class _Partition(StatelessSinkPartition[Any]):
         if self.synchronous:
             self.flush()
             self.writer.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
-        elif self.buffered >= self.max_rows or (self._aged() and not self.writer.busy()):
+        elif self.buffered >= self.max_rows or self._due():
             self.flush()
 
-    def _aged(self) -> bool:
+    def _due(self) -> bool:
         """Rows buffered for max_delay: due to be written (whatever the input does) once
         the writer has finished the buffer before. While it is still writing, the rows
         wait here and join the next write: under load the writes grow instead of queueing
         (each INSERT costs a part and ~5-10 ms whatever its size, 25-140 ms on loaded
         cores), up to max_rows."""
-        return bool(self.buffered) and time.monotonic() - self.since >= self.max_delay
+        return (bool(self.buffered) and time.monotonic() - self.since >= self.max_delay
+                and not self.writer.busy())
 
     def flush(self) -> None:
         """Hand the buffer to the writer thread (inserts overlap the dataflow's work:
