@@ -53,7 +53,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from archwatch.engine import VersionClock
-from archwatch.lookups import CASE_KEYS_IN, RECEIVER_DOWN, RECEIVER_DOWN_KEYS, case_key_sets
+from archwatch.lookups import CASE_KEYS_IN, RECEIVER_DOWN, anomaly_current, case_key_sets
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.store import Store
 from archwatch.timeutil import SHANGHAI, ch_time, now_ms, parse_duration, to_iso_utc
@@ -472,8 +472,8 @@ def receivers_by_qym(regs: dict[str, ReceiverEntry], endpoints: dict[str, str]
 def down_receivers(store: Store) -> set[str]:
     """Receivers with an open RECEIVER_DOWN anomaly."""
     return {r["receiver_id"] for r in store.query(
-        f"SELECT DISTINCT receiver_id FROM anomaly FINAL WHERE {RECEIVER_DOWN_KEYS}"
-        f" AND {RECEIVER_DOWN} AND resolved_at IS NULL")}
+        f"SELECT DISTINCT receiver_id FROM {anomaly_current(RECEIVER_DOWN)}"
+        " WHERE resolved_at IS NULL")}
 
 
 # ---------------------------------------------------------------------------

@@ -3,14 +3,18 @@ their sorting key's prefix (issue #10, query latency). Here, not under ``api/``:
 distribution queue asks the same questions.
 
 ``FINAL`` (the current row of each key) cannot use a projection, and a filter on a column
-past the key's prefix makes it read every part's rows. So each read here runs in two steps:
+past the key's prefix makes it read every part's rows. So a case's rows are read in two
+steps:
 
-1. the sorting keys, from the *raw* rows (every version and tombstone, no ``FINAL``)
-   through a projection (migrations 0012, 0013), or for a case from ``case_key`` (0016),
-   which holds every key its rows have had — a superset of the current rows' keys, since
-   the current row of a key is one of its raw rows;
+1. the sorting keys, from ``case_key`` (0016), which holds every key the case's rows have
+   had, or an item's key prefixes from its raw rows through the ``p_item_keys``
+   projection (0012) — a superset of the current rows' keys, since the current row of a
+   key is one of its raw rows;
 2. ``FINAL`` over exactly those keys, with the caller's filter applied again: a
    primary-key read of a few granules.
+
+An anomaly's rows need one step (:func:`anomaly_current`): the raw rows through a
+projection (0012, 0013) already hold every version of each key found.
 
 The key sets are passed as arrays per column (``year IN … AND qym IN …``): their cross
 product is a superset of the keys found, which only widens step 2's primary-key ranges;
@@ -63,17 +67,6 @@ ITEM_PREFIX_IN = ("year IN {k_year:Array(UInt16)} AND qym IN {k_qym:Array(String
                   " AND dept_code IN {k_dept:Array(String)}")
 
 
-def anomaly_keys_in(raw_where: str) -> str:
-    """A filter for ``anomaly FINAL`` that keeps the keys (``opened_at, anomaly_id``) of
-    the raw rows matching ``raw_where``: a filter on ``case_no`` (``p_case_no``) or on
-    ``code`` and ``receiver_id`` (``p_code``). Repeat the filter beside it: a key found
-    through an old version may hold a current row that no longer matches. One statement:
-    ClickHouse builds the subquery's set before it reads the primary key, so the outer
-    read is by key as in step 2 above."""
-    return ("(opened_at, anomaly_id) IN"
-            f" (SELECT opened_at, anomaly_id FROM anomaly WHERE {raw_where})")
-
-
 def anomaly_current(raw_where: str) -> str:
     """A FROM source equal to ``anomaly FINAL`` restricted to the keys of the raw rows
     matching ``raw_where``, in one read: those raw rows (through ``p_case_no`` or
@@ -82,12 +75,10 @@ def anomaly_current(raw_where: str) -> str:
     them (``anomaly_id`` hashes them, rules.anomaly_id), so the raw rows hold each found
     key's every version, newest included, and nothing else is needed. Versions are unique
     per key (one shard's clock writes a key, archwatch.engine.VersionClock), so the newest
-    is what FINAL keeps. 13-15 ms at 5M anomalies where :func:`anomaly_keys_in` with FINAL
-    took 23: FINAL read the found keys' granules again."""
+    is what FINAL keeps. 13-15 ms at 5M anomalies, where FINAL over the keys of an ``IN``
+    subquery took 23: it read the found keys' granules again."""
     return ("(SELECT * FROM (SELECT * FROM anomaly WHERE " + raw_where
             + " ORDER BY version DESC LIMIT 1 BY opened_at, anomaly_id) WHERE is_deleted = 0)")
 
 
 RECEIVER_DOWN = "code = 'RECEIVER_DOWN'"
-# every receiver's gaps (p_code), then FINAL over their keys
-RECEIVER_DOWN_KEYS = anomaly_keys_in(RECEIVER_DOWN)

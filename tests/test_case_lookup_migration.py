@@ -154,7 +154,7 @@ def test_a_case_s_or_receiver_s_current_anomalies_equal_final(
         store.insert("anomaly", rows)
     if merge:
         store.command("OPTIMIZE TABLE anomaly FINAL")
-    for raw in ("case_no = 'C1'", "receiver_id = 'R1'",
+    for raw in ("case_no = 'C1'", "receiver_id = 'R1'", "code = 'RECEIVER_DOWN'",
                 "code = 'RECEIVER_DOWN' AND receiver_id = 'R2'", "case_no = 'C9'"):
         cols = "anomaly_id, resolved_at, version"
         assert store.query(f"SELECT {cols} FROM {anomaly_current(raw)} ORDER BY anomaly_id") \
