@@ -74,49 +74,54 @@ async def stats(
 
 
 @router.get("/drill/regions", response_model=Paged[KpiGroup])
-async def regions(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
-            order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+async def regions(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None,
+                  sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of region drill-down: one row per region (qym)."""
     return await _paged(store, page, ["qym"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments", response_model=Paged[KpiGroup])
 async def departments(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, year: Year = None,
-                sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+                      sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the departments of one region."""
     return await _paged(store, page, ["deptCode"], {"year": year, "qym": qym}, sort, order, p)
 
 
 @router.get("/drill/regions/{qym}/departments/{deptCode}/items", response_model=Paged[KpiGroup])
-async def dept_items(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str, deptCode: str,  # noqa: N803
-               year: Year = None, sort: SortQ = Sort.key,
-               order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+async def dept_items(store: ReadsDep, page: PageDep, p: ReaderDep, qym: str,
+                     deptCode: str,  # noqa: N803
+                     year: Year = None, sort: SortQ = Sort.key,
+                     order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one department."""
-    return await _paged(store, page, ["taskId"], {"year": year, "qym": qym, "deptCode": deptCode},
-                  sort, order, p)
+    return await _paged(store, page, ["taskId"],
+                        {"year": year, "qym": qym, "deptCode": deptCode}, sort, order, p)
 
 
 @router.get("/drill/levels", response_model=Paged[KpiGroup])
-async def levels(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None, sort: SortQ = Sort.key,
-           order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+async def levels(store: ReadsDep, page: PageDep, p: ReaderDep, year: Year = None,
+                 sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 1 of system drill-down: 国/省/市."""
     return await _paged(store, page, ["systemLevel"], {"year": year}, sort, order, p)
 
 
 @router.get("/drill/levels/{systemLevel}/systems", response_model=Paged[KpiGroup])
-async def systems(store: ReadsDep, page: PageDep, p: ReaderDep, systemLevel: str, year: Year = None,  # noqa: N803
-            sort: SortQ = Sort.key, order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+async def systems(store: ReadsDep, page: PageDep, p: ReaderDep,
+                  systemLevel: str,  # noqa: N803
+                  year: Year = None, sort: SortQ = Sort.key,
+                  order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 2: the business systems of one level."""
-    return await _paged(store, page, ["systemCode"], {"year": year, "systemLevel": systemLevel},
-                  sort, order, p)
+    return await _paged(store, page, ["systemCode"],
+                        {"year": year, "systemLevel": systemLevel}, sort, order, p)
 
 
 @router.get("/drill/systems/{systemCode}/items", response_model=Paged[KpiGroup])
-async def system_items(store: ReadsDep, page: PageDep, p: ReaderDep, systemCode: str,  # noqa: N803
-                 year: Year = None, sort: SortQ = Sort.key,
-                 order: OrderQ = Order.asc) -> Paged[KpiGroup]:
+async def system_items(store: ReadsDep, page: PageDep, p: ReaderDep,
+                       systemCode: str,  # noqa: N803
+                       year: Year = None, sort: SortQ = Sort.key,
+                       order: OrderQ = Order.asc) -> Paged[KpiGroup]:
     """Level 3: the service items of one business system."""
-    return await _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode}, sort, order, p)
+    return await _paged(store, page, ["taskId"], {"year": year, "systemCode": systemCode},
+                        sort, order, p)
 
 
 CASE_SORTS = {"caseNo": "case_no", "completedAt": "completed_at",
