@@ -32,11 +32,16 @@ async def get_reads(request: Request) -> ReadCache:
 
 
 def read_settings(store: Store, settings: Settings) -> dict[str, int]:
-    """ClickHouse settings for the API's reads: ``max_threads`` on an embedded store,
-    whose cores are the API's own (a server's operators tune theirs)."""
-    if isinstance(store, ChdbStore) and settings.read_max_threads > 0:
-        return {"max_threads": settings.read_max_threads}
-    return {}
+    """ClickHouse settings for the API's reads on an embedded store, whose cores are the
+    API's own (a server's operators tune theirs): ``max_threads``, and no parallel output
+    formatting — two more threads woken for every read, whatever its size, where an API
+    answer is a page (a case's trace: ≈ 15% of its CPU, bench/RESULTS.md)."""
+    if not isinstance(store, ChdbStore):
+        return {}
+    out = {"output_format_parallel_formatting": 0}
+    if settings.read_max_threads > 0:
+        out["max_threads"] = settings.read_max_threads
+    return out
 
 
 async def get_settings(request: Request) -> Settings:

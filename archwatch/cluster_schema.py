@@ -37,12 +37,16 @@ from archwatch.migrate import Migration, load_migrations
 # row's identity (its ORDER BY key, or for anomaly the case/receiver its id hashes).
 SHARDING_KEYS: dict[str, str] = {
     "case_state": "cityHash64(case_no)",
-    # a case's keys (0016), written by case_key_mv beside the case_state rows they index
+    # a case's keys (0016; dropped by 0017), written by case_key_mv beside case_state's rows
     "case_key": "cityHash64(case_no)",
+    # case_state by case number (0017), written by case_by_no_mv beside its source rows
+    "case_by_no": "cityHash64(case_no)",
     # receiver anomalies (RECEIVER_DOWN) have an empty case_no: shard them by receiver
     "anomaly": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # 0013's new layout of anomaly, before it is swapped in: the same rows, the same shards
     "anomaly_next": "cityHash64(if(case_no = '', receiver_id, case_no))",
+    # anomaly by case number (0017), written by anomaly_by_case_mv beside its source rows
+    "anomaly_by_case": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # append-only transitions of an anomaly, beside the anomaly itself; the live feed reads
     # WHERE seq > cursor ORDER BY seq across all shards
     "anomaly_feed": "cityHash64(if(case_no = '', receiver_id, case_no))",
@@ -97,6 +101,8 @@ _CREATE_MV = re.compile(
 _JOIN = re.compile(r"\bJOIN\b", re.I)
 _ALTER = re.compile(r"^ALTER\s+TABLE\s+" + _NAME + r"\s+(?P<cmds>.+)$", re.I | re.S)
 _DROP = re.compile(r"^DROP\s+TABLE\s+(?P<ie>IF\s+EXISTS\s+)?" + _NAME + r"\s*$", re.I | re.S)
+_DROP_VIEW = re.compile(r"^DROP\s+VIEW\s+(?P<ie>IF\s+EXISTS\s+)?" + _NAME + r"\s*$",
+                        re.I | re.S)
 _INSERT_SELECT = re.compile(r"^INSERT\s+INTO\s+" + _NAME + r"(?=\s*(\(|SELECT\b))",
                             re.I | re.S)
 _EXCHANGE = re.compile(r"^EXCHANGE\s+TABLES\s+" + _NAME.replace("name", "a") + r"\s+AND\s+"
@@ -373,6 +379,10 @@ def cluster_statements(migration_sql: str, cluster: str = "archwatch",
             out.extend(_alter(stmt, m, cluster, database))
         elif m := _DROP.match(stmt):
             out.extend(_drop(m, cluster, database))
+        elif m := _DROP_VIEW.match(stmt):  # a view lives on every node under its name
+            ie = "IF EXISTS " if m.group("ie") else ""
+            out.append(f"DROP VIEW {ie}{database}.{_table_name(m.group('name'), database)}"
+                       f" ON CLUSTER {cluster} SYNC")
         elif m := _INSERT_SELECT.match(stmt):
             out.append(_insert_select(stmt, m, database))
         elif m := _EXCHANGE.match(stmt):

@@ -53,7 +53,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from archwatch.engine import VersionClock
-from archwatch.lookups import CASE_KEYS_IN, RECEIVER_DOWN, anomaly_current, case_key_sets
+from archwatch.lookups import RECEIVER_DOWN, anomaly_current
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.store import Store
 from archwatch.timeutil import SHANGHAI, ch_time, now_ms, parse_duration, to_iso_utc
@@ -423,15 +423,10 @@ class DistributionQueue:
 def _case_qyms(store: Store, case_nos: Sequence[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in _chunks(sorted(set(case_nos))):
-        # the cases' sorting keys from case_key (0016), then FINAL
-        # over exactly those keys: primary-key reads, not a scan (archwatch/lookups.py)
-        where, params = "case_no IN {c:Array(String)}", {"c": part}
-        keys = case_key_sets(store, where, params)
-        if not keys["k_task"]:
-            continue
-        for r in store.query("SELECT case_no, any(qym) AS region FROM case_state FINAL"
-                             f" WHERE {CASE_KEYS_IN} AND {where} GROUP BY case_no",
-                             {**params, **keys}):
+        # case_by_no (0017) is case_state ordered by case number: a primary-key read
+        for r in store.query("SELECT case_no, any(qym) AS region FROM case_by_no FINAL"
+                             " WHERE case_no IN {c:Array(String)} GROUP BY case_no",
+                             {"c": part}):
             out[r["case_no"]] = r["region"]
     return out
 

@@ -1,6 +1,6 @@
-"""Migrations 0012's projections (p_case_no, p_item_keys) and 0016's case_key on a store
-filled before them, and the case trace, an item's cases and the anomalies of a case as
-rows move to another key, update, merge and are reset (issue #10, query latency). Apart
+"""Migrations 0012's projections, 0016's case_key and 0017's copies by case number on a
+store filled before them, and the case trace, an item's cases and the anomalies of a case
+as rows move to another key, update, merge and are reset (issue #10, query latency). Apart
 from tests/test_lookups.py: chDB opens one store directory per process at a time, and that
 module keeps one open."""
 
@@ -64,18 +64,23 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         store.insert("anomaly", [_anomaly("C7", 1, None)])
         migrate(store)
         _wait_for_mutations(store)
-        for table, projection in (("case_state", "p_item_keys"), ("anomaly", "p_case_no")):
-            parts = store.query(
-                "SELECT count() AS n FROM system.parts WHERE active AND table = {t:String}"
-                " AND has(projections, {p:String}) = 0", {"t": table, "p": projection})
-            assert parts[0]["n"] == 0, f"{table} has parts without {projection}"
-        # 0016: case_state's case numbers moved to case_key, backfilled from the rows
-        # already there; the projection went
-        assert store.query("SELECT count() AS n FROM system.parts WHERE active"
-                           " AND table = 'case_state' AND has(projections, 'p_case_no')"
-                           ) == [{"n": 0}]
-        assert store.query("SELECT count() AS n, uniqExact(case_no) AS c FROM case_key"
+        parts = store.query(
+            "SELECT count() AS n FROM system.parts WHERE active AND table = 'case_state'"
+            " AND has(projections, 'p_item_keys') = 0")
+        assert parts[0]["n"] == 0, "case_state has parts without p_item_keys"
+        # 0016 then 0017: the projections by case number went (case_state's in 0016,
+        # anomaly's in 0017), and so did 0016's case_key; 0017's copies hold the rows
+        # already there
+        for table in ("case_state", "anomaly"):
+            assert store.query("SELECT count() AS n FROM system.parts WHERE active"
+                               " AND table = {t:String} AND has(projections, 'p_case_no')",
+                               {"t": table}) == [{"n": 0}]
+        assert store.query("SELECT name FROM system.tables WHERE database = currentDatabase()"
+                           " AND name LIKE 'case_key%'") == []
+        assert store.query("SELECT count() AS n, uniqExact(case_no) AS c FROM case_by_no"
                            ) == [{"n": 50, "c": 50}]
+        assert store.query("SELECT case_no, version FROM anomaly_by_case") == [
+            {"case_no": "C7", "version": 1}]
         # (ClickHouse reads a projection index only from tables of 1M rows on,
         # min_table_rows_to_use_projection_index: below that a scan is as cheap)
         client = stack.enter_context(TestClient(
@@ -103,23 +108,24 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
                              ("T9", {"systemCode": "SYS-1"}), ("T1", {"systemCode": "SYS-1"})):
             cases = client.get(f"/api/v1/drill/items/{path}/cases", params=params).json()
             assert ("C7" in [c["caseNo"] for c in cases["items"]]) == (path == "T9")
+        # the copy holds the moved case's rows under both keys, the old one tombstoned
+        assert [(r["task_id"], r["is_deleted"]) for r in store.query(
+            "SELECT task_id, is_deleted FROM case_by_no WHERE case_no = 'C7'"
+            " ORDER BY task_id, version")] == [("T1", 0), ("T1", 1), ("T9", 0)]
         # merges rebuild the projections from the merged parts (replaced rows dropped)
-        store.command("OPTIMIZE TABLE case_state FINAL")
-        store.command("OPTIMIZE TABLE anomaly FINAL")
+        # and collapse the copies' versions
+        for table in ("case_state", "anomaly", "case_by_no", "anomaly_by_case"):
+            store.command(f"OPTIMIZE TABLE {table} FINAL")
         assert trace()["case"]["taskId"] == "T9"
         assert [a["resolvedAt"] for a in trace()["anomalies"]] == ["2025-04-02T00:00:00Z"]
-        # the moved case's keys: both, the old one a superset that FINAL filters out
-        assert [r["task_id"] for r in store.query(
-            "SELECT DISTINCT task_id FROM case_key WHERE case_no = 'C7' ORDER BY task_id")] == [
-            "T1", "T9"]
         # what `archwatch replay` does first: the projections go with their rows, and
-        # case_key with case_state
+        # the copies with their sources
         for table in ENGINE_TABLES:
             store.command(f"TRUNCATE TABLE {table}")
         assert client.get("/api/v1/cases/C7").status_code == 404
         store.insert("case_state", [_row("C7", "T4", "330102", 5)])
         assert trace()["case"]["taskId"] == "T4" and trace()["anomalies"] == []
-        assert store.query("SELECT task_id FROM case_key") == [{"task_id": "T4"}]
+        assert store.query("SELECT task_id FROM case_by_no") == [{"task_id": "T4"}]
 
 
 _IDS = {  # every version of a key shares its case, receiver and code (rules.anomaly_id)
@@ -159,3 +165,53 @@ def test_a_case_s_or_receiver_s_current_anomalies_equal_final(
         cols = "anomaly_id, resolved_at, version"
         assert store.query(f"SELECT {cols} FROM {anomaly_current(raw)} ORDER BY anomaly_id") \
             == store.query(f"SELECT {cols} FROM anomaly FINAL WHERE {raw} ORDER BY anomaly_id"), raw
+
+
+_case_write = st.tuples(st.sampled_from(["C1", "C2", "C3"]), st.sampled_from(["T1", "T2"]),
+                        st.sampled_from(["330102", "330106"]), st.booleans(),
+                        st.sampled_from(["PENDING", "ARCHIVED_OK"]))
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=st.lists(st.lists(_case_write, min_size=1, max_size=6), min_size=1, max_size=3),
+       anomalies=st.lists(st.lists(_write, min_size=1, max_size=6), min_size=0, max_size=3),
+       merge=st.sampled_from(["none", "sources", "copies", "all"]))
+def test_the_copies_by_case_number_give_their_sources_final(
+        store: ChdbStore, blocks: list[list[tuple[str, str, str, bool, str]]],
+        anomalies: list[list[tuple[str, bool, bool]]], merge: str) -> None:
+    """0017's case_by_no and anomaly_by_case, filled by their views, answer what
+    ``case_state FINAL`` and ``anomaly FINAL`` do, in all and per case, whatever the
+    versions, tombstones, keys moved, inserts and merges on either side."""
+    migrate(store)
+    for table in ENGINE_TABLES:
+        store.command(f"TRUNCATE TABLE {table}")
+    version = 0
+    for block in blocks:
+        rows = []
+        for case_no, task, qym, deleted, status in block:
+            version += 1
+            rows.append(_row(case_no, task, qym, version, int(deleted), status))
+        store.insert("case_state", rows)
+    for block in anomalies:
+        rows = []
+        for aid, deleted, resolved in block:
+            version += 1
+            case_no, receiver, code = _IDS[aid]
+            rows.append({**_anomaly(case_no, version, "2025-04-02 00:00:00" if resolved
+                                    else None), "anomaly_id": aid, "receiver_id": receiver,
+                         "code": code, "opened_at": f"2025-04-01 00:00:0{aid[1]}",
+                         "is_deleted": int(deleted)})
+        store.insert("anomaly", rows)
+    merged = {"none": (), "sources": ("case_state", "anomaly"),
+              "copies": ("case_by_no", "anomaly_by_case"),
+              "all": ("case_state", "anomaly", "case_by_no", "anomaly_by_case")}[merge]
+    for table in merged:
+        store.command(f"OPTIMIZE TABLE {table} FINAL")
+    for source, copy, cols in (
+            ("case_state", "case_by_no", "case_no, task_id, qym, status, version"),
+            ("anomaly", "anomaly_by_case", "case_no, anomaly_id, resolved_at, version")):
+        for where in ("1", "case_no = 'C1'", "case_no = ''"):
+            want = store.query(f"SELECT {cols} FROM {source} FINAL WHERE {where} ORDER BY {cols}")
+            assert store.query(f"SELECT {cols} FROM {copy} FINAL WHERE {where}"
+                               f" ORDER BY {cols}") == want, (copy, where)

@@ -34,7 +34,7 @@ ALTER_RE = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+(.*)$", re.I | re.S)
 SOURCE_CREATES = {m.group(1): s for s in ALL_SOURCE if (m := CREATE_RE.match(s))}
 # 0013 builds anomaly's new layout as anomaly_next, swaps it in (EXCHANGE TABLES) and
 # drops what is then under that name: a migrated store has no anomaly_next
-DROPPED = {"anomaly_next"}
+DROPPED = {"anomaly_next", "case_key"}  # and 0017 drops 0016's case_key
 SOURCE_ALTERS = [(m.group(1), m.group(2)) for s in ALL_SOURCE if (m := ALTER_RE.match(s))]
 
 # The keys the issue asks for, written out here independently of the module's table.
@@ -267,13 +267,21 @@ def test_untranslatable_statements_fail_loudly() -> None:
 
 
 def test_a_materialized_view_reads_and_writes_the_local_tables() -> None:
-    """0016's case_key_mv fires on each node's inserts into case_state_local and writes
-    to case_key_local there, both sharded by the case number."""
-    out = cs.cluster_statements("CREATE MATERIALIZED VIEW IF NOT EXISTS case_key_mv TO case_key"
-                                " AS SELECT case_no, year FROM case_state", database="db1")
-    assert out == ["CREATE MATERIALIZED VIEW IF NOT EXISTS db1.case_key_mv ON CLUSTER archwatch"
-                   " TO db1.case_key_local AS\nSELECT case_no, year FROM db1.case_state_local"]
-    assert cs.SHARDING_KEYS["case_key"] == cs.SHARDING_KEYS["case_state"]
+    """0017's case_by_no_mv fires on each node's inserts into case_state_local and writes
+    to case_by_no_local there, both sharded by the case number; so do 0016's case_key_mv
+    and 0017's anomaly_by_case_mv."""
+    out = cs.cluster_statements("CREATE MATERIALIZED VIEW IF NOT EXISTS case_by_no_mv TO"
+                                " case_by_no AS SELECT case_no, year FROM case_state",
+                                database="db1")
+    assert out == ["CREATE MATERIALIZED VIEW IF NOT EXISTS db1.case_by_no_mv ON CLUSTER"
+                   " archwatch TO db1.case_by_no_local AS\nSELECT case_no, year FROM"
+                   " db1.case_state_local"]
+    # 0017 drops 0016's view: on every node, where it was created
+    assert cs.cluster_statements("DROP VIEW IF EXISTS case_key_mv", database="db1") == [
+        "DROP VIEW IF EXISTS db1.case_key_mv ON CLUSTER archwatch SYNC"]
+    for copy, source in (("case_key", "case_state"), ("case_by_no", "case_state"),
+                         ("anomaly_by_case", "anomaly")):
+        assert cs.SHARDING_KEYS[copy] == cs.SHARDING_KEYS[source]
 
 
 def test_sharding_key_is_fixed_by_each_rows_identity() -> None:
@@ -282,7 +290,8 @@ def test_sharding_key_is_fixed_by_each_rows_identity() -> None:
     # columns not in the ORDER BY but fixed by it: anomaly_id hashes case_no and receiver_id
     assert anomaly_id("X", "C1", "", "", "d") != anomaly_id("X", "C2", "", "", "d")
     assert anomaly_id("X", "", "", "R1", "d") != anomaly_id("X", "", "", "R2", "d")
-    derived = {"anomaly": {"case_no", "receiver_id"}, "anomaly_next": {"case_no", "receiver_id"}}
+    derived = {"anomaly": {"case_no", "receiver_id"}, "anomaly_next": {"case_no", "receiver_id"},
+               "anomaly_by_case": {"receiver_id"}}
     assert cs.SHARDING_KEYS["anomaly_next"] == cs.SHARDING_KEYS["anomaly"]
     replacing = [n for n, s in SOURCE_CREATES.items()
                  if "ReplacingMergeTree" in s and n not in cs.NOT_DISTRIBUTED]

@@ -74,15 +74,15 @@ class AnomalyFilter:
         for col, name, value in (("case_no", "case", caseNo), ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
-        # the current rows of a case or a receiver from its raw rows (p_case_no, p_code),
-        # not FINAL over the table; few rows, so the list reads them at once rather than
-        # through widening time windows
+        # a case's rows from their copy ordered by case number (0017), a receiver's from
+        # its raw rows (p_code), not FINAL over the table; few rows, so the list reads
+        # them at once rather than through widening time windows
         self.source = "anomaly FINAL"  # what the filters apply to
-        raw = [c for c, v in (("case_no = {case:String}", caseNo),
-                              ("receiver_id = {recv:String}", receiverId)) if v is not None]
-        if raw:
-            self.source = anomaly_current(" AND ".join(raw))
-        self.windowed = not raw
+        if caseNo is not None:
+            self.source = "anomaly_by_case FINAL"
+        elif receiverId is not None:
+            self.source = anomaly_current("receiver_id = {recv:String}")
+        self.windowed = caseNo is None and receiverId is None
         self.opened_to = ""  # the list's first window ends here (openedTo, else the newest)
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):
             if value is not None:

@@ -14,7 +14,6 @@ from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
 from archwatch.api.routes.stats import case_out
 from fastapi import APIRouter, Query
 
-from archwatch.lookups import CASE_KEYS_IN, anomaly_current, case_key_sets
 from archwatch.timeutil import to_iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -25,14 +24,12 @@ PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
 def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
-    # The case's sorting keys first, from case_key (0016), then FINAL over exactly those
-    # keys: two primary-key reads (archwatch/lookups.py).
-    keys = case_key_sets(store, "case_no = {c:String}", {"c": caseNo})
+    # Three primary-key reads: the case's state and its anomalies from their copies
+    # ordered by case number (0017), its events from event_log (ordered by entity).
     states = store.query(
         "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         " toUnixTimestamp64Milli(first_received_at) AS f_ms"
-        f" FROM case_state FINAL WHERE {CASE_KEYS_IN} AND case_no = {{c:String}} LIMIT 1",
-        {"c": caseNo, **keys}) if keys["k_task"] else []
+        " FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1", {"c": caseNo})
     events = store.query(
         "SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source, archive_no,"
         " payload FROM event_log FINAL WHERE entity = {c:String}"
@@ -40,8 +37,8 @@ def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa
     visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
     if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    anomalies = store.query(  # its raw rows (p_case_no), the newest version of each
-        f"SELECT {ANOMALY_COLUMNS} FROM {anomaly_current('case_no = {c:String}')}"
+    anomalies = store.query(
+        f"SELECT {ANOMALY_COLUMNS} FROM anomaly_by_case FINAL WHERE case_no = {{c:String}}"
         " ORDER BY opened_at, code", {"c": caseNo})
     return CaseTrace(
         caseNo=caseNo,
