@@ -8,7 +8,7 @@ import pytest
 
 from archwatch.engine import TABLE_KEYS
 from archwatch.migrate import Migration, load_migrations, migrate, split_statements
-from archwatch.store import StoreError
+from archwatch.store import VIEW_TARGETS, StoreError
 
 
 def test_parameterised_queries_from_many_threads(store) -> None:
@@ -98,6 +98,14 @@ def test_each_materialized_view_selects_its_target_s_columns(store) -> None:
 
     def strip(t: str) -> str:
         return re.sub(r"^LowCardinality\((.*)\)$", r"\1", t)
+
+    # the read cache learns of a view's writes from its source's (store.VIEW_TARGETS)
+    targets: dict[str, list[str]] = {}
+    for v in views:
+        source = re.search(r"\bFROM\s+(?:\w+\.)?(\w+)", v["as_select"]).group(1)
+        target = re.search(r"\bTO\s+(?:\w+\.)?(\w+)", v["create_table_query"]).group(1)
+        targets.setdefault(source, []).append(target)
+    assert {k: tuple(sorted(v)) for k, v in targets.items()} == VIEW_TARGETS
 
     for v in views:
         target = re.search(r"\bTO\s+(?:\w+\.)?(\w+)", v["create_table_query"]).group(1)
@@ -217,6 +225,29 @@ def test_read_settings_apply_to_the_cache_s_queries_alone(store) -> None:
         "max_threads": 1, "output_format_parallel_formatting": 0}
     assert read_settings(store, Settings(read_max_threads=0)) == {
         "output_format_parallel_formatting": 0}
+
+
+def test_read_cache_drops_a_view_s_target_with_its_source(store) -> None:
+    """The trace reads case_by_no, which only case_by_no_mv writes (from each insert into
+    case_state): a write to the source must drop the copy's cached reads, or the trace
+    would keep showing a case as it was (or not at all) until something else wrote."""
+    from archwatch.store import ReadCache
+
+    migrate(store)
+    for table in ("case_state", "case_by_no"):
+        store.command(f"TRUNCATE TABLE {table}")
+    reads = ReadCache(store)
+    sql = "SELECT status FROM case_by_no FINAL WHERE case_no = {c:String}"
+    assert reads.query(sql, {"c": "C1"}) == []
+    row = {"case_no": "C1", "task_id": "T1", "task_code": "", "task_name": "", "dept_code": "D",
+           "dept_name": "", "qym": "330102", "area": "", "system_code": "S", "system_name": "",
+           "system_level": "市", "completed_at": "2025-03-01 00:00:00",
+           "first_received_at": None, "archive_count": 0, "status": "PENDING", "year": 2025,
+           "src": "c001", "version": 1, "is_deleted": 0}
+    store.insert("case_state", [row])
+    assert reads.query(sql, {"c": "C1"}) == [{"status": "PENDING"}]
+    store.insert("case_state", [{**row, "status": "ARCHIVED_OK", "version": 2}])
+    assert reads.query(sql, {"c": "C1"}) == [{"status": "ARCHIVED_OK"}]
 
 
 def test_read_cache_off_for_size_zero_and_for_stores_without_generation(store) -> None:
