@@ -21,25 +21,28 @@ router = APIRouter(prefix="/api/v1", tags=["cases"])
 PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全性"}
 
 
+# The trace's three primary-key reads ({c}: the case number): the case's state and its
+# anomalies from their copies ordered by case number (0017), its events from event_log
+# (ordered by entity). bench/reads.py times each.
+TRACE_STATE = ("SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
+               " toUnixTimestamp64Milli(first_received_at) AS f_ms"
+               " FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1")
+TRACE_EVENTS = ("SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source,"
+                " archive_no, payload FROM event_log FINAL WHERE entity = {c:String}"
+                " ORDER BY occurred_at, event_id")
+TRACE_ANOMALIES = (f"SELECT {ANOMALY_COLUMNS} FROM anomaly_by_case FINAL"
+                   " WHERE case_no = {c:String} ORDER BY opened_at, code")
+
+
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
 def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
-    # Three primary-key reads: the case's state and its anomalies from their copies
-    # ordered by case number (0017), its events from event_log (ordered by entity).
-    states = store.query(
-        "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
-        " toUnixTimestamp64Milli(first_received_at) AS f_ms"
-        " FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1", {"c": caseNo})
-    events = store.query(
-        "SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source, archive_no,"
-        " payload FROM event_log FINAL WHERE entity = {c:String}"
-        " ORDER BY occurred_at, event_id", {"c": caseNo})
+    states = store.query(TRACE_STATE, {"c": caseNo})
+    events = store.query(TRACE_EVENTS, {"c": caseNo})
     visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
     if not visible or (not states and not events):  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    anomalies = store.query(
-        f"SELECT {ANOMALY_COLUMNS} FROM anomaly_by_case FINAL WHERE case_no = {{c:String}}"
-        " ORDER BY opened_at, code", {"c": caseNo})
+    anomalies = store.query(TRACE_ANOMALIES, {"c": caseNo})
     return CaseTrace(
         caseNo=caseNo,
         case=case_out(states[0]) if states else None,
