@@ -231,6 +231,8 @@ def test_read_cache_drops_a_view_s_target_with_its_source(store) -> None:
     """The trace reads case_by_no, which only case_by_no_mv writes (from each insert into
     case_state): a write to the source must drop the copy's cached reads, or the trace
     would keep showing a case as it was (or not at all) until something else wrote."""
+    from archwatch.engine import case_row
+    from archwatch.rules import CaseRow
     from archwatch.store import ReadCache
 
     migrate(store)
@@ -239,14 +241,11 @@ def test_read_cache_drops_a_view_s_target_with_its_source(store) -> None:
     reads = ReadCache(store)
     sql = "SELECT status FROM case_by_no FINAL WHERE case_no = {c:String}"
     assert reads.query(sql, {"c": "C1"}) == []
-    row = {"case_no": "C1", "task_id": "T1", "task_code": "", "task_name": "", "dept_code": "D",
-           "dept_name": "", "qym": "330102", "area": "", "system_code": "S", "system_name": "",
-           "system_level": "市", "completed_at": "2025-03-01 00:00:00",
-           "first_received_at": None, "archive_count": 0, "status": "PENDING", "year": 2025,
-           "src": "c001", "version": 1, "is_deleted": 0}
-    store.insert("case_state", [row])
+    case = CaseRow("C1", "T1", "", "", "D", "", "330102", "", "S", "", "市",
+                   1_740_787_200_000, None, 0, "PENDING", 2025)
+    store.insert("case_state", [case_row(case, "c001", 1)])
     assert reads.query(sql, {"c": "C1"}) == [{"status": "PENDING"}]
-    store.insert("case_state", [{**row, "status": "ARCHIVED_OK", "version": 2}])
+    store.insert("case_state", [case_row(case._replace(status="ARCHIVED_OK"), "c001", 2)])
     assert reads.query(sql, {"c": "C1"}) == [{"status": "ARCHIVED_OK"}]
 
 
