@@ -47,6 +47,10 @@ SHARDING_KEYS: dict[str, str] = {
     "anomaly_next": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # anomaly by case number (0017), written by anomaly_by_case_mv beside its source rows
     "anomaly_by_case": "cityHash64(if(case_no = '', receiver_id, case_no))",
+    # a case's state and anomalies rendered (0018), written by case_doc_state_mv and
+    # case_doc_anomaly_mv beside their source rows: case_state's shard, and anomaly's for a
+    # case's anomalies (the only ones it keeps), both by the case number
+    "case_doc": "cityHash64(case_no)",
     # append-only transitions of an anomaly, beside the anomaly itself; the live feed reads
     # WHERE seq > cursor ORDER BY seq across all shards
     "anomaly_feed": "cityHash64(if(case_no = '', receiver_id, case_no))",
@@ -276,6 +280,14 @@ def _create(stmt: str, m: re.Match[str], cluster: str, db: str,
     return out
 
 
+# A source's sharding key that a view's whole WHERE reduces to another key: an anomaly
+# with a case lives on its case's shard (0018's case_doc_anomaly_mv keeps only those).
+KEY_UNDER_FILTER: dict[tuple[str, str], str] = {
+    ("cityHash64(if(case_no = '', receiver_id, case_no))", "case_no != ''"):
+        "cityHash64(case_no)",
+}
+
+
 def _create_mv(m: re.Match[str], cluster: str, db: str, keys: Mapping[str, str]) -> str:
     """A materialized view fires on the inserts into its source's ``_local`` table on each
     node and writes to the target's ``_local`` table there: right only when the two are
@@ -290,7 +302,11 @@ def _create_mv(m: re.Match[str], cluster: str, db: str, keys: Mapping[str, str])
     source = sources[0]
     if source in NOT_DISTRIBUTED or target in NOT_DISTRIBUTED:
         raise ClusterSchemaError(f"materialized view {name}: its tables must be distributed")
-    if keys.get(source) is None or keys.get(source) != keys.get(target):
+    source_key = keys.get(source)
+    for (key, where), same in KEY_UNDER_FILTER.items():
+        if key == source_key and re.search(rf"\bWHERE\s+{re.escape(where)}\s*$", select):
+            source_key = same
+    if source_key is None or source_key != keys.get(target):
         raise ClusterSchemaError(
             f"materialized view {name}: {target} must be sharded like {source} "
             "(archwatch.cluster_schema.SHARDING_KEYS): the view writes on the shard it reads")

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 PUBLIC_TABLES = {"case_state", "anomaly", "anomaly_count", "kpi_task", "kpi_item", "receiver",
                  "receiver_status", "event_log"}
-# (case_by_no, anomaly_by_case: case_state and anomaly again, ordered by case number for
-# the API's trace, migration 0017 — engine internals, not the contract's auditor tables;
-# auditors read case_state and anomaly themselves)
-PRIVATE_TABLES = {"account", "audit_log", "schema_migrations", "case_by_no", "anomaly_by_case"}
+# (case_by_no, anomaly_by_case, case_doc: case_state and anomaly again, ordered by case
+# number for the API's reads, migrations 0017 and 0018 — engine internals, not the
+# contract's auditor tables; auditors read case_state and anomaly themselves)
+PRIVATE_TABLES = {"account", "audit_log", "schema_migrations", "case_by_no", "anomaly_by_case",
+                  "case_doc"}
 SYSTEM_ALLOWED = {
     "one", "numbers", "settings", "functions", "formats", "data_type_families",
     "table_engines", "databases", "tables", "columns", "build_options", "time_zones",

@@ -6,8 +6,10 @@ reads (bench/RESULTS.md §4, session 8). This times each of the trace's reads ex
 the API runs them (the SQL of ``api/routes/cases.py`` with ``api.deps.read_settings``),
 one after another on one thread, each on case numbers not asked before in this process
 (ClickHouse's query condition cache makes a repeated lookup look 3-5x cheaper than it
-is), after a few untimed reads of each kind, and reports wall p50/p90 and the process's CPU per read, each also as a ratio to
-``SELECT 1``'s CPU.
+is), after a few untimed reads of each kind, and reports wall p50/p90 and the process's
+CPU per read, each also as a ratio to ``SELECT 1``'s CPU. The process's CPU includes chDB's
+background merges, so it first waits for the store's merges to end (a freshly migrated
+store merges for minutes).
 
     .venv/bin/python bench/queries.py --fill-only --db /tmp/q   # a store to read
     .venv/bin/python bench/reads.py --db /tmp/q
@@ -35,21 +37,39 @@ def main() -> None:
     args = ap.parse_args()
 
     from archwatch.api.deps import read_settings
-    from archwatch.api.routes.cases import TRACE_ANOMALIES, TRACE_EVENTS, TRACE_STATE
+    from archwatch.api.queries import ANOMALY_COLUMNS
+    from archwatch.api.routes.cases import TRACE_DOCS, TRACE_EVENTS
     from archwatch.api.settings import Settings
 
+    from archwatch.casedoc import current
     from archwatch.store import open_store
 
     store = open_store(args.db)
     settings = read_settings(store, Settings())
+    waited = time.monotonic()
+    while merging := store.query("SELECT count() AS n FROM system.merges")[0]["n"]:
+        if time.monotonic() - waited > 3600:
+            raise SystemExit(f"{merging} merges still running after an hour")
+        print(f"waiting for {merging} merge(s) to end ...", flush=True)
+        time.sleep(10)
     reads = {
         "SELECT 1 (baseline)": "SELECT {c:String} AS c",
         "a case's status (1 column)":
             "SELECT status FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1",
-        "trace: state": TRACE_STATE,
+        "trace: state and anomalies (case_doc)": TRACE_DOCS,
         "trace: events": TRACE_EVENTS,
-        "trace: anomalies": TRACE_ANOMALIES,
+        # what the trace read before 0018, for comparison: the same rows from 0017's copies
+        "before 0018: state (case_by_no)":
+            "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
+            " toUnixTimestamp64Milli(first_received_at) AS f_ms"
+            " FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1",
+        "before 0018: anomalies (anomaly_by_case)":
+            f"SELECT {ANOMALY_COLUMNS} FROM anomaly_by_case FINAL"
+            " WHERE case_no = {c:String} ORDER BY opened_at, code",
     }
+    # the trace's own work on a read's rows, timed with it (casedoc.current: the newest
+    # version of each row, parsed)
+    after = {TRACE_DOCS: lambda rows: current(r["doc"] for r in rows)}
     warmup = 10  # reads of each kind first, untimed: a fresh process loads each column's
     # marks and the primary index on its first read of a part (seconds at 100M cases)
     need = (args.rounds * args.per_round + warmup) * len(reads)
@@ -72,7 +92,9 @@ def main() -> None:
             c0 = time.process_time()
             for case_no in cases[pos:pos + args.per_round]:
                 t0 = time.perf_counter()
-                store.query(sql, {"c": case_no}, settings)
+                rows = store.query(sql, {"c": case_no}, settings)
+                if sql in after:
+                    after[sql](rows)
                 wall[name].append((time.perf_counter() - t0) * 1000)
             cpu[name] += (time.process_time() - c0) * 1000
             pos += args.per_round
@@ -88,11 +110,15 @@ def main() -> None:
                      "p90_ms": percentile(wall[name], 90), "cpu_ms": per,
                      "cpu_x_baseline": per / base}
     trace = sum(cpu[k] for k in reads if k.startswith("trace:")) / n
+    before = (cpu["trace: events"] + sum(cpu[k] for k in reads if k.startswith("before"))) / n
     print(table(["read", "reads", "p50 ms", "p90 ms", "CPU ms", "CPU x SELECT 1"], rows,
                 title=f"store reads, one thread, settings {settings}"))
-    print(f"\nthe trace's reads together: {trace:.1f} ms of CPU ({trace / base:.1f}x SELECT 1)")
+    print(f"\nthe trace's reads together: {trace:.1f} ms of CPU ({trace / base:.1f}x SELECT 1);"
+          f" before 0018: {before:.1f} ms ({before / base:.1f}x)")
     write_results("reads", {"db": str(args.db), "settings": settings, "reads": out,
-                            "trace_cpu_ms": trace, "trace_cpu_x_baseline": trace / base})
+                            "trace_cpu_ms": trace, "trace_cpu_x_baseline": trace / base,
+                            "before_0018_cpu_ms": before,
+                            "before_0018_cpu_x_baseline": before / base})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Migrations 0012's projections, 0016's case_key and 0017's copies by case number on a
-store filled before them, and the case trace, an item's cases and the anomalies of a case
+"""Migrations 0012's projections, 0016's case_key, 0017's copies by case number and 0018's
+case_doc on a store filled before them, and the case trace, an item's cases and the anomalies of a case
 as rows move to another key, update, merge and are reset (issue #10, query latency). Apart
 from tests/test_lookups.py: chDB opens one store directory per process at a time, and that
 module keeps one open."""
@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from archwatch.api.app import create_app
+from archwatch.api.queries import ANOMALY_COLUMNS
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from archwatch.casedoc import CASE_DOCS, current
 from archwatch.lookups import anomaly_current
 from archwatch.migrate import load_migrations, migrate
 from archwatch.replay import ENGINE_TABLES
@@ -81,6 +83,9 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
                            ) == [{"n": 50, "c": 50}]
         assert store.query("SELECT case_no, version FROM anomaly_by_case") == [
             {"case_no": "C7", "version": 1}]
+        # and 0018's case_doc, both kinds
+        assert store.query("SELECT kind, count() AS n FROM case_doc GROUP BY kind"
+                           " ORDER BY kind") == [{"kind": 0, "n": 50}, {"kind": 1, "n": 1}]
         # (ClickHouse reads a projection index only from tables of 1M rows on,
         # min_table_rows_to_use_projection_index: below that a scan is as cheap)
         client = stack.enter_context(TestClient(
@@ -114,7 +119,7 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
             " ORDER BY task_id, version")] == [("T1", 0), ("T1", 1), ("T9", 0)]
         # merges rebuild the projections from the merged parts (replaced rows dropped)
         # and collapse the copies' versions
-        for table in ("case_state", "anomaly", "case_by_no", "anomaly_by_case"):
+        for table in ("case_state", "anomaly", "case_by_no", "anomaly_by_case", "case_doc"):
             store.command(f"OPTIMIZE TABLE {table} FINAL")
         assert trace()["case"]["taskId"] == "T9"
         assert [a["resolvedAt"] for a in trace()["anomalies"]] == ["2025-04-02T00:00:00Z"]
@@ -127,6 +132,9 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         assert trace()["case"]["taskId"] == "T4" and trace()["anomalies"] == []
         assert store.query("SELECT task_id FROM case_by_no") == [{"task_id": "T4"}]
 
+
+ANOMALY_KEYS = ("anomaly_id", "code", "class", "case_no", "archive_no", "receiver_id", "qym",
+                "dept_code", "system_code", "task_code", "opened", "resolved", "detail")
 
 _IDS = {  # every version of a key shares its case, receiver and code (rules.anomaly_id)
     "a1": ("C1", "", "MISSING_ARCHIVE"), "a2": ("C1", "", "NOT_CHECKED"),
@@ -190,7 +198,8 @@ def test_the_copies_by_case_number_give_their_sources_final(
         anomalies: list[list[tuple[str, bool, bool]]], merge: str) -> None:
     """0017's case_by_no and anomaly_by_case, filled by their views, answer what
     ``case_state FINAL`` and ``anomaly FINAL`` do, in all and per case, whatever the
-    versions, tombstones, keys moved, inserts and merges on either side."""
+    versions, tombstones, keys moved, inserts and merges on either side; so does 0018's
+    case_doc, under FINAL and through the trace's own reader (casedoc.current)."""
     migrate(store)
     for table in ENGINE_TABLES:
         store.command(f"TRUNCATE TABLE {table}")
@@ -204,8 +213,9 @@ def test_the_copies_by_case_number_give_their_sources_final(
     for block in anomalies:
         version = _insert_anomalies(store, block, version)
     merged = {"none": (), "sources": ("case_state", "anomaly"),
-              "copies": ("case_by_no", "anomaly_by_case"),
-              "all": ("case_state", "anomaly", "case_by_no", "anomaly_by_case")}[merge]
+              "copies": ("case_by_no", "anomaly_by_case", "case_doc"),
+              "all": ("case_state", "anomaly", "case_by_no", "anomaly_by_case",
+                      "case_doc")}[merge]
     for table in merged:
         store.command(f"OPTIMIZE TABLE {table} FINAL")
     for source, copy, cols in (
@@ -215,3 +225,28 @@ def test_the_copies_by_case_number_give_their_sources_final(
             want = store.query(f"SELECT {cols} FROM {source} FINAL WHERE {where} ORDER BY {cols}")
             assert store.query(f"SELECT {cols} FROM {copy} FINAL WHERE {where}"
                                f" ORDER BY {cols}") == want, (copy, where)
+    # 0018's case_doc: FINAL over it, and the trace's reader over its raw rows, give the
+    # sources' current rows of each case, every column the API reads, typed alike
+    state_cols = ("case_no, task_id, task_code, task_name, dept_code, dept_name, qym, area,"
+                  " system_code, system_name, system_level, archive_count, status, year,"
+                  " toUnixTimestamp64Milli(completed_at) AS c_ms,"
+                  " toUnixTimestamp64Milli(first_received_at) AS f_ms")
+    for case_no in ("C1", "C2", "C3"):
+        c = {"c": case_no}
+        # (these writes may leave a case current under two keys, which the engine's never
+        # do: the reader then takes the newest write, as the trace shows one state)
+        states = store.query(f"SELECT {state_cols} FROM case_state FINAL"
+                             " WHERE case_no = {c:String} ORDER BY version DESC", c)
+        wanted = store.query(f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL"
+                             " WHERE case_no = {c:String} ORDER BY opened, code", c)
+        got = current(r["doc"] for r in store.query(CASE_DOCS, c))
+        if states:
+            assert got.state is not None, case_no
+            assert {k: got.state[k] for k in states[0]} == states[0], case_no
+        else:
+            assert got.state is None, case_no
+        assert [{k: a[k] for k in ANOMALY_KEYS} for a in got.anomalies] == wanted, case_no
+        assert store.query("SELECT kind, count() AS n FROM case_doc FINAL"
+                           " WHERE case_no = {c:String} GROUP BY kind ORDER BY kind", c) == [
+            {"kind": kind, "n": n} for kind, n in ((0, len(states)), (1, len(wanted))) if n]
+    assert store.query("SELECT count() AS n FROM case_doc WHERE case_no = ''") == [{"n": 0}]

@@ -280,8 +280,18 @@ def test_a_materialized_view_reads_and_writes_the_local_tables() -> None:
     assert cs.cluster_statements("DROP VIEW IF EXISTS case_key_mv", database="db1") == [
         "DROP VIEW IF EXISTS db1.case_key_mv ON CLUSTER archwatch SYNC"]
     for copy, source in (("case_key", "case_state"), ("case_by_no", "case_state"),
-                         ("anomaly_by_case", "anomaly")):
+                         ("anomaly_by_case", "anomaly"), ("case_doc", "case_state")):
         assert cs.SHARDING_KEYS[copy] == cs.SHARDING_KEYS[source]
+    # 0018's case_doc_anomaly_mv keeps a case's anomalies only, which anomaly shards by
+    # the case number like case_doc; without that WHERE the view is refused
+    sql = ("CREATE MATERIALIZED VIEW v TO case_doc AS SELECT case_no, doc FROM anomaly"
+           " WHERE case_no != ''")
+    assert cs.cluster_statements(sql, database="db1")[0].endswith(
+        "FROM db1.anomaly_local WHERE case_no != ''")
+    with pytest.raises(cs.ClusterSchemaError, match="sharded like"):
+        cs.cluster_statements(sql.removesuffix(" WHERE case_no != ''"), database="db1")
+    with pytest.raises(cs.ClusterSchemaError, match="sharded like"):
+        cs.cluster_statements(sql + " AND code = 'X'", database="db1")
 
 
 def test_sharding_key_is_fixed_by_each_rows_identity() -> None:

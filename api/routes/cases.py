@@ -10,10 +10,11 @@ from archwatch.api.auth import KPI_COLUMNS, ReaderDep
 from archwatch.api.deps import ReadsDep
 from archwatch.api.errors import ApiError
 from archwatch.api.models import AnomalyOut, CaseTrace, CheckOut, DailyLog, TraceEvent
-from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out
+from archwatch.api.queries import anomaly_out
 from archwatch.api.routes.stats import case_out
 from fastapi import APIRouter, Query
 
+from archwatch.casedoc import CASE_DOCS, current
 from archwatch.timeutil import to_iso_utc
 
 router = APIRouter(prefix="/api/v1", tags=["cases"])
@@ -21,35 +22,33 @@ router = APIRouter(prefix="/api/v1", tags=["cases"])
 PROPERTIES = {"1": "真实性", "2": "完整性", "3": "可用性", "4": "安全性"}
 
 
-# The trace's three primary-key reads ({c}: the case number): the case's state and its
-# anomalies from their copies ordered by case number (0017), its events from event_log
-# (ordered by entity). bench/reads.py times each.
-TRACE_STATE = ("SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
-               " toUnixTimestamp64Milli(first_received_at) AS f_ms"
-               " FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1")
+# The trace's two primary-key reads ({c}: the case number): the case's state and its
+# anomalies as pre-rendered rows (casedoc.CASE_DOCS, 0018: one column of case_doc), its
+# events from event_log (ordered by entity). bench/reads.py times each.
+TRACE_DOCS = CASE_DOCS
 TRACE_EVENTS = ("SELECT event_id, type, toUnixTimestamp64Milli(occurred_at) AS at, source,"
                 " archive_no, payload FROM event_log FINAL WHERE entity = {c:String}"
                 " ORDER BY occurred_at, event_id")
-TRACE_ANOMALIES = (f"SELECT {ANOMALY_COLUMNS} FROM anomaly_by_case FINAL"
-                   " WHERE case_no = {c:String} ORDER BY opened_at, code")
 
 
 @router.get("/cases/{caseNo}", response_model=CaseTrace)
 def case_trace(store: ReadsDep, p: ReaderDep, caseNo: str) -> CaseTrace:  # noqa: N803
     """Every event of the case's chain in time order, its status and its anomalies."""
-    states = store.query(TRACE_STATE, {"c": caseNo})
-    events = store.query(TRACE_EVENTS, {"c": caseNo})
-    visible = p.allows(states[0], KPI_COLUMNS) if states else not p.scope
-    if not visible or (not states and not events):  # outside the scope looks like absent
+    docs = current(r["doc"] for r in store.query(TRACE_DOCS, {"c": caseNo}))
+    state = docs.state
+    visible = p.allows(state, KPI_COLUMNS) if state else not p.scope
+    if not visible:  # outside the scope looks like absent
         raise ApiError(404, "not_found", f"no case {caseNo!r}")
-    anomalies = store.query(TRACE_ANOMALIES, {"c": caseNo})
+    events = store.query(TRACE_EVENTS, {"c": caseNo})
+    if not state and not events:
+        raise ApiError(404, "not_found", f"no case {caseNo!r}")
     return CaseTrace(
         caseNo=caseNo,
-        case=case_out(states[0]) if states else None,
+        case=case_out(state) if state else None,
         events=[TraceEvent(eventId=e["event_id"], type=e["type"], occurredAt=to_iso_utc(e["at"]),
                            source=e["source"], archiveNo=e["archive_no"] or None,
                            payload=json.loads(e["payload"])) for e in events],
-        anomalies=[AnomalyOut(**anomaly_out(a)) for a in anomalies],
+        anomalies=[AnomalyOut(**anomaly_out(a)) for a in docs.anomalies],
     )
 
 
