@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import contextlib
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from archwatch.api.app import create_app
+from archwatch.api.auth import Principal
+from archwatch.api.errors import ApiError
 from archwatch.api.queries import ANOMALY_COLUMNS
+from archwatch.api.routes.anomalies import AnomalyClass, AnomalyFilter, Status
 from archwatch.api.settings import Settings
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from archwatch.accounts import Role
 from archwatch.casedoc import CASE_DOCS, current
 from archwatch.lookups import anomaly_current
 from archwatch.migrate import load_migrations, migrate
 from archwatch.replay import ENGINE_TABLES
+from archwatch.rules import CLASS_OF_CODE
 from archwatch.store import ChdbStore, open_store
 from tests.conftest import log_in
 
@@ -250,3 +257,74 @@ def test_the_copies_by_case_number_give_their_sources_final(
                            " WHERE case_no = {c:String} GROUP BY kind ORDER BY kind", c) == [
             {"kind": kind, "n": n} for kind, n in ((0, len(states)), (1, len(wanted))) if n]
     assert store.query("SELECT count() AS n FROM case_doc WHERE case_no = ''") == [{"n": 0}]
+
+
+_filters = st.fixed_dictionaries({}, optional={
+    "code": st.lists(st.sampled_from(["MISSING_ARCHIVE", "NOT_CHECKED", "CHECK_FAILED"]),
+                     min_size=1, max_size=2),
+    "cls": st.sampled_from(list(AnomalyClass)),
+    "status": st.sampled_from(list(Status)),
+    "qym": st.sampled_from(["330102", "330106"]),
+    "systemCode": st.sampled_from(["", "SYS-1"]),
+    "openedFrom": st.sampled_from([datetime(2025, 4, 1, 0, 0, 2, tzinfo=UTC),
+                                   datetime(2025, 4, 1, 8, 0, 2, 500, tzinfo=UTC)]),
+    "openedTo": st.sampled_from([datetime(2025, 4, 1, 0, 0, 4, tzinfo=UTC)]),
+})
+_scopes = st.sampled_from([("", ""), ("330102", ""), ("330106", ""), ("", "SYS-1")])
+# each condition alone, on every example (a random combination is added to them)
+_EACH_FILTER: list[dict[str, Any]] = [
+    {}, {"status": Status.open}, {"status": Status.resolved}, {"code": ["NOT_CHECKED"]},
+    {"code": ["MISSING_ARCHIVE", "CHECK_FAILED"]}, *({"cls": c} for c in AnomalyClass),
+    {"qym": "330106"}, {"systemCode": "SYS-1"}, {"systemCode": ""},
+    {"openedFrom": datetime(2025, 4, 1, 0, 0, 2, tzinfo=UTC)},
+    {"openedTo": datetime(2025, 4, 1, 0, 0, 2, 500, tzinfo=UTC)},
+]
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=st.lists(st.lists(st.tuples(
+           st.sampled_from(["a1", "a2", "a5"]), st.booleans(), st.booleans(),
+           st.sampled_from(["330102", "330106"]), st.sampled_from(["", "SYS-1"]),
+           st.sampled_from(["MISSING_ARCHIVE", "NOT_CHECKED", "CHECK_FAILED"]),
+           st.sampled_from([1, 2])), min_size=1, max_size=6), min_size=1, max_size=3),
+       filters=st.lists(_filters, max_size=3), scope=_scopes,
+       merge=st.booleans())
+def test_a_case_s_anomaly_filters_in_python_answer_as_the_sql_ones(
+        store: ChdbStore, blocks: list[list[tuple[str, bool, bool, str, str, str, int]]],
+        filters: list[dict[str, Any]], scope: tuple[str, str], merge: bool) -> None:
+    """The anomaly list and summary with ``caseNo`` filter the case's current rows from
+    case_doc in Python (AnomalyFilter.checks, 0018): they keep exactly the rows, in the
+    order, that the same filters in SQL keep from ``anomaly FINAL``, whatever the rows'
+    versions, tombstones, codes, regions and the caller's scope."""
+    migrate(store)
+    for table in ENGINE_TABLES:
+        store.command(f"TRUNCATE TABLE {table}")
+    version = 0
+    for block in blocks:
+        rows = []
+        for aid, deleted, resolved, qym, system, code, second in block:
+            version += 1
+            case_no = _IDS[aid][0]
+            rows.append({**_anomaly(case_no, version, "2025-04-02 00:00:00" if resolved
+                                    else None), "anomaly_id": aid, "code": code,
+                         "class": CLASS_OF_CODE[code], "qym": qym, "system_code": system,
+                         "opened_at": f"2025-04-01 00:00:0{second}",  # (ties too)
+                         "is_deleted": int(deleted)})
+        store.insert("anomaly", rows)
+    if merge:
+        store.command("OPTIMIZE TABLE case_doc FINAL")
+    principal = Principal("u", Role.district, qym=scope[0], system_code=scope[1])
+    for case_no in ("C1", "C2", "C9"):
+        for kw in _EACH_FILTER + filters:
+            f = AnomalyFilter(**kw, caseNo=case_no)
+            try:
+                where, params = f.scoped(principal)
+            except ApiError:  # outside the scope: both refuse
+                with pytest.raises(ApiError):
+                    f.case_rows(store, principal)
+                continue
+            want = store.query(f"SELECT {ANOMALY_COLUMNS} FROM anomaly FINAL WHERE {where}"
+                               " ORDER BY opened_at DESC, anomaly_id", params)
+            got = [{k: r[k] for k in ANOMALY_KEYS} for r in f.case_rows(store, principal)]
+            assert got == want, (case_no, kw, scope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from archwatch.api.models import AnomalyOut, AnomalySummary, Paged
 from archwatch.api.queries import ANOMALY_COLUMNS, anomaly_out, page_total
 from fastapi import APIRouter, Depends, Query
 
+from archwatch.casedoc import CASE_DOCS, current
 from archwatch.lookups import anomaly_current
 from archwatch.rules import CLASS_OF_CODE
 from archwatch.store import Reader
@@ -35,7 +37,10 @@ class Status(StrEnum):
 
 
 class AnomalyFilter:
-    """Filters shared by the list and the summary."""
+    """Filters shared by the list and the summary: SQL conditions on ``anomaly``'s columns
+    and, for one case's anomalies (``caseNo``, read from ``case_doc``, 0018), the same
+    conditions as a predicate on the rows :func:`casedoc.current` gives (a Hypothesis test
+    holds the two to the same answers)."""
 
     def __init__(
         self,
@@ -52,14 +57,19 @@ class AnomalyFilter:
     ) -> None:
         self.parts: list[str] = []
         self.params: dict[str, Any] = {}
+        self.checks: list[Callable[[dict[str, Any]], bool]] = []
         if code:
             self._add("code IN {codes:Array(String)}", codes=code)
+            codes = frozenset(code)
+            self.checks.append(lambda r: r["code"] in codes)
         if cls is not None:
             self._add("class = {cls:String}", cls=cls.value)
+            self.checks.append(_equals("class", cls.value))
         for col, name, value in (("qym", "qym", qym), ("dept_code", "dept", deptCode),
                                  ("system_code", "sys", systemCode)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
+                self.checks.append(_equals(col, value))
         # Up to here, conditions on anomaly_count's columns too (0014): with nothing else,
         # totals are sums of its rows (``measure`` for the status, ``open`` of them).
         self.group_parts = list(self.parts)
@@ -69,20 +79,23 @@ class AnomalyFilter:
                                    Status.resolved: ("total - open", "0")}[status]
         if status is Status.open:
             self.parts.append("resolved_at IS NULL")
+            self.checks.append(lambda r: r["resolved"] is None)
         elif status is Status.resolved:
             self.parts.append("resolved_at IS NOT NULL")
+            self.checks.append(lambda r: r["resolved"] is not None)
         for col, name, value in (("case_no", "case", caseNo), ("receiver_id", "recv", receiverId)):
             if value is not None:
                 self._add(f"{col} = {{{name}:String}}", **{name: value})
-        # a case's rows from their copy ordered by case number (0017), a receiver's from
-        # its raw rows (p_code), not FINAL over the table; few rows, so the list reads
-        # them at once rather than through widening time windows
+                self.checks.append(_equals(col, value))
+        # a case's rows from case_doc (0018: its current anomalies in one read of one
+        # column, filtered here by ``checks``), a receiver's from its raw rows (p_code),
+        # not FINAL over the table; few rows, so the list reads them at once rather than
+        # through widening time windows
+        self.case_no = caseNo or None  # (caseNo="": the rows without a case, by SQL)
         self.source = "anomaly FINAL"  # what the filters apply to
-        if caseNo is not None:
-            self.source = "anomaly_by_case FINAL"
-        elif receiverId is not None:
+        if receiverId is not None:
             self.source = anomaly_current("receiver_id = {recv:String}")
-        self.windowed = caseNo is None and receiverId is None
+        self.windowed = self.case_no is None and receiverId is None
         self.opened_to = ""  # the list's first window ends here (openedTo, else the newest)
         for op, name, value in ((">=", "from_ms", openedFrom), ("<", "to_ms", openedTo)):
             if value is not None:
@@ -90,7 +103,10 @@ class AnomalyFilter:
                     raise ApiError(400, "invalid_parameter", f"{name}: timestamp needs an offset")
                 # a bound on the key itself (not on a function of it): a key-range read
                 cond = f"opened_at {op} fromUnixTimestamp64Milli({{{name}:Int64}}, 'UTC')"
-                self._add(cond, **{name: int(value.timestamp() * 1000)})
+                bound = int(value.timestamp() * 1000)
+                self._add(cond, **{name: bound})
+                self.checks.append((lambda r, b=bound: r["opened"] >= b) if op == ">="
+                                   else (lambda r, b=bound: r["opened"] < b))
                 if op == "<":
                     self.opened_to = f" WHERE {cond}"
 
@@ -104,6 +120,17 @@ class AnomalyFilter:
         where = (" AND ".join(self.group_parts) or "1") if counts else self.where
         return f"{where} AND {cond}", {**self.params, **params}
 
+    def case_rows(self, store: Reader, p: Principal) -> list[dict[str, Any]]:
+        """With ``caseNo``: the case's current anomalies these filters (within the
+        caller's scope) keep, newest first as the SQL orders them, keyed like
+        ``ANOMALY_COLUMNS``."""
+        p.narrow(self.requested)
+        rows = current(r["doc"] for r in store.query(CASE_DOCS, {"c": self.case_no})).anomalies
+        rows = [r for r in rows if p.allows(r, KPI_COLUMNS) and all(c(r) for c in self.checks)]
+        rows.sort(key=lambda r: r["anomaly_id"])
+        rows.sort(key=lambda r: r["opened"], reverse=True)  # stable: opened DESC, id ASC
+        return rows
+
     def _add(self, sql: str, **params: Any) -> None:
         self.parts.append(sql)
         self.params.update(params)
@@ -111,6 +138,10 @@ class AnomalyFilter:
     @property
     def where(self) -> str:
         return " AND ".join(self.parts) or "1"
+
+
+def _equals(column: str, value: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r[column] == value
 
 
 FilterDep = Annotated[AnomalyFilter, Depends()]
@@ -124,6 +155,12 @@ WINDOW_DAYS = (1, 8, 64, 512)
 def list_anomalies(store: ReadsDep, page: PageDep, p: ReaderDep,
                    f: FilterDep) -> Paged[AnomalyOut]:
     """Anomalies, newest first, filtered by code, class, status, area and time."""
+    if f.case_no is not None:
+        rows = f.case_rows(store, p)
+        shown = rows[page.offset:page.offset + page.size]
+        return Paged[AnomalyOut](  # (a page past the end reports 0, as page_total does)
+            total=len(rows) if shown else 0, pageNo=page.no, pageSize=page.size,
+            items=[AnomalyOut(**anomaly_out(r)) for r in shown])
     where, params = f.scoped(p)
     rows = newest_first(store, where, params, f.opened_to if f.windowed else None, page.size,
                         page.offset, f.source)
@@ -170,6 +207,13 @@ def summary(store: ReadsDep, p: ReaderDep, f: FilterDep) -> AnomalySummary:
             f" FROM anomaly_count FINAL WHERE {where} GROUP BY code HAVING n_total != 0"
             " ORDER BY code", params)
         rows = [{"code": r["code"], "total": r["n_total"], "open": r["n_open"]} for r in rows]
+    elif f.case_no is not None:
+        counted: dict[str, dict[str, Any]] = {}
+        for r in f.case_rows(store, p):
+            c = counted.setdefault(r["code"], {"code": r["code"], "total": 0, "open": 0})
+            c["total"] += 1
+            c["open"] += r["resolved"] is None
+        rows = [counted[code] for code in sorted(counted)]
     else:
         where, params = f.scoped(p)
         rows = store.query(
