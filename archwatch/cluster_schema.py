@@ -45,7 +45,8 @@ SHARDING_KEYS: dict[str, str] = {
     "anomaly": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # 0013's new layout of anomaly, before it is swapped in: the same rows, the same shards
     "anomaly_next": "cityHash64(if(case_no = '', receiver_id, case_no))",
-    # anomaly by case number (0017), written by anomaly_by_case_mv beside its source rows
+    # anomaly by case number (0017; dropped by 0018), written by anomaly_by_case_mv beside
+    # its source rows
     "anomaly_by_case": "cityHash64(if(case_no = '', receiver_id, case_no))",
     # a case's state and anomalies rendered (0018), written by case_doc_state_mv and
     # case_doc_anomaly_mv beside their source rows: case_state's shard, and anomaly's for a

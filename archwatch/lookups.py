@@ -2,8 +2,9 @@
 their sorting key's prefix (issue #10, query latency). Here, not under ``api/``: the
 distribution queue asks the same questions.
 
-A case by its number needs none of this: ``case_by_no`` and ``anomaly_by_case`` (0017)
-hold both tables again ordered by case number, one ``FINAL`` each.
+A case by its number needs none of this: ``case_by_no`` (0017, one ``FINAL``) and
+``case_doc`` (0018, one column, archwatch/casedoc.py) hold the tables again ordered by
+case number.
 
 ``FINAL`` (the current row of each key) cannot use a projection, and a filter on a column
 past the key's prefix makes it read every part's rows. So an item's cases are read in two
@@ -54,8 +55,8 @@ def anomaly_current(raw_where: str) -> str:
     """A FROM source equal to ``anomaly FINAL`` restricted to the keys of the raw rows
     matching ``raw_where``, in one read: those raw rows (through ``p_code``), the newest
     version of each key, tombstones dropped. ``raw_where`` may only test ``receiver_id``
-    and ``code`` (a case's anomalies: ``anomaly_by_case FINAL``, 0017, whose key starts
-    with the case number; the projection by case went): every version of a key shares
+    and ``code`` (a case's anomalies: ``case_doc``, 0018, whose key starts with the case
+    number; the projection by case went): every version of a key shares
     them (``anomaly_id`` hashes them, rules.anomaly_id), so the raw rows hold each found
     key's every version, newest included, and nothing else is needed. Versions are unique
     per key (one shard's clock writes a key, archwatch.engine.VersionClock), so the newest

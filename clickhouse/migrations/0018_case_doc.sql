@@ -24,6 +24,9 @@
 -- case_no, length-prefixed so that two identities never render alike. Anomalies without
 -- a case (a receiver's) are not kept: nothing reads them by case number.
 --
+-- It also serves the anomaly list's caseNo filter, so 0017's anomaly_by_case, which
+-- nothing reads any more, goes (its view first, so that no insert writes it meanwhile).
+--
 -- Filled by a view from every insert into each source; `archwatch replay` empties it with
 -- them (archwatch/replay.py ENGINE_TABLES); auditors do not see it (archwatch/sqlguard.py).
 
@@ -109,3 +112,7 @@ SELECT case_no, toUInt8(1) AS kind,
            'detail', detail)) AS doc
 FROM anomaly
 WHERE case_no != '';
+
+-- What this replaces: the anomalies of a case by their case number (0017).
+DROP VIEW IF EXISTS anomaly_by_case_mv;
+DROP TABLE IF EXISTS anomaly_by_case;
