@@ -51,6 +51,13 @@ def _anomaly(case_no: str, version: int, resolved: str | None) -> dict[str, Any]
             "src": "c001", "version": version, "is_deleted": 0}
 
 
+def _migrated_and_empty(store: ChdbStore) -> None:
+    """The module's shared store, migrated, with every table the engine writes empty."""
+    migrate(store)
+    for table in ENGINE_TABLES:
+        store.command(f"TRUNCATE TABLE {table}")
+
+
 def _wait_for_mutations(store: ChdbStore) -> None:
     deadline = time.monotonic() + 60
     while store.query("SELECT count() AS n FROM system.mutations WHERE NOT is_done")[0]["n"]:
@@ -208,9 +215,7 @@ def test_the_copies_by_case_number_give_their_sources_final(
     all and per case, whatever the versions, tombstones, keys moved, inserts and merges on
     either side; so does 0018's case_doc for both case_state and anomaly, under FINAL and
     through the trace's own reader (casedoc.current)."""
-    migrate(store)
-    for table in ENGINE_TABLES:
-        store.command(f"TRUNCATE TABLE {table}")
+    _migrated_and_empty(store)
     version = 0
     for block in blocks:
         rows = []
@@ -296,9 +301,7 @@ def test_a_case_s_anomaly_filters_in_python_answer_as_the_sql_ones(
     case_doc in Python (AnomalyFilter.checks, 0018): they keep exactly the rows, in the
     order, that the same filters in SQL keep from ``anomaly FINAL``, whatever the rows'
     versions, tombstones, codes, regions and the caller's scope."""
-    migrate(store)
-    for table in ENGINE_TABLES:
-        store.command(f"TRUNCATE TABLE {table}")
+    _migrated_and_empty(store)
     version = 0
     for block in blocks:
         rows = []
