@@ -72,7 +72,7 @@ def current(docs: Iterable[str | bytes]) -> CaseDocs:
         else:
             out.anomalies.append(_typed(d, _ANOMALY_INTS))
     # One current state row a case (a moved case's old key carries a newer tombstone);
-    # should two ever be current, the newest write is the case's, as LIMIT 1 gave before.
+    # should two ever be current, the newest write is the case's (0017's read took any).
     if states:
         out.state = max(states, key=lambda s: int(s["v"]))
     out.anomalies.sort(key=lambda a: (a["opened"], a["code"]))
