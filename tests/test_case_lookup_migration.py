@@ -1,8 +1,8 @@
 """Migrations 0012's projections, 0016's case_key, 0017's copies by case number and 0018's
-case_doc on a store filled before them, and the case trace, an item's cases and the anomalies of a case
-as rows move to another key, update, merge and are reset (issue #10, query latency). Apart
-from tests/test_lookups.py: chDB opens one store directory per process at a time, and that
-module keeps one open."""
+case_doc on a store filled before them, and the case trace, an item's cases and the
+anomalies of a case as rows move to another key, update, merge and are reset (issue #10,
+query latency). Apart from tests/test_lookups.py: chDB opens one store directory per
+process at a time, and that module keeps one open."""
 
 from __future__ import annotations
 
