@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from archwatch import report
+from archwatch.casedoc import CASE_DOCS, current
 from archwatch.chserver import create_app
 from archwatch.migrate import migrate
 from archwatch.store import ChdbStore, ServerStore, StoreError
@@ -38,6 +39,14 @@ def test_golden_scenarios_through_the_server(served: tuple[ChdbStore, str], name
     expected = json.loads((GOLDEN / name / "expected.json").read_text())
     got = replay_into(remote, [GOLDEN / name / "events.jsonl"], scenario_settings(name),
                       tmp_path)
+    # the case trace's rows (case_doc, 0018) rendered by the server's views read back
+    # through clickhouse-connect as through chDB, and say what case_state FINAL says
+    cases = store.query("SELECT case_no, status FROM case_state FINAL ORDER BY case_no")
+    assert cases or name == "heartbeats"  # (receivers only)
+    for row in cases:
+        docs = current(r["doc"] for r in remote.query(CASE_DOCS, {"c": row["case_no"]}))
+        assert docs == current(r["doc"] for r in store.query(CASE_DOCS, {"c": row["case_no"]}))
+        assert docs.state is not None and docs.state["status"] == row["status"]
     remote.close()
     assert got["summary"] == expected["summary"]
     assert comparable_anomalies(got["anomalies"]) == comparable_anomalies(expected["anomalies"])
