@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS case_doc
 ENGINE = ReplacingMergeTree(version, is_deleted)
 -- Serves one case's current state and anomalies (WHERE case_no = ...: the case trace).
 -- Granules of 256 rows (a doc is ≈ 500 bytes): a read of one case 17% cheaper than with
--- 1,024, for 9% more bytes (10M cases, bench/RESULTS.md §4 session 9).
+-- 1,024 at 10M cases, for 9% more bytes there (9.4 against 7.0 GB at 100M: smaller
+-- compressed blocks; bench/RESULTS.md §4 session 9).
 ORDER BY (case_no, kind, ident)
 SETTINGS index_granularity = 256;
 
