@@ -39,7 +39,8 @@ SHARDING_KEYS: dict[str, str] = {
     "case_state": "cityHash64(case_no)",
     # a case's keys (0016; dropped by 0017), written by case_key_mv beside case_state's rows
     "case_key": "cityHash64(case_no)",
-    # case_state by case number (0017), written by case_by_no_mv beside its source rows
+    # case_state by case number (0017; dropped by 0018), written by case_by_no_mv beside
+    # its source rows
     "case_by_no": "cityHash64(case_no)",
     # receiver anomalies (RECEIVER_DOWN) have an empty case_no: shard them by receiver
     "anomaly": "cityHash64(if(case_no = '', receiver_id, case_no))",

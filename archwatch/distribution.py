@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from archwatch.casedoc import current
 from archwatch.engine import VersionClock
 from archwatch.lookups import RECEIVER_DOWN, anomaly_current
 from archwatch.registry import ReceiverEntry, Registry
@@ -421,13 +422,19 @@ class DistributionQueue:
 
 
 def _case_qyms(store: Store, case_nos: Sequence[str]) -> dict[str, str]:
+    """Each known case's region, from its current ``case_state`` row: its rows in
+    ``case_doc`` (0018, ordered by case number: a primary-key read of two columns), the
+    newest version chosen as the trace chooses it (casedoc.current)."""
     out: dict[str, str] = {}
     for part in _chunks(sorted(set(case_nos))):
-        # case_by_no (0017) is case_state ordered by case number: a primary-key read
-        for r in store.query("SELECT case_no, any(qym) AS region FROM case_by_no FINAL"
-                             " WHERE case_no IN {c:Array(String)} GROUP BY case_no",
-                             {"c": part}):
-            out[r["case_no"]] = r["region"]
+        docs: dict[str, list[str]] = {}
+        for r in store.query("SELECT case_no, doc FROM case_doc"
+                             " WHERE case_no IN {c:Array(String)} AND kind = 0", {"c": part}):
+            docs.setdefault(r["case_no"], []).append(r["doc"])
+        for case_no, rows in docs.items():
+            state = current(rows).state
+            if state is not None:
+                out[case_no] = state["qym"]
     return out
 
 

@@ -2,9 +2,8 @@
 their sorting key's prefix (issue #10, query latency). Here, not under ``api/``: the
 distribution queue asks the same questions.
 
-A case by its number needs none of this: ``case_by_no`` (0017, one ``FINAL``) and
-``case_doc`` (0018, one column, archwatch/casedoc.py) hold the tables again ordered by
-case number.
+A case by its number needs none of this: ``case_doc`` (0018, one column,
+archwatch/casedoc.py) holds both tables again ordered by case number.
 
 ``FINAL`` (the current row of each key) cannot use a projection, and a filter on a column
 past the key's prefix makes it read every part's rows. So an item's cases are read in two

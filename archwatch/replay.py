@@ -63,8 +63,8 @@ def register_receivers(store: Store, settings: EngineSettings) -> None:
 REPLAY_FLUSH_DELAY = 2.0
 
 # What a replay computes; it starts them empty (accounts and registrations stay).
-# (case_by_no is filled from case_state, 0017; case_doc from case_state and anomaly, 0018)
-ENGINE_TABLES = ("case_state", "case_by_no", "anomaly", "case_doc",
+# (case_doc is filled from case_state and anomaly, 0018)
+ENGINE_TABLES = ("case_state", "anomaly", "case_doc",
                  "anomaly_count", "anomaly_feed", "kpi_task", "kpi_item", "event_log",
                  "receiver_status")
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 PUBLIC_TABLES = {"case_state", "anomaly", "anomaly_count", "kpi_task", "kpi_item", "receiver",
                  "receiver_status", "event_log"}
-# (case_by_no, case_doc: case_state and anomaly again, ordered by case number for the
-# API's reads, migrations 0017 and 0018 — engine internals, not the contract's auditor
-# tables; auditors read case_state and anomaly themselves. anomaly_by_case: 0017 to 0018.)
+# (case_doc: case_state and anomaly again, ordered by case number for the API's reads,
+# migration 0018 — engine internals, not the contract's auditor tables; auditors read
+# case_state and anomaly themselves. case_by_no, anomaly_by_case: the same, 0017 to 0018.)
 PRIVATE_TABLES = {"account", "audit_log", "schema_migrations", "case_by_no", "anomaly_by_case",
                   "case_doc"}
 SYSTEM_ALLOWED = {

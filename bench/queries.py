@@ -166,7 +166,7 @@ def worker_fill(db: Path, cases: int, chunk: int, optimize: bool) -> dict[str, A
     t_opt = time.perf_counter()
     if optimize:  # what background merges reach on a store at rest (one part per table)
         for t in ("kpi_task", "kpi_item", "anomaly", "anomaly_count", "case_state",
-                  "case_by_no", "case_doc"):
+                  "case_doc"):
             store.command(f"OPTIMIZE TABLE {t} FINAL")
     t_done = time.perf_counter()
     store.close()

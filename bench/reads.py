@@ -53,16 +53,10 @@ def main() -> None:
         time.sleep(10)
     reads = {
         "SELECT 1 (baseline)": "SELECT {c:String} AS c",
-        "a case's status (1 column)":
-            "SELECT status FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1",
         "trace: state and anomalies (case_doc)": TRACE_DOCS,
         "trace: events": TRACE_EVENTS,
-        # what the trace read before 0018, for comparison: its state from 0017's copy
-        # (its anomalies came from 0017's anomaly_by_case, which 0018 drops: 9-12 ms)
-        "before 0018: state (case_by_no)":
-            "SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
-            " toUnixTimestamp64Milli(first_received_at) AS f_ms"
-            " FROM case_by_no FINAL WHERE case_no = {c:String} LIMIT 1",
+        # (before 0018 the state and the anomalies were two FINAL reads of 0017's copies,
+        # 11-17 and 9-12 ms at 100M cases: bench/RESULTS.md section 4, session 9)
     }
     # the trace's own work on a read's rows, timed with it (casedoc.current: the newest
     # version of each row, parsed)

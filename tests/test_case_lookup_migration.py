@@ -85,20 +85,17 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
             " AND has(projections, 'p_item_keys') = 0")
         assert parts[0]["n"] == 0, "case_state has parts without p_item_keys"
         # 0016 then 0017: the projections by case number went (case_state's in 0016,
-        # anomaly's in 0017), and so did 0016's case_key; 0017's copies hold the rows
-        # already there
+        # anomaly's in 0017), and so did 0016's case_key, then 0017's copies in 0018
         for table in ("case_state", "anomaly"):
             assert store.query("SELECT count() AS n FROM system.parts WHERE active"
                                " AND table = {t:String} AND has(projections, 'p_case_no')",
                                {"t": table}) == [{"n": 0}]
         assert store.query("SELECT name FROM system.tables WHERE database = currentDatabase()"
                            " AND name LIKE 'case_key%'") == []
-        assert store.query("SELECT count() AS n, uniqExact(case_no) AS c FROM case_by_no"
-                           ) == [{"n": 50, "c": 50}]
-        # and 0018's case_doc, both kinds (0018 drops 0017's anomaly_by_case, which it
-        # replaces)
+        # 0018's case_doc holds the rows already there, both kinds; 0017's copies went
         assert store.query("SELECT name FROM system.tables WHERE database = currentDatabase()"
-                           " AND name LIKE 'anomaly_by_case%'") == []
+                           " AND (name LIKE 'anomaly_by_case%' OR name LIKE 'case_by_no%')"
+                           ) == []
         assert store.query("SELECT kind, count() AS n FROM case_doc GROUP BY kind"
                            " ORDER BY kind") == [{"kind": 0, "n": 50}, {"kind": 1, "n": 1}]
         # (ClickHouse reads a projection index only from tables of 1M rows on,
@@ -129,12 +126,12 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
             cases = client.get(f"/api/v1/drill/items/{path}/cases", params=params).json()
             assert ("C7" in [c["caseNo"] for c in cases["items"]]) == (path == "T9")
         # the copy holds the moved case's rows under both keys, the old one tombstoned
-        assert [(r["task_id"], r["is_deleted"]) for r in store.query(
-            "SELECT task_id, is_deleted FROM case_by_no WHERE case_no = 'C7'"
-            " ORDER BY task_id, version")] == [("T1", 0), ("T1", 1), ("T9", 0)]
+        assert [(r["ident"][-2:], r["is_deleted"]) for r in store.query(
+            "SELECT ident, is_deleted FROM case_doc WHERE case_no = 'C7' AND kind = 0"
+            " ORDER BY ident, version")] == [("T1", 0), ("T1", 1), ("T9", 0)]
         # merges rebuild the projections from the merged parts (replaced rows dropped)
-        # and collapse the copies' versions
-        for table in ("case_state", "anomaly", "case_by_no", "case_doc"):
+        # and collapse the copy's versions
+        for table in ("case_state", "anomaly", "case_doc"):
             store.command(f"OPTIMIZE TABLE {table} FINAL")
         assert trace()["case"]["taskId"] == "T9"
         assert [a["resolvedAt"] for a in trace()["anomalies"]] == ["2025-04-02T00:00:00Z"]
@@ -145,7 +142,7 @@ def test_migration_backfills_and_the_trace_follows_moves_merges_and_resets(
         assert client.get("/api/v1/cases/C7").status_code == 404
         store.insert("case_state", [_row("C7", "T4", "330102", 5)])
         assert trace()["case"]["taskId"] == "T4" and trace()["anomalies"] == []
-        assert store.query("SELECT task_id FROM case_by_no") == [{"task_id": "T4"}]
+        assert store.query("SELECT count() AS n FROM case_doc") == [{"n": 1}]
 
 
 ANOMALY_KEYS = ("anomaly_id", "code", "class", "case_no", "archive_no", "receiver_id", "qym",
@@ -211,10 +208,10 @@ _case_write = st.tuples(st.sampled_from(["C1", "C2", "C3"]), st.sampled_from(["T
 def test_the_copies_by_case_number_give_their_sources_final(
         store: ChdbStore, blocks: list[list[tuple[str, str, str, bool, str]]],
         anomalies: list[list[tuple[str, bool, bool]]], merge: str) -> None:
-    """0017's case_by_no, filled by its view, answers what ``case_state FINAL`` does, in
-    all and per case, whatever the versions, tombstones, keys moved, inserts and merges on
-    either side; so does 0018's case_doc for both case_state and anomaly, under FINAL and
-    through the trace's own reader (casedoc.current)."""
+    """0018's case_doc, filled by its views, answers what ``case_state FINAL`` and
+    ``anomaly FINAL`` do for each case, under FINAL and through the trace's own reader
+    (casedoc.current), whatever the versions, tombstones, keys moved, inserts and merges
+    on either side."""
     _migrated_and_empty(store)
     version = 0
     for block in blocks:
@@ -226,16 +223,9 @@ def test_the_copies_by_case_number_give_their_sources_final(
     for block in anomalies:
         version = _insert_anomalies(store, block, version)
     merged = {"none": (), "sources": ("case_state", "anomaly"),
-              "copies": ("case_by_no", "case_doc"),
-              "all": ("case_state", "anomaly", "case_by_no", "case_doc")}[merge]
+              "copies": ("case_doc",), "all": ("case_state", "anomaly", "case_doc")}[merge]
     for table in merged:
         store.command(f"OPTIMIZE TABLE {table} FINAL")
-    for source, copy, cols in (
-            ("case_state", "case_by_no", "case_no, task_id, qym, status, version"),):
-        for where in ("1", "case_no = 'C1'", "case_no = ''"):
-            want = store.query(f"SELECT {cols} FROM {source} FINAL WHERE {where} ORDER BY {cols}")
-            assert store.query(f"SELECT {cols} FROM {copy} FINAL WHERE {where}"
-                               f" ORDER BY {cols}") == want, (copy, where)
     # 0018's case_doc: FINAL over it, and the trace's reader over its raw rows, give the
     # sources' current rows of each case, every column the API reads, typed alike
     state_cols = ("case_no, task_id, task_code, task_name, dept_code, dept_name, qym, area,"

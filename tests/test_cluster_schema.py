@@ -34,8 +34,8 @@ ALTER_RE = re.compile(r"^ALTER\s+TABLE\s+(\w+)\s+(.*)$", re.I | re.S)
 SOURCE_CREATES = {m.group(1): s for s in ALL_SOURCE if (m := CREATE_RE.match(s))}
 # 0013 builds anomaly's new layout as anomaly_next, swaps it in (EXCHANGE TABLES) and
 # drops what is then under that name: a migrated store has no anomaly_next
-# (and 0017 drops 0016's case_key, 0018 0017's anomaly_by_case)
-DROPPED = {"anomaly_next", "case_key", "anomaly_by_case"}
+# (and 0017 drops 0016's case_key, 0018 0017's case_by_no and anomaly_by_case)
+DROPPED = {"anomaly_next", "case_key", "case_by_no", "anomaly_by_case"}
 SOURCE_ALTERS = [(m.group(1), m.group(2)) for s in ALL_SOURCE if (m := ALTER_RE.match(s))]
 
 # The keys the issue asks for, written out here independently of the module's table.

@@ -27,8 +27,9 @@
 -- case_no, length-prefixed so that two identities never render alike. Anomalies without
 -- a case (a receiver's) are not kept: nothing reads them by case number.
 --
--- It also serves the anomaly list's caseNo filter, so 0017's anomaly_by_case, which
--- nothing reads any more, goes (its view first, so that no insert writes it meanwhile).
+-- It also serves the anomaly list's caseNo filter and the distribution queue's case
+-- regions, so 0017's copies, which nothing reads any more, go (each view first, so that
+-- no insert writes its table meanwhile).
 --
 -- Filled by a view from every insert into each source; `archwatch replay` empties it with
 -- them (archwatch/replay.py ENGINE_TABLES); auditors do not see it (archwatch/sqlguard.py).
@@ -133,6 +134,8 @@ SELECT case_no, toUInt8(1) AS kind,
 FROM anomaly
 WHERE case_no != '';
 
--- What this replaces: the anomalies of a case by their case number (0017).
+-- What this replaces: a case's state and its anomalies by case number (0017).
+DROP VIEW IF EXISTS case_by_no_mv;
+DROP TABLE IF EXISTS case_by_no;
 DROP VIEW IF EXISTS anomaly_by_case_mv;
 DROP TABLE IF EXISTS anomaly_by_case;
