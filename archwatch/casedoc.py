@@ -55,8 +55,6 @@ def current(docs: Iterable[str | bytes]) -> CaseDocs:
     best: dict[tuple[str, ...], tuple[int, str | bytes, dict[str, Any]]] = {}
     for text in docs:
         d = orjson.loads(text)
-        if isinstance(d, list):  # a server rendering maps as [[key, value], ...]
-            d = dict(d)         # (output_format_json_map_as_array_of_tuples)
         key = _identity(d)
         version = int(d["v"])
         held = best.get(key)

@@ -67,14 +67,6 @@ def test_anomalies_are_ordered_by_opening_then_code_and_keyed_by_opening_too() -
         ("a1", 100), ("a1", 200), ("a2", 300)]
 
 
-def test_maps_rendered_as_pairs_read_alike() -> None:
-    """A ClickHouse server set to output_format_json_map_as_array_of_tuples renders a map
-    as [[key, value], ...]: the same row."""
-    doc = json.loads(_state(1, "T1"))
-    pairs = json.dumps([[k, v] for k, v in doc.items()])
-    assert current([pairs]).state == current([_state(1, "T1")]).state
-
-
 def test_no_rows_no_case() -> None:
     got = current([])
     assert got.state is None and got.anomalies == []
