@@ -127,8 +127,7 @@ class AnomalyFilter:
         p.narrow(self.requested)
         rows = current(r["doc"] for r in store.query(CASE_DOCS, {"c": self.case_no})).anomalies
         rows = [r for r in rows if p.allows(r, KPI_COLUMNS) and all(c(r) for c in self.checks)]
-        rows.sort(key=lambda r: r["anomaly_id"])
-        rows.sort(key=lambda r: r["opened"], reverse=True)  # stable: opened DESC, id ASC
+        rows.sort(key=lambda r: (-r["opened"], r["anomaly_id"]))  # opened DESC, anomaly_id
         return rows
 
     def _add(self, sql: str, **params: Any) -> None:
