@@ -85,11 +85,17 @@ class Reconcile:
     store to the belief so that diffs are exact again. A shard that starts without a
     snapshot while the store already holds rows of an earlier run (a crash before the
     shard's first snapshot, a restart without recovery) does the same with its fresh
-    belief: otherwise those rows would never be withdrawn."""
+    belief: otherwise those rows would never be withdrawn.
+
+    ``version``: the tombstones' version, taken from the shard's clock when the Reconcile
+    is emitted (0: when it is applied). The sink may apply it later, on its writer thread,
+    after the shard has emitted newer rows; a row it emits again after the Reconcile must
+    still outrank the tombstone of its old self."""
 
     src: str
     rows: list[Write]
     keep: frozenset[str] = frozenset()
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,11 +19,13 @@ their epoch closes (measured: up to a second of extra delay for a fired deadline
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -66,6 +68,10 @@ _WRITE_ORDER = {t: i for i, t in enumerate(("anomaly_feed", "anomaly", "anomaly_
                                             "receiver_status", "case_state", "kpi_task"))}
 
 
+def _NOTHING() -> None:
+    """A job that only wakes the writer (pending Reconciles are applied before any job)."""
+
+
 def _first_written(item: tuple[str, Any]) -> int:
     return _WRITE_ORDER.get(item[0], len(_WRITE_ORDER))
 
@@ -89,6 +95,8 @@ class _Writer:
         self._pending_lock = threading.Lock()
         self._refreshing = threading.Lock()  # one refresh at a time
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)  # back-pressure
+        self._reconciles: list[Reconcile] = []  # applied before the next job
+        self._reconciles_lock = threading.Lock()
         self.error: BaseException | None = None
         self.reported = False
         self._stop = threading.Event()
@@ -105,7 +113,29 @@ class _Writer:
         """Queue a buffer for writing; ``since``: when its oldest row was buffered
         (time.monotonic), for the sink-delay metric."""
         self._raise()
-        self.queue.put((tables, rejects, counts, since))
+        self.queue.put(partial(self._write, tables, rejects, counts, since))
+
+    def submit_reconcile(self, recs: list[Reconcile]) -> None:
+        """Have the Reconciles of restarting shards applied before the writes submitted
+        after them (with their shards' rows). Not a job of their own: a Reconcile commutes
+        with the writes queued before it (none holds a row of its shard, whose first
+        output it is), so every pending one is applied together, in one read per table,
+        before the writer's next job. (Applied by the dataflow thread, they had to wait
+        for the writes queued before them, then for a full queue: a live start spent ~20%
+        of its time there, shards starting batch after batch.)"""
+        self._raise()
+        with self._reconciles_lock:
+            self._reconciles.extend(recs)
+        with contextlib.suppress(queue.Full):  # a full queue has jobs to come: they apply it
+            self.queue.put_nowait(_NOTHING)
+
+    def _apply_reconciles(self) -> None:
+        with self._reconciles_lock:
+            recs, self._reconciles = self._reconciles, []
+        if recs:
+            kpi = reconcile_all(self.store, recs, refresh=False)
+            if kpi is not None:
+                self._pending_kpi(kpi)
 
     def busy(self) -> bool:
         """Something submitted is not written yet."""
@@ -146,7 +176,8 @@ class _Writer:
                 if job is None:
                     return
                 if self.error is None:
-                    self._write(*job)
+                    self._apply_reconciles()
+                    job()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the dataflow thread
                 self.error = exc
             finally:
@@ -174,16 +205,21 @@ class _Writer:
                 metrics.STORE_WRITE.labels(table).observe(time.monotonic() - started)
         kpi = tables.get("kpi_task")
         if kpi:
-            lo, hi = rollup.version_range(kpi)
-            with self._pending_lock:
-                if self.pending is not None:
-                    lo, hi = min(lo, self.pending[0]), max(hi, self.pending[1])
-                self.pending = (lo, hi)
-            if self.refresh_every == 0:
-                self._refresh()
+            self._pending_kpi(rollup.version_range(kpi))
         self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
         if since is not None:
             metrics.SINK_DELAY.observe(time.monotonic() - since)
+
+    def _pending_kpi(self, written: tuple[int, int]) -> None:
+        """``kpi_task`` rows of these versions are written: their items are to be summed
+        into kpi_item (now, or by the refresher)."""
+        lo, hi = written
+        with self._pending_lock:
+            if self.pending is not None:
+                lo, hi = min(lo, self.pending[0]), max(hi, self.pending[1])
+            self.pending = (lo, hi)
+        if self.refresh_every == 0:
+            self._refresh()
 
     def _refresh(self) -> None:
         """kpi_item for the kpi_task versions written and not yet summed. The range is
@@ -250,10 +286,10 @@ class _Partition(StatelessSinkPartition[Any]):
         if recs:
             # A shard's Reconcile is its first output, and touches only rows of its own
             # src, so the batch's Reconciles can go first, together: one read per table
-            # for every shard restarting at once (a live start restarts them all).
+            # for every shard restarting at once (a live start restarts them all). The
+            # writer applies them after the rows buffered so far, before this batch's.
             self.flush()
-            self.writer.drain()
-            reconcile_all(self.store, recs)
+            self.writer.submit_reconcile(recs)
         tables = self.tables
         counts = self.counts
         for item in items:
@@ -334,9 +370,11 @@ def _tables_of(src: str) -> tuple[str, ...]:
     return ("anomaly", "anomaly_count") if src[:1] in ("a", "r") else tuple(_IDENTITY)
 
 
-def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
+def reconcile_all(store: Store, recs: list[Reconcile],
+                  refresh: bool = True) -> tuple[int, int] | None:
     """Make the store hold exactly ``rec.rows`` for each shard ``rec.src`` (see Reconcile),
-    with one read per table for all of them."""
+    with one read per table for all of them. Returns the versions of the ``kpi_task`` rows
+    written (None: none), whose items kpi_item must sum again: here with ``refresh``."""
     from archwatch.engine import VersionClock
 
     by_src = {r.src: r for r in recs}  # a shard reconciles once; the last one stands
@@ -368,7 +406,8 @@ def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
             if (tuple(r[c] for c in cols) not in live.get((table, rec.src), ())
                     and r.get("case_no") not in rec.keep):
                 tombstones.append({**{c: r[c] for c in cols}, "src": rec.src,
-                                   "version": clock.next(), "is_deleted": 1})
+                                   "version": rec.version or clock.next(),
+                                   "is_deleted": 1})
         if tombstones:
             store.insert(table, tombstones)
             if table == "kpi_task":
@@ -376,8 +415,12 @@ def reconcile_all(store: Store, recs: list[Reconcile]) -> None:
     for table, rows in by_table.items():
         store.insert(table, rows)
     written = kpi_rows + by_table.get("kpi_task", [])
-    if written:
-        rollup.refresh_range(store, *rollup.version_range(written))
+    if not written:
+        return None
+    versions = rollup.version_range(written)
+    if refresh:
+        rollup.refresh_range(store, *versions)
+    return versions
 
 
 class StoreSink(DynamicSink[Any]):

@@ -105,7 +105,8 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         if self._reconcile and self.shard.src:
             self._reconcile = False
             keep = frozenset(getattr(self.shard, "evicted", ()))
-            out = [Reconcile(self.shard.src, self.shard.live_rows(), keep), *out]
+            out = [Reconcile(self.shard.src, self.shard.live_rows(), keep,
+                             self.shard.clock.next()), *out]
         if self._stage is not None:
             out = _count_stage(self._stage, values, out)
         return out, StatefulBatchLogic.RETAIN

@@ -19,10 +19,11 @@ from archwatch.connectors.store_sink import StoreSink, Tally
 from archwatch.dataflows.reconcile import _ShardLogic
 
 from archwatch import report, rollup
-from archwatch.engine import CaseShard, VersionClock, Watermark
+from archwatch.engine import CaseShard, Reconcile, VersionClock, Watermark
 from archwatch.migrate import migrate
 from archwatch.models import parse_record
 from archwatch.rules import Sla
+from archwatch.settings import shard_of
 from archwatch.timeutil import parse_ts
 from tests.conftest import GOLDEN
 
@@ -118,6 +119,55 @@ def test_fresh_shard_withdraws_rows_of_an_earlier_run(store, fresh_reconcile: bo
     assert report.summary(store) == {"MISSING_ARCHIVE": {"total": 1, "open": 1}}
     write(store, build(None), [ev(RECEIPT), ev(COMPLETION), FAR])  # the rerun, receipt first
     assert_missing_archive_withdrawn(store, fresh_reconcile)  # else: what the flag is for
+
+
+def test_a_deferred_reconcile_spares_a_row_emitted_after_it(store) -> None:
+    """The sink applies a Reconcile on its writer thread, possibly after its shard has
+    emitted more rows: a row withdrawn by the Reconcile and emitted again after it must
+    stay (the tombstones carry the version of the Reconcile's emission, not of its
+    application)."""
+    migrate(store)
+    clock = VersionClock()
+    build = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0),
+                                fresh_reconcile=True)
+    a = ev(COMPLETION)
+    shard = shard_of(a.caseNo, 4)
+    other = next(f"HZ20220301{i:05d}" for i in range(2, 999)
+                 if shard_of(f"HZ20220301{i:05d}", 4) == shard)
+    b = ev(COMPLETION.replace(a.caseNo, other).replace(a.eventId, a.eventId + "-b"))
+    old, _ = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0))(None) \
+        .on_batch([a])
+    part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
+    part.write_batch(list(old))  # an earlier run wrote case A
+    part.close()
+    logic = build(None)  # the rerun: case B first, so the Reconcile withdraws A ...
+    first, _ = logic.on_batch([b])
+    assert type(first[0]) is Reconcile and first[0].version > 0
+    second, _ = logic.on_batch([a])  # ... which comes again before the sink applied it
+    part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
+    part.write_batch(list(first))
+    part.write_batch(list(second))
+    part.close()
+    assert [c["caseNo"] for c in report.cases(store)] == sorted([a.caseNo, other])
+    assert rollup.differences(store) == []
+
+
+def test_a_reconcile_alone_is_applied_by_the_writer(store) -> None:
+    """A batch holding only a Reconcile (a restored shard woken by a tick) still gets it
+    applied, although no write follows to carry it."""
+    migrate(store)
+    clock = VersionClock()
+    old, _ = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0))(None) \
+        .on_batch([ev(COMPLETION)])
+    src = next(w.row["src"] for w in old if getattr(w, "table", "") == "case_state")
+    part = StoreSink(store, Tally(), lambda _r: None).build("s", 0, 1)
+    part.write_batch(list(old))
+    part.drain()
+    assert len(report.cases(store)) == 1
+    part.write_batch([Reconcile(src, [], version=clock.next())])  # believes in nothing
+    part.writer.drain()
+    assert report.cases(store) == []
+    part.close()
 
 
 def test_reconcile_keeps_the_rows_of_evicted_cases(store) -> None:
