@@ -167,13 +167,20 @@ def item_cases(
     # (With the cube and no status filter the total is the KPI count instead: the window
     # costs ~9 of the page's ~30 ms at 100M cases.)
     counted = cube is not None and status is None
+    # No read in order: with region and department given, ORDER BY case_no follows the
+    # sorting key, and reading in order makes FINAL split the key range into streams that
+    # it merges (ReplacingSorted each, then MergingSorted) even where ranges of different
+    # parts do not overlap; without it FINAL skips merging such ranges (a merged store's
+    # single part: filter only). Measured at 100M cases: 18.7 -> 15.1 ms of CPU a page
+    # (region chain, caseNo); other shapes unchanged (no read in order to give up).
     rows = store.query(
         f"SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         f" toUnixTimestamp64Milli(first_received_at) AS f_ms"
         f"{'' if counted else ', count() OVER () AS n_total'}"
         f" FROM case_state FINAL WHERE {where}"
         f" ORDER BY {CASE_SORTS[sort]} {order.value.upper()}, case_no"
-        f" LIMIT {page.size} OFFSET {page.offset}", params)
+        f" LIMIT {page.size} OFFSET {page.offset}"
+        " SETTINGS optimize_read_in_order = 0", params)
     total = 0  # a page past the end reports 0, as before
     if rows:
         total = cube.count(filters) if counted and cube is not None else int(rows[0]["n_total"])
