@@ -172,7 +172,9 @@ def item_cases(
     # it merges (ReplacingSorted each, then MergingSorted) even where ranges of different
     # parts do not overlap; without it FINAL skips merging such ranges (a merged store's
     # single part: filter only). Measured at 100M cases: 18.7 -> 15.1 ms of CPU a page
-    # (region chain, caseNo); other shapes unchanged (no read in order to give up).
+    # (region chain, caseNo); on a year's 31M cases 17.1 -> 13.1 ms in one part, 37.2 ->
+    # 28.0 ms with 3% of them updated in three more parts. Other shapes unchanged (no
+    # read in order to give up).
     rows = store.query(
         f"SELECT *, toUnixTimestamp64Milli(completed_at) AS c_ms,"
         f" toUnixTimestamp64Milli(first_received_at) AS f_ms"
