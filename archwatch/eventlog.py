@@ -8,8 +8,29 @@ from typing import Any
 from archwatch.engine import DigestLookup, Loader
 from archwatch.models import Envelope, parse_record
 from archwatch.store import Store
+from archwatch.timeutil import ch_time
 
 RECEIVER_TYPES = frozenset({"receiver.heartbeat", "interface.error"})
+
+
+def event_log_columns(envs: list[Envelope]) -> dict[str, list[Any]]:
+    """The ``event_log`` rows of these applied events, column by column (what the store
+    inserts as JSONCompactColumns): built in the store sink's writer from the events
+    themselves, with no row dict per event (an event-log row per event built in the
+    dataflow, then carried to the sink beside the event, cost ~5 us of the dataflow
+    thread an event and doubled the items of its busiest edges)."""
+    fields = [env.event.__dict__ for env in envs]  # a model's fields, without getattr
+    types = [f["type"] for f in fields]
+    return {
+        "entity": [f["receiverId"] if t in RECEIVER_TYPES else f["caseNo"]
+                   for f, t in zip(fields, types, strict=True)],
+        "occurred_at": [ch_time(f["occurredAt"]) for f in fields],
+        "event_id": [f["eventId"] for f in fields],
+        "type": types,
+        "archive_no": [f.get("archiveNo", "") for f in fields],
+        "source": [f["source"] for f in fields],
+        "payload": [env.raw for env in envs],
+    }
 
 
 def store_loader(store: Store) -> Loader:

@@ -115,6 +115,12 @@ class Store(ABC):
                         raise
         self.insert_encoded(table, None, "JSONEachRow", orjson.dumps(rows))
 
+    def insert_columns(self, table: str, columns: Mapping[str, list[Any]]) -> None:
+        """Insert rows given column by column (lists of equal length) as one block."""
+        if columns and len(next(iter(columns.values()))):
+            self.insert_encoded(table, tuple(columns), "JSONCompactColumns",
+                                orjson.dumps(list(columns.values())))
+
     def insert_encoded(self, table: str, columns: tuple[str, ...] | None, fmt: str,
                        data: bytes) -> None:
         """Insert ``data`` in format ``fmt`` into ``columns`` (all when None). Backends

@@ -32,6 +32,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from archwatch import metrics, rollup
 from archwatch.engine import TABLE_KEYS, Count, Reconcile, Write
+from archwatch.eventlog import event_log_columns
 from archwatch.models import Envelope, Reject
 from archwatch.store import Store
 from archwatch.timeutil import ch_time
@@ -109,11 +110,12 @@ class _Writer:
             self.refresher.start()
 
     def submit(self, tables: dict[str, list[dict[str, Any]]], rejects: list[Reject],
-               counts: Counter[str], since: float | None = None) -> None:
+               counts: Counter[str], since: float | None = None,
+               events: list[Envelope] | None = None) -> None:
         """Queue a buffer for writing; ``since``: when its oldest row was buffered
-        (time.monotonic), for the sink-delay metric."""
+        (time.monotonic), for the sink-delay metric; ``events``: applied events to log."""
         self._raise()
-        self.queue.put(partial(self._write, tables, rejects, counts, since))
+        self.queue.put(partial(self._write, tables, rejects, counts, since, events or []))
 
     def submit_reconcile(self, recs: list[Reconcile]) -> None:
         """Have the Reconciles of restarting shards applied before the writes submitted
@@ -195,7 +197,7 @@ class _Writer:
                 return
 
     def _write(self, tables: dict[str, list[dict[str, Any]]], rejects: list[Reject],
-               counts: Counter[str], since: float | None) -> None:
+               counts: Counter[str], since: float | None, events: list[Envelope]) -> None:
         if rejects:
             self.on_rejects(rejects)  # before the rows: a lost record is worse than a late one
         for table, rows in sorted(tables.items(), key=_first_written):
@@ -203,10 +205,17 @@ class _Writer:
                 started = time.monotonic()
                 self.store.insert(table, rows)
                 metrics.STORE_WRITE.labels(table).observe(time.monotonic() - started)
+        if events:
+            started = time.monotonic()
+            self.store.insert_columns("event_log", event_log_columns(events))
+            metrics.STORE_WRITE.labels("event_log").observe(time.monotonic() - started)
         kpi = tables.get("kpi_task")
         if kpi:
             self._pending_kpi(rollup.version_range(kpi))
-        self.tally.add(counts, Counter({t: len(r) for t, r in tables.items()}))
+        rows = Counter({t: len(r) for t, r in tables.items()})
+        if events:
+            rows["event_log"] += len(events)
+        self.tally.add(counts, rows)
         if since is not None:
             metrics.SINK_DELAY.observe(time.monotonic() - since)
 
@@ -252,6 +261,7 @@ class _Partition(StatelessSinkPartition[Any]):
         self.max_rows = max_rows
         self.max_delay = max_delay
         self.tables: dict[str, list[dict[str, Any]]] = {}
+        self.events: list[Envelope] = []  # applied events, to log
         self.counts: Counter[str] = Counter()
         self.rejects: list[Reject] = []
         self.buffered = 0
@@ -292,14 +302,16 @@ class _Partition(StatelessSinkPartition[Any]):
             self.writer.submit_reconcile(recs)
         tables = self.tables
         counts = self.counts
+        events = self.events
         for item in items:
-            if isinstance(item, Write):
+            kind = type(item)
+            if kind is Write:
                 rows = tables.get(item.table)
                 if rows is None:
                     rows = tables[item.table] = []
                 rows.append(item.row)
-                if item.table == "event_log":
-                    counts["applied"] += 1
+            elif kind is Envelope:  # an applied event: its event-log row
+                events.append(item)
             elif isinstance(item, Reject):
                 self.rejects.append(item)
                 counts["rejected"] += 1
@@ -307,8 +319,8 @@ class _Partition(StatelessSinkPartition[Any]):
                 counts[item.kind] += item.n
             elif isinstance(item, Reconcile):
                 continue  # done above
-            elif isinstance(item, Envelope):  # pragma: no cover - wiring error
-                raise TypeError("an applied event reached the sink unwritten")
+        if events:
+            counts["applied"] = len(events)  # both since the last flush
         if not self.buffered:
             self.first_at = time.monotonic()  # when the buffer's oldest row came
         self.buffered += len(items)
@@ -333,8 +345,10 @@ class _Partition(StatelessSinkPartition[Any]):
         with self._lock:
             if not self.buffered:
                 return
-            self.writer.submit(self.tables, self.rejects, self.counts, self.first_at)
+            self.writer.submit(self.tables, self.rejects, self.counts, self.first_at,
+                               self.events)
             self.tables = {}
+            self.events = []
             self.counts = Counter()
             self.rejects = []
             self.buffered = 0

@@ -5,7 +5,7 @@ Shape::
 
     input ─ parse ─┬─ rejects ─────────────────────────────────────────────┐
                    └─ key by eventId shard ─ dedup ─┬─ duplicates/reused ──┤
-                                                    └─ applied ─┬─ event_log ─┤
+                                                    └─ applied ─┬─ (logged) ──┤
                       key by caseNo shard ─ cases ──┬─ rows ───────────────────┤─ sink
                                                     └─ receipts ─ key by archiveNo shard
                                                                   ─ archive_nos ─ rows ─┤
@@ -48,16 +48,15 @@ from archwatch.engine import (
     Retirement,
     VersionClock,
     Watermark,
-    Write,
 )
+from archwatch.eventlog import RECEIVER_TYPES
 from archwatch.models import Envelope, Reject, parse_record
 from archwatch.rules import ReceiptFact
 from archwatch.settings import EngineSettings, all_shards, shard_of
-from archwatch.timeutil import ch_time, now_ms
+from archwatch.timeutil import now_ms
 
 CLOCK_KEY = "clock"
 REJECT_KEY = "rejects"  # the dedup key that carries parse rejects (no state is kept)
-RECEIVER_TYPES = frozenset({"receiver.heartbeat", "interface.error"})
 
 
 class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
@@ -137,11 +136,12 @@ def _count_stage(stage: str, values: list[Any], out: Any) -> list[Any]:
 
 class _Dedup:
     """The event-id shard, and everything decided per event right after it: duplicates
-    and reused ids, events after ``--as-of``, and the event-log row of an applied event.
+    and reused ids, events after ``--as-of``.
 
     One step instead of a chain of per-item maps and branches: Bytewax's cost is per item
-    and per step, so the applied events leave here as Envelopes beside the sink's items,
-    and batch-level steps split them (see build_flow)."""
+    and per step, so the applied events leave here as Envelopes beside the sink's items
+    (counts, rejects); the sink logs each Envelope it gets (the event log), and
+    batch-level steps send the events on to their shards (see build_flow)."""
 
     def __init__(self, as_of: int | None = None, retirement: Retirement | None = None) -> None:
         self.d = DedupShard(retirement)
@@ -165,8 +165,7 @@ class _Dedup:
             elif as_of is not None and env.event.occurredAt > as_of:
                 out.append(Count("afterAsOf"))  # its id stays: it is not in the event log
             else:
-                out.append(_event_log_row(env))
-                out.append(env)
+                out.append(env)  # applied: logged by the sink, and on to its shard
                 d.logged(env)
         d.retire_due()
         return out
@@ -218,18 +217,6 @@ def _values(batch: list[tuple[str, Any]]) -> list[Any]:
     return [v for _k, v in batch]
 
 
-def _event_log_row(env: Envelope) -> Write:
-    ev = env.event
-    fields = ev.__dict__  # a pydantic model's fields: a missing one is no exception here
-    t = fields["type"]
-    return Write("event_log", {
-        "entity": fields["receiverId"] if t in RECEIVER_TYPES else fields["caseNo"],
-        "occurred_at": ch_time(fields["occurredAt"]), "event_id": fields["eventId"],
-        "type": t, "archive_no": fields.get("archiveNo", ""), "source": fields["source"],
-        "payload": env.raw,
-    })
-
-
 def build_flow(
     source: Source[tuple[str | bytes, str]],
     sink: Sink[Any],
@@ -256,8 +243,8 @@ def build_flow(
     records = op.input("input", flow, source)
 
     # Bytewax costs per item and per step, so the per-event work is done in few steps,
-    # each over a whole batch: parse+key, dedup (which also decides duplicates, --as-of
-    # and the event-log row), then batch-level splits of its output.
+    # each over a whole batch: parse+key, dedup (which also decides duplicates and
+    # --as-of), then batch-level splits of its output.
     def parse_keyed(batch: list[tuple[str | bytes, str]]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for raw, pos in batch:
@@ -272,8 +259,7 @@ def build_flow(
     as_of = settings.as_of
     deduped = op.stateful_batch(
         "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec))
-    to_sink = op.flat_map_batch(
-        "dedup_sink", deduped, lambda b: [v for _k, v in b if type(v) is not Envelope])
+    to_sink = op.flat_map_batch("dedup_sink", deduped, _values)  # the Envelopes too
 
     # --- clock: event-time maximum per batch, wall ticks (live), end of input
     def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, int]]]:
