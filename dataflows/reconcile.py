@@ -5,7 +5,7 @@ Shape::
 
     input ─ parse ─┬─ rejects ─────────────────────────────────────────────┐
                    └─ key by eventId shard ─ dedup ─┬─ duplicates/reused ──┤
-                                                    └─ applied ─┬─ (logged) ──┤
+                                                    └─ applied ─┬─ to be logged ─┤
                       key by caseNo shard ─ cases ──┬─ rows ───────────────────┤─ sink
                                                     └─ receipts ─ key by archiveNo shard
                                                                   ─ archive_nos ─ rows ─┤
@@ -17,6 +17,9 @@ Why shards, not one key per case: Bytewax's per-key overhead dominates small sta
 (measured: 112k items/s keyed per case vs 256k/s over 64 shard dicts), and a shard
 lets one heap hold every deadline of its cases, driven by event time. Bytewax's own
 timers follow the system clock, which the contract's event-time deadlines must not.
+
+The sink logs every applied event it receives (the ``event_log`` rows are built there,
+column by column, from the events: archwatch.eventlog.event_log_columns).
 """
 
 from __future__ import annotations
