@@ -106,7 +106,7 @@ def create_app(store: ChdbStore, user: str, password: str) -> Starlette:
             return conn.query(sql, fmt, params=params)
         try:
             if sql.lstrip()[:6].upper() == "INSERT":
-                with store.write_lock:  # one writer at a time, like in-process inserts
+                with store.write_lock:  # one insert at a time (the table is not parsed)
                     return conn.query(sql, fmt, params=params)
             return conn.query(sql, fmt, params=params)
         finally:  # a read cache in this process must not answer from before this write

@@ -210,7 +210,12 @@ class ChdbStore(Store):
         if read_only:
             dsn += "&mode=ro"
         self._dsn = dsn
-        self._lock = threading.Lock()  # serialises inserts: one part per block, in order
+        self._lock = threading.Lock()  # the store server's inserts: one at a time
+        # Inserts into one table one at a time (one part per block, in order); into
+        # different tables at once (the sink writes a batch's tables in parallel while the
+        # dataflow waits for them: chDB's inserts overlap, -30% a batch measured)
+        self._table_locks: dict[str, threading.Lock] = {}
+        self._table_locks_guard = threading.Lock()
         self._local = threading.local()
         self._conns_lock = threading.Lock()
         self._conns: list[Any] = []
@@ -232,8 +237,8 @@ class ChdbStore(Store):
         """This thread's raw chDB connection, for code that speaks ClickHouse itself (the
         store server). With ``settings``, one connection per thread and combination, the
         settings SET once on it, so that a setting never leaks into other queries. A write
-        through it must be followed by :meth:`wrote`; inserts should hold
-        :attr:`write_lock`, as this store's own do."""
+        through it must be followed by :meth:`wrote`; the store server's inserts hold
+        :attr:`write_lock` (one at a time), this store's own a lock per table."""
         if not settings:
             return self._conn_for_thread()
         key = tuple(sorted(settings.items()))
@@ -250,8 +255,16 @@ class ChdbStore(Store):
 
     @property
     def write_lock(self) -> threading.Lock:
-        """Held by every insert: one part per block, in order."""
+        """Held by the store server (archwatch.chserver) around each insert it runs."""
         return self._lock
+
+    def _table_lock(self, table: str) -> threading.Lock:
+        """Held by every insert into ``table``."""
+        with self._table_locks_guard:
+            lock = self._table_locks.get(table)
+            if lock is None:
+                lock = self._table_locks[table] = threading.Lock()
+            return lock
 
     def _new_connection(self) -> Any:
         """A connection to this store, closed with it."""
@@ -316,7 +329,7 @@ class ChdbStore(Store):
 
     def insert_json_rows(self, table: str, lines: list[str]) -> None:
         sql = f"INSERT INTO {table} FORMAT JSONEachRow\n" + "\n".join(lines)
-        with self._lock:
+        with self._table_lock(table):
             try:
                 self._run(sql, "CSV", None)
             finally:
@@ -327,7 +340,7 @@ class ChdbStore(Store):
         # bytes, as chDB takes them: decoding ~500 bytes of a row to str, then concatenating,
         # cost ~2 us a row of the writer thread's GIL time, and chDB encodes str back to UTF-8
         sql = f"INSERT INTO {table}{_column_list(columns)} FORMAT {fmt}\n".encode() + data
-        with self._lock:
+        with self._table_lock(table):
             try:
                 self._run(sql, "CSV", None)
             finally:

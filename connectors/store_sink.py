@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any
 
@@ -87,8 +88,15 @@ class _Writer:
     refresh takes 130 ms on loaded cores and the anomalies behind it would wait)."""
 
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler,
-                 depth: int = 4, refresh_every: float | None = 0.0) -> None:
+                 depth: int = 4, refresh_every: float | None = 0.0,
+                 parallel: int = 1) -> None:
         self.store = store
+        # A write's tables inserted by this many threads at once (synchronous writes: the
+        # dataflow waits for them, its core idle; chDB's inserts into different tables
+        # overlap). One: in order, on the writer thread (a replay, or live writes that
+        # overlap the dataflow, whose core they would take).
+        self.pool = (ThreadPoolExecutor(parallel, thread_name_prefix="store-insert")
+                     if parallel > 1 else None)
         self.tally = tally
         self.on_rejects = on_rejects
         self.refresh_every = refresh_every
@@ -161,10 +169,12 @@ class _Writer:
             self.refresher.join(timeout=60)
         if self.reported:  # the dataflow already failed with this error: just stop
             self.queue.put(None)
-            return
-        self.drain()
-        self.queue.put(None)
-        self.thread.join(timeout=60)
+        else:
+            self.drain()
+            self.queue.put(None)
+            self.thread.join(timeout=60)
+        if self.pool is not None:
+            self.pool.shutdown(wait=not self.reported)
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -200,15 +210,18 @@ class _Writer:
                counts: Counter[str], since: float | None, events: list[Envelope]) -> None:
         if rejects:
             self.on_rejects(rejects)  # before the rows: a lost record is worse than a late one
-        for table, rows in sorted(tables.items(), key=_first_written):
-            if rows:
-                started = time.monotonic()
-                self.store.insert(table, rows)
-                metrics.STORE_WRITE.labels(table).observe(time.monotonic() - started)
+        inserts = [partial(self._insert, table, rows)
+                   for table, rows in sorted(tables.items(), key=_first_written) if rows]
         if events:
-            started = time.monotonic()
-            self.store.insert_columns("event_log", event_log_columns(events))
-            metrics.STORE_WRITE.labels("event_log").observe(time.monotonic() - started)
+            inserts.append(partial(self._insert, "event_log", events))
+        if self.pool is None or len(inserts) < 2:
+            for insert in inserts:
+                insert()
+        else:  # every insert ends before the write does; the first failure is raised
+            done = [self.pool.submit(insert) for insert in inserts]
+            wait(done)
+            for future in done:
+                future.result()
         kpi = tables.get("kpi_task")
         if kpi:
             self._pending_kpi(rollup.version_range(kpi))
@@ -218,6 +231,15 @@ class _Writer:
         self.tally.add(counts, rows)
         if since is not None:
             metrics.SINK_DELAY.observe(time.monotonic() - since)
+
+    def _insert(self, table: str, rows: list[Any]) -> None:
+        """One table's rows (the event log's: the applied events) into the store."""
+        started = time.monotonic()
+        if table == "event_log":
+            self.store.insert_columns(table, event_log_columns(rows))
+        else:
+            self.store.insert(table, rows)
+        metrics.STORE_WRITE.labels(table).observe(time.monotonic() - started)
 
     def _pending_kpi(self, written: tuple[int, int]) -> None:
         """``kpi_task`` rows of these versions are written: their items are to be summed
@@ -267,7 +289,8 @@ class _Partition(StatelessSinkPartition[Any]):
         self.buffered = 0
         self.since = time.monotonic()
         self.first_at = self.since
-        self.writer = _Writer(store, tally, on_rejects, refresh_every=refresh_every)
+        self.writer = _Writer(store, tally, on_rejects, refresh_every=refresh_every,
+                              parallel=2 if synchronous else 1)
         # The buffer is flushed on time by a thread of its own (kpi_item: see _Writer): a
         # partition whose input went quiet gets no more write_batch calls, and must still
         # write its last rows within max_delay.
