@@ -167,14 +167,16 @@ class _Writer:
         self._stop.set()
         if self.refresher is not None:
             self.refresher.join(timeout=60)
-        if self.reported:  # the dataflow already failed with this error: just stop
-            self.queue.put(None)
-        else:
-            self.drain()
-            self.queue.put(None)
-            self.thread.join(timeout=60)
-        if self.pool is not None:
-            self.pool.shutdown(wait=not self.reported)
+        try:
+            if self.reported:  # the dataflow already failed with this error: just stop
+                self.queue.put(None)
+            else:
+                self.drain()  # raises a write's error: the pool still shuts down
+                self.queue.put(None)
+                self.thread.join(timeout=60)
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=not self.reported)
 
     def _raise(self) -> None:
         if self.error is not None:
