@@ -228,8 +228,9 @@ class _Writer:
         if kpi:
             self._pending_kpi(rollup.version_range(kpi))
         rows = Counter({t: len(r) for t, r in tables.items()})
-        if events:
+        if events:  # each applied event is one event-log row
             rows["event_log"] += len(events)
+            counts["applied"] += len(events)
         self.tally.add(counts, rows)
         if since is not None:
             metrics.SINK_DELAY.observe(time.monotonic() - since)
@@ -344,8 +345,6 @@ class _Partition(StatelessSinkPartition[Any]):
                 counts[item.kind] += item.n
             elif isinstance(item, Reconcile):
                 continue  # done above
-        if events:
-            counts["applied"] = len(events)  # both since the last flush
         if not self.buffered:
             self.first_at = time.monotonic()  # when the buffer's oldest row came
         self.buffered += len(items)
