@@ -65,6 +65,20 @@ class Watermark:
     at: int
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far one input partition (``part``, "topic/partition") has been read: the live
+    Kafka source marks each batch it reads with one (``max_at`` still None), the parse
+    step fills in the largest ``occurredAt`` among that batch's events, and the clock
+    step holds the watermark at what the partitions with a backlog have delivered so far
+    (:class:`~archwatch.dataflows.reconcile._Clock`). ``caught_up``: the partition was
+    read to its end as the broker last reported it."""
+
+    part: str
+    caught_up: bool
+    max_at: int | None = None
+
+
 class Write(NamedTuple):
     """One row for the store; ``table`` names the relation, ``row`` its columns. A named
     tuple (immutable, built in C): a few are made for every event."""
@@ -287,7 +301,7 @@ class _Snapshottable:
     through :meth:`adopt`, the running process's own. Versions keep growing across a
     restart because they follow the wall clock."""
 
-    _INJECTED = ("clock", "wall_ms", "eviction")
+    _INJECTED = ("clock", "wall_ms", "eviction", "own_time")
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k not in self._INJECTED}
@@ -298,7 +312,7 @@ class _Snapshottable:
         from archwatch.timeutil import now_ms
 
         defaults = {"clock": VersionClock, "wall_ms": lambda: now_ms, "eviction": lambda: None,
-                    "retirement": lambda: None}
+                    "retirement": lambda: None, "own_time": lambda: True}
         for name in state.pop("_injected", ()):
             setattr(self, name, defaults[name]())
         self.__dict__.update(state)
@@ -687,8 +701,10 @@ class CaseShard(_Snapshottable):
     :meth:`states` to read one."""
 
     def __init__(self, shards: int, sla: Sla, clock: VersionClock, wall_ms: Callable[[], int],
-                 eviction: Eviction | None = None):
+                 eviction: Eviction | None = None, own_time: bool = True):
         self.eviction = eviction
+        # False: the watermark is only the clock step's (see watermark)
+        self.own_time = own_time
         self.evicted: set[str] = set()
         self.settled: deque[tuple[int, int, str]] = deque()
         self.evictions = self.reloads = 0
@@ -710,7 +726,15 @@ class CaseShard(_Snapshottable):
 
     @property
     def watermark(self) -> int:
-        return max(self.max_seen - self.sla.lateness, self.external_wm)
+        """The later of the shard's own event time (less the lateness) and the clock
+        step's watermark; only the clock's when the source marks its partitions'
+        progress (live on Kafka): the clock holds the watermark while a partition has a
+        backlog, and this shard's own event time, which runs ahead on the topics read
+        fastest, would fire deadlines whose preventing events are still unread in
+        another topic (a false alert opened, then withdrawn)."""
+        if self.own_time:
+            return max(self.max_seen - self.sla.lateness, self.external_wm)
+        return self.external_wm
 
     def __getstate__(self) -> dict[str, Any]:
         """Form 2: the cases and KPI accumulators changed since the last snapshot are packed
@@ -1086,9 +1110,10 @@ class ReceiverShard(_Snapshottable):
 
     def __init__(
         self, shards: int, sla: Sla, clock: VersionClock, registrations: dict[str, Registration],
-        flap: tuple[int, int] = (1, 1),
+        flap: tuple[int, int] = (1, 1), own_time: bool = True,
     ) -> None:
         self.shards = shards
+        self.own_time = own_time  # as CaseShard's
         self.src = ""
         self.sla = sla
         self.clock = clock
@@ -1107,7 +1132,15 @@ class ReceiverShard(_Snapshottable):
 
     @property
     def watermark(self) -> int:
-        return max(self.max_seen - self.sla.lateness, self.external_wm)
+        """The later of the shard's own event time (less the lateness) and the clock
+        step's watermark; only the clock's when the source marks its partitions'
+        progress (live on Kafka): the clock holds the watermark while a partition has a
+        backlog, and this shard's own event time, which runs ahead on the topics read
+        fastest, would fire deadlines whose preventing events are still unread in
+        another topic (a false alert opened, then withdrawn)."""
+        if self.own_time:
+            return max(self.max_seen - self.sla.lateness, self.external_wm)
+        return self.external_wm
 
     def on_batch(self, items: Iterable[Any]) -> list[Write]:
         changed: dict[str, int] = {}

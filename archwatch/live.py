@@ -1,6 +1,6 @@
 """`archwatch run` / `archwatch up`: the reconciliation dataflow live on Kafka.
 
-Same dataflow as a replay, fed by Bytewax's KafkaSource (every partition of the
+Same dataflow as a replay, fed by connectors.kafka.KafkaRecords (every partition of the
 contract's topics; offsets live in Bytewax's recovery snapshots, which is what makes a
 restart resume exactly where the last committed epoch ended), plus a wall-clock tick
 input so deadlines fire while the topics are idle. Output is at-least-once; the sink is
@@ -16,12 +16,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaSource
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
-from archwatch import metrics, rollup
-from archwatch.connectors.kafka import DeadLetters, KafkaSettings, kafka_records
+from archwatch import rollup
+from archwatch.connectors.kafka import DeadLetters, KafkaRecords, KafkaSettings
 from archwatch.connectors.store_sink import StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow, engine_gc, wall_ticks
 from archwatch.engine import VersionClock
@@ -53,40 +52,9 @@ class LiveOptions:
 KPI_ITEM_REFRESH = 1.0
 
 
-class _KafkaInput(KafkaSource):
-    """KafkaSource whose items are the dataflow's ``(record, position)`` pairs."""
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> Any:
-        part = super().build_part(step_id, for_part, resume_state)
-        inner = part.next_batch
-
-        idx, topic = for_part.split("-", 1)
-        position = metrics.INPUT_POSITION.labels(topic, idx)
-        start = resume_state if isinstance(resume_state, int) and resume_state > 0 else 0
-        metrics.INPUT_START.labels(topic, idx).set(start)
-        position.set(start)
-
-        def next_batch() -> list[tuple[bytes, str]]:
-            out = []
-            last = None
-            for msg in inner():
-                if hasattr(msg, "err"):  # a broker error, not a record
-                    log.warning("kafka error on %s: %s", for_part, msg.err)
-                    continue
-                out.append(kafka_records(msg))
-                last = msg.offset
-            if last is not None:
-                position.set(last + 1)
-            return out
-
-        part.next_batch = next_batch  # type: ignore[method-assign]
-        return part
-
-
 def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                     tally: Tally) -> Any:
-    source = _KafkaInput([opts.kafka.brokers], opts.kafka.topics, tail=True,
-                         raise_on_errors=False, batch_size=5000)
+    source = KafkaRecords(opts.kafka.brokers, opts.kafka.topics, batch_size=5000)
     # With recovery, every row of an epoch must be in the store before Bytewax commits the
     # epoch (its input is not read again): each batch is written before the next. Without
     # recovery a restart reads the topics again from the start, so writes may overlap the
@@ -99,7 +67,7 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
 
     return build_flow(source, sink, settings, ticks=wall_ticks(opts.tick), clock=VersionClock(),
                       registrations=registry_source(store), loader=store_loader(store),
-                      digests=store_digests(store))
+                      digests=store_digests(store), parts=source.progress_parts())
 
 
 def prepare_recovery(path: Path, workers: int,

@@ -1,18 +1,25 @@
 """Kafka I/O with confluent-kafka: topics, a producer that never loses a record, the
-dataflow's source (Bytewax's KafkaSource, offsets kept in Bytewax recovery), the DLQ."""
+dataflow's source (:class:`KafkaRecords`, offsets kept in Bytewax recovery), the DLQ."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from archwatch import metrics
+from archwatch.engine import Progress
 from archwatch.models import TOPIC_OF_TYPE, Reject
+
+log = logging.getLogger("archwatch.kafka")
 
 DLQ_TOPIC = "archive.dlq"
 TOPICS = sorted(set(TOPIC_OF_TYPE.values()))
@@ -175,9 +182,134 @@ class DeadLetters:
         self.prod.flush()
 
 
-def kafka_records(msg: Any) -> tuple[bytes, str]:
-    """A KafkaSourceMessage as the dataflow's ``(record, position)``."""
-    return (msg.value or b""), f"{msg.topic}/{msg.partition}/{msg.offset}"
+# An idle partition is polled again this much later (consume() does not wait: a partition
+# with nothing new must not hold up the others of the worker, as a wait per poll does).
+IDLE_POLL = timedelta(milliseconds=10)
+# A partition marks its progress with every batch it reads, and at least this often.
+MARK_EVERY = 1.0
+
+
+class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
+    """The live source: every partition of ``topics``, from the start (or the offset in
+    Bytewax's recovery). Items are the dataflow's ``(record bytes, "topic/partition/
+    offset")``, and after each batch a progress mark ``(None, Progress)`` for the
+    watermark (see :class:`~archwatch.engine.Progress`).
+
+    Its own partitions rather than Bytewax's KafkaSource: that one builds a message
+    object per record (≈ 2 µs of the dataflow thread's ≈ 60 an event), waits 1 ms in each
+    poll of an idle partition, parses librdkafka's statistics every second per
+    partition, and keeps its consumer private (the progress marks need its offsets).
+    Partition names ("{index}-{topic}") and offsets as resume state are KafkaSource's,
+    so a recovery store written by it resumes here."""
+
+    def __init__(self, brokers: str, topics: list[str], batch_size: int = 5000,
+                 timeout: float = 30.0) -> None:
+        self.brokers = brokers
+        self.topics = list(topics)
+        self.batch_size = batch_size
+        self.timeout = timeout
+
+    def list_parts(self) -> list[str]:
+        md = AdminClient({"bootstrap.servers": self.brokers}).list_topics(timeout=self.timeout)
+        parts = []
+        for topic in self.topics:
+            t = md.topics.get(topic)
+            if t is None or t.error is not None:
+                raise KafkaException(f"topic {topic!r} is not on {self.brokers}"
+                                     f"{'' if t is None else f': {t.error}'}")
+            parts.extend(f"{i}-{topic}" for i in sorted(t.partitions))
+        return parts
+
+    def progress_parts(self) -> frozenset[str]:
+        """The names the progress marks use ("topic/partition"), for the clock step."""
+        return frozenset(_mark_name(p) for p in self.list_parts())
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: int | None) -> _KafkaPartition:
+        idx, topic = for_part.split("-", 1)
+        consumer = Consumer({
+            "bootstrap.servers": self.brokers,
+            "group.id": "archwatch-ignored",  # offsets live in Bytewax's recovery
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        })
+        return _KafkaPartition(consumer, topic, int(idx), resume_state, self.batch_size)
+
+
+def _mark_name(part: str) -> str:
+    idx, topic = part.split("-", 1)
+    return f"{topic}/{idx}"
+
+
+class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
+    def __init__(self, consumer: Consumer, topic: str, idx: int, resume: int | None,
+                 batch_size: int) -> None:
+        self.consumer = consumer
+        self.tp = TopicPartition(topic, idx)
+        start = resume if isinstance(resume, int) and resume >= 0 else OFFSET_BEGINNING
+        consumer.assign([TopicPartition(topic, idx, start)])
+        self.offset = start  # the next offset to read (OFFSET_BEGINNING: none read yet)
+        self.batch_size = batch_size
+        self.prefix = f"{topic}/{idx}/"
+        self.name = f"{topic}/{idx}"
+        self.idle = False
+        self.caught_up: bool | None = None
+        self.marked = 0.0  # monotonic time of the last progress mark
+        self.position = metrics.INPUT_POSITION.labels(topic, str(idx))
+        first = max(start, 0)
+        metrics.INPUT_START.labels(topic, str(idx)).set(first)
+        self.position.set(first)
+
+    def next_batch(self) -> list[tuple[Any, Any]]:
+        msgs = self.consumer.consume(self.batch_size, 0)
+        prefix = self.prefix
+        out: list[tuple[Any, Any]] = []
+        last = None
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:  # a broker error, not a record: logged, retried by librdkafka
+                log.warning("kafka error on %s: %s", self.name, err)
+                continue
+            last = msg.offset()
+            out.append((msg.value() or b"", prefix + str(last)))
+        if last is not None:
+            self.offset = last + 1
+            self.position.set(self.offset)
+        self.idle = not msgs
+        caught_up = self._caught_up()
+        now = time.monotonic()
+        if out or caught_up != self.caught_up or now - self.marked >= MARK_EVERY:
+            out.append((None, Progress(self.name, caught_up)))
+            self.caught_up, self.marked = caught_up, now
+        return out
+
+    def _caught_up(self) -> bool:
+        """Read to the end the broker last reported (the high watermark of the last fetch,
+        kept by librdkafka); a partition read from the start with nothing read yet is
+        caught up only once the broker says it holds nothing."""
+        _lo, hi = self.consumer.get_watermark_offsets(self.tp, cached=True)
+        if hi < 0:
+            return False  # no fetch answered yet
+        if self.offset >= 0:
+            return self.offset >= hi
+        if hi == 0:
+            return True
+        if time.monotonic() - self.marked < MARK_EVERY:
+            return bool(self.caught_up)
+        try:  # records were deleted from its start (retention): is anything left?
+            lo, hi = self.consumer.get_watermark_offsets(self.tp, timeout=1.0)
+        except KafkaException:
+            return False
+        return lo >= hi
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + IDLE_POLL if self.idle else None
+
+    def snapshot(self) -> int:
+        return self.offset
+
+    def close(self) -> None:
+        self.consumer.close()
 
 
 def read_topic(brokers: str, topic: str, timeout: float = 10.0) -> Iterator[Any]:

@@ -38,6 +38,7 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from archwatch.engine import (
+    MIN_TIME,
     ArchiveNoShard,
     CaseShard,
     Count,
@@ -45,6 +46,7 @@ from archwatch.engine import (
     DigestLookup,
     Eviction,
     Loader,
+    Progress,
     ReceiverShard,
     Reconcile,
     Registrations,
@@ -180,36 +182,113 @@ class _Dedup:
         self.d.adopt(fresh.d)
 
 
+# A partition that has not reported its progress for this long (wall time) no longer holds
+# the watermark: a stalled consumer or an unreachable broker must not stop deadlines
+# from firing (contract §3: in live mode they fire even when nothing arrives).
+PROGRESS_STALL_MS = 30_000
+
+
 class _Clock:
     """Single-key step that owns the global watermark.
 
     It hears the largest ``occurredAt`` of each batch of applied events and, live, the
     wall clock; it broadcasts a :class:`Watermark` when the watermark moves (live) and,
     at the end of a replay's input, the ``--as-of`` (default: the largest occurredAt).
-    """
 
-    def __init__(self, settings: EngineSettings) -> None:
+    Live on Kafka (``parts``: the source's partitions, each marking its batches with a
+    :class:`Progress`) the watermark is held, while any partition has a backlog, at the
+    event time that partition has delivered so far (less the lateness), the lowest of
+    them: a deadline fires only once every partition still catching up has been read
+    past it. Without it, catching up on a backlog (a first start, a restart after an
+    outage) fires deadlines by the wall clock, or by the event time of the topics read
+    fastest, while the events that prevent them are still unread in another topic: one
+    false alert opened and then withdrawn per such case (measured: 80,000 on a backlog of
+    350,000 events, each in the live feed and its webhooks). Contract §3 allows any lower
+    watermark: it only delays firing. A partition never heard from, or silent for
+    :data:`PROGRESS_STALL_MS` (or reporting a backlog it does not deliver from), stops
+    holding it."""
+
+    def __init__(self, settings: EngineSettings, parts: frozenset[str] = frozenset()) -> None:
         self.settings = settings
         self.max_seen: int | None = None
         self.sent: int | None = None
+        self.parts = parts
+        # part -> (caught up, largest occurredAt delivered so far, wall ms when it last
+        # moved: None before the first tick)
+        self.progress: dict[str, tuple[bool, int | None, int | None]] = {}
+        self.wall: int | None = None  # the last tick
+        self.started: int | None = None  # the first tick
 
-    def on_batch(self, values: list[tuple[str, int]]) -> list[Watermark]:
-        wall = None
+    def on_batch(self, values: list[tuple[str, Any]]) -> list[Watermark]:
         for kind, at in values:
             if kind == "event":
                 self.max_seen = at if self.max_seen is None else max(self.max_seen, at)
+            elif kind == "part":
+                self._report(at)
             else:
-                wall = at
+                self.wall = at
+                if self.started is None:
+                    self.started = at
         if not self.settings.live:
             return []
-        candidates = [t - self.settings.sla.lateness for t in (self.max_seen, wall) if t]
+        lateness = self.settings.sla.lateness
+        candidates = [t - lateness for t in (self.max_seen, self.wall) if t]
         if not candidates:
             return []
         wm = max(candidates)
+        if self.parts:
+            held = self.held()
+            if held == MIN_TIME:
+                return []  # a backlog whose event time is not known yet: nothing fires
+            if held is not None:
+                wm = min(wm, held - lateness)
         if self.sent is not None and wm <= self.sent:
             return []
         self.sent = wm
         return [Watermark(wm)]
+
+    def _report(self, p: Progress) -> None:
+        """Note a partition's progress; its time is when it last moved (delivered later
+        events, or caught up or fell behind), so one that reports a backlog without
+        delivering from it goes stale (PROGRESS_STALL_MS) and stops holding."""
+        old = self.progress.get(p.part)
+        if old is None:
+            self.progress[p.part] = (p.caught_up, p.max_at, self.wall)
+            return
+        caught_up, top, at = old
+        moved = caught_up != p.caught_up or at is None
+        if p.max_at is not None and (top is None or p.max_at > top):
+            top, moved = p.max_at, True
+        self.progress[p.part] = (p.caught_up, top, self.wall if moved else at)
+
+    def held(self) -> int | None:
+        """Where the partitions with a backlog hold the watermark: the least event time
+        they have delivered (MIN_TIME: one of them has delivered none yet), or None when
+        none holds it. Until the first tick nothing is stale."""
+        wall = self.wall
+        low: int | None = None
+        for part in self.parts:
+            rep = self.progress.get(part)
+            if rep is None:  # not heard from since the start: holds, for a while
+                if wall is not None and self.started is not None \
+                        and wall - self.started >= PROGRESS_STALL_MS:
+                    continue
+                return MIN_TIME
+            caught_up, top, at = rep
+            if caught_up or (wall is not None and at is not None
+                             and wall - at >= PROGRESS_STALL_MS):
+                continue
+            if top is None:
+                return MIN_TIME
+            if low is None or top < low:
+                low = top
+        return low
+
+    def adopt(self, fresh: _Clock) -> None:
+        """After a restore: the partitions' progress starts over (a partition caught up
+        before the restart may have a backlog now), and this run's partitions count."""
+        self.parts = fresh.parts
+        self.progress, self.wall, self.started = {}, None, None
 
     def end(self) -> list[Watermark]:
         final = self.settings.as_of if self.settings.as_of is not None else self.max_seen
@@ -230,8 +309,14 @@ def build_flow(
     loader: Loader | None = None,
     wall_ms: Callable[[], int] = now_ms,
     digests: DigestLookup | None = None,
+    parts: frozenset[str] = frozenset(),
 ) -> Dataflow:
-    """The reconciliation dataflow over ``source`` (items: ``(record, position)``)."""
+    """The reconciliation dataflow over ``source`` (items: ``(record, position)``).
+
+    ``parts``: the source's partitions, when it marks each batch it reads with a
+    :class:`Progress` item ``(None, Progress)`` (live on Kafka): the clock step then holds
+    the watermark while one of them has a backlog, and the shards follow the clock's
+    watermark only (see _Clock)."""
     versions = clock or VersionClock()
     eviction = None
     if loader is not None and settings.evict_after_ms is not None:
@@ -248,13 +333,23 @@ def build_flow(
     # Bytewax costs per item and per step, so the per-event work is done in few steps,
     # each over a whole batch: parse+key, dedup (which also decides duplicates and
     # --as-of), then batch-level splits of its output.
-    def parse_keyed(batch: list[tuple[str | bytes, str]]) -> list[tuple[str, Any]]:
+    def parse_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
+        top = None  # the largest occurredAt since the last progress mark
         for raw, pos in batch:
+            if raw is None:  # a source partition's progress mark, after its batch
+                out.append((CLOCK_KEY, Progress(pos.part, pos.caught_up, top)))
+                top = None
+                continue
             rec = parse_record(raw, pos)
             # a reject only passes through the dedup step on its way to the sink
-            key = shard_of(rec.event.eventId, n) if type(rec) is Envelope else REJECT_KEY
-            out.append((key, rec))
+            if type(rec) is Envelope:
+                out.append((shard_of(rec.event.eventId, n), rec))
+                at = rec.event.occurredAt
+                if top is None or at > top:
+                    top = at
+            else:
+                out.append((REJECT_KEY, rec))
         return out
 
     by_eid = op.flat_map_batch("parse", records, parse_keyed)
@@ -265,9 +360,12 @@ def build_flow(
     to_sink = op.flat_map_batch("dedup_sink", deduped, _values)  # the Envelopes too
 
     # --- clock: event-time maximum per batch, wall ticks (live), end of input
-    def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, int]]]:
+    def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, Any]]]:
         ats = [v.event.occurredAt for _k, v in batch if type(v) is Envelope]
-        return [(CLOCK_KEY, ("event", max(ats)))] if ats else []
+        out: list[tuple[str, tuple[str, Any]]] = [(CLOCK_KEY, ("event", max(ats)))] if ats else []
+        if parts:  # the progress marks (passed through the dedup step, as rejects are)
+            out.extend((CLOCK_KEY, ("part", v)) for _k, v in batch if type(v) is Progress)
+        return out
 
     maxima = op.flat_map_batch("batch_max", deduped, batch_max)
     clock_in = maxima
@@ -278,7 +376,8 @@ def build_flow(
         clock_in = op.merge("clock_in", maxima, wall)
     marks = op.key_rm("clock_out", op.stateful_batch(
         "clock", clock_in,
-        _ShardLogic.builder(lambda: _Clock(settings), eof=lambda c: c.end(), recovery=rec),
+        _ShardLogic.builder(lambda: _Clock(settings, parts), eof=lambda c: c.end(),
+                            recovery=rec),
     ))
     broadcast = op.flat_map("broadcast", marks, lambda w: [(k, w) for k in shard_keys])
     archive_ticks = op.filter("archive_ticks", broadcast, lambda _kw: settings.recovery)
@@ -291,7 +390,8 @@ def build_flow(
     case_in = op.merge("case_in", op.flat_map_batch("key_case", deduped, case_keyed), broadcast)
     case_out = op.stateful_batch(
         "cases", case_in,
-        _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction),
+        _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction,
+                                              own_time=not parts),
                             recovery=rec, fresh_reconcile=settings.live, stage="cases"),
     )
     case_rows = op.flat_map_batch(
@@ -323,7 +423,7 @@ def build_flow(
         "receivers", recv_in,
         _ShardLogic.builder(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers,
-                                  settings.flap), recovery=rec,
+                                  settings.flap, own_time=not parts), recovery=rec,
             fresh_reconcile=settings.live, stage="receivers"),
     ), _values)
 
