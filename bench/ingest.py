@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -103,6 +104,9 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
     port = free_port()
     name = f"w{workers}" + ("-recovery" if recovery else "")
     log = tmp / f"run-{name}.log"
+    # a fresh store (and recovery directory) each round: one left by the round before
+    # would resume at the end of the topics and read nothing
+    shutil.rmtree(tmp / f"db-run-{name}", ignore_errors=True)
     args = [PY, "-m", "archwatch.cli", "run", "--db", str(tmp / f"db-run-{name}"),
             "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
             "-w", str(workers), *([] if recovery else ["--no-recovery"]),
