@@ -286,7 +286,9 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
     def _caught_up(self) -> bool:
         """Read to the end the broker last reported (the high watermark of the last fetch,
         kept by librdkafka); a partition read from the start with nothing read yet is
-        caught up only once the broker says it holds nothing."""
+        caught up only once the broker says it holds nothing. (A partition that ends in
+        transaction markers reads as behind: the clock stops counting it once it has not
+        moved for PROGRESS_STALL_MS.)"""
         _lo, hi = self.consumer.get_watermark_offsets(self.tp, cached=True)
         if hi < 0:
             return False  # no fetch answered yet
