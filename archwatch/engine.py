@@ -688,7 +688,28 @@ def unpack_shard(blob: bytes) -> tuple[dict[str, CaseState], list[tuple[int, str
     return cases, [tuple(x) for x in heap], _unpack_accs(accs, shared)
 
 
-class CaseShard(_Snapshottable):
+class _Deadlines:
+    """The watermark of a shard whose deadlines fire on it (cases, receivers)."""
+
+    own_time: bool = True  # a shard restored from a snapshot older than the flag
+    max_seen: int
+    external_wm: int
+    sla: Sla
+
+    @property
+    def watermark(self) -> int:
+        """The later of the shard's own event time (less the lateness) and the clock
+        step's watermark; only the clock's when the source marks its partitions'
+        progress (live on Kafka): the clock holds the watermark while a partition has a
+        backlog, and this shard's own event time, which runs ahead on the topics read
+        fastest, would fire deadlines whose preventing events are still unread in
+        another topic (a false alert opened, then withdrawn)."""
+        if self.own_time:
+            return max(self.max_seen - self.sla.lateness, self.external_wm)
+        return self.external_wm
+
+
+class CaseShard(_Deadlines, _Snapshottable):
     """All cases of one shard: facts, emitted results, deadline heap, KPI partials.
 
     With an :class:`Eviction`, settled cases leave memory (only their number stays, in
@@ -723,18 +744,6 @@ class CaseShard(_Snapshottable):
         self.counts = AnomalyCounts()
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
-
-    @property
-    def watermark(self) -> int:
-        """The later of the shard's own event time (less the lateness) and the clock
-        step's watermark; only the clock's when the source marks its partitions'
-        progress (live on Kafka): the clock holds the watermark while a partition has a
-        backlog, and this shard's own event time, which runs ahead on the topics read
-        fastest, would fire deadlines whose preventing events are still unread in
-        another topic (a false alert opened, then withdrawn)."""
-        if self.own_time:
-            return max(self.max_seen - self.sla.lateness, self.external_wm)
-        return self.external_wm
 
     def __getstate__(self) -> dict[str, Any]:
         """Form 2: the cases and KPI accumulators changed since the last snapshot are packed
@@ -1104,7 +1113,7 @@ class ReceiverState:
     status_row: tuple[Any, ...] | None = None
 
 
-class ReceiverShard(_Snapshottable):
+class ReceiverShard(_Deadlines, _Snapshottable):
     """Heartbeats of the receivers of one shard; RECEIVER_DOWN for registered ones (the
     rules, cron schedules, maintenance windows and flap counts: archwatch.receivers)."""
 
@@ -1129,18 +1138,6 @@ class ReceiverShard(_Snapshottable):
     def _resolved(self, regs: dict[str, Registration]) -> dict[str, Registration]:
         down, up = getattr(self, "flap", (1, 1))
         return {rid: r.with_defaults(down, up) for rid, r in regs.items()}
-
-    @property
-    def watermark(self) -> int:
-        """The later of the shard's own event time (less the lateness) and the clock
-        step's watermark; only the clock's when the source marks its partitions'
-        progress (live on Kafka): the clock holds the watermark while a partition has a
-        backlog, and this shard's own event time, which runs ahead on the topics read
-        fastest, would fire deadlines whose preventing events are still unread in
-        another topic (a false alert opened, then withdrawn)."""
-        if self.own_time:
-            return max(self.max_seen - self.sla.lateness, self.external_wm)
-        return self.external_wm
 
     def on_batch(self, items: Iterable[Any]) -> list[Write]:
         changed: dict[str, int] = {}
