@@ -299,7 +299,9 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
         if time.monotonic() - self.marked < MARK_EVERY:
             return bool(self.caught_up)
         try:  # records were deleted from its start (retention): is anything left?
-            lo, hi = self.consumer.get_watermark_offsets(self.tp, timeout=1.0)
+            # (a short wait: this is the dataflow's thread, and a broker that does not
+            # answer leaves the partition behind, which the clock then stops counting)
+            lo, hi = self.consumer.get_watermark_offsets(self.tp, timeout=0.05)
         except KafkaException:
             return False
         return lo >= hi
