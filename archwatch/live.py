@@ -61,7 +61,7 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
     # dataflow's work as in a replay (buffered for flush_delay).
     sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
                      max_delay=opts.flush_delay, synchronous=opts.recovery_dir is not None,
-                     refresh_every=KPI_ITEM_REFRESH)
+                     refresh_every=KPI_ITEM_REFRESH, alerts_first=True)
     from archwatch.eventlog import store_digests, store_loader
     from archwatch.registry import registry_source
 

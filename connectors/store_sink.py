@@ -70,6 +70,10 @@ _WRITE_ORDER = {t: i for i, t in enumerate(("anomaly_feed", "anomaly", "anomaly_
                                             "receiver_status", "case_state", "kpi_task"))}
 
 
+# What an alerts-first write takes from the next buffer (see _Writer._express).
+_ALERT_TABLES = ("anomaly_feed", "anomaly", "anomaly_count")
+
+
 def _NOTHING() -> None:
     """A job that only wakes the writer (pending Reconciles are applied before any job)."""
 
@@ -105,6 +109,9 @@ class _Writer:
         self._refreshing = threading.Lock()  # one refresh at a time
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)  # back-pressure
         self._reconciles: list[Reconcile] = []  # applied before the next job
+        # Takes the anomaly rows buffered for the next write (set by a live sink that
+        # does not wait for its writes): see _express.
+        self.express: Callable[[], dict[str, list[dict[str, Any]]]] | None = None
         self._reconciles_lock = threading.Lock()
         self.error: BaseException | None = None
         self.reported = False
@@ -138,6 +145,10 @@ class _Writer:
             self._reconciles.extend(recs)
         with contextlib.suppress(queue.Full):  # a full queue has jobs to come: they apply it
             self.queue.put_nowait(_NOTHING)
+
+    def reconciles_pending(self) -> bool:
+        with self._reconciles_lock:
+            return bool(self._reconciles)
 
     def _apply_reconciles(self) -> None:
         with self._reconciles_lock:
@@ -217,8 +228,10 @@ class _Writer:
         if events:
             inserts.append(partial(self._insert, "event_log", events))
         if self.pool is None or len(inserts) < 2:
-            for insert in inserts:
+            for i, insert in enumerate(inserts):
                 insert()
+                if self.express is not None and i < len(inserts) - 1:
+                    self._express()
         else:  # every insert ends before the write does; the first failure is raised
             done = [self.pool.submit(insert) for insert in inserts]
             wait(done)
@@ -234,6 +247,23 @@ class _Writer:
         self.tally.add(counts, rows)
         if since is not None:
             metrics.SINK_DELAY.observe(time.monotonic() - since)
+
+    def _express(self) -> None:
+        """Alerts first, across writes: the anomaly rows buffered since this write began
+        go in now, between its tables, not after its case states and event log (a write
+        takes ≈ 0.2-0.3 s at 10,000 events/s, and a new anomaly waited for the rest of the
+        one under way). Any order of rows is correct (versions decide); rows emitted after
+        a Reconcile not yet applied wait for it with their write (see _take_alerts)."""
+        if self.express is None:
+            return
+        tables = self.express()
+        if not tables:
+            return
+        rows: Counter[str] = Counter()
+        for table, batch in sorted(tables.items(), key=_first_written):
+            self._insert(table, batch)
+            rows[table] = len(batch)
+        self.tally.add(Counter(), rows)
 
     def _insert(self, table: str, rows: list[Any]) -> None:
         """One table's rows (the event log's: the applied events) into the store."""
@@ -278,7 +308,7 @@ class _Writer:
 class _Partition(StatelessSinkPartition[Any]):
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler, max_rows: int,
                  max_delay: float, synchronous: bool = False,
-                 refresh_every: float | None = 0.0) -> None:
+                 refresh_every: float | None = 0.0, alerts_first: bool = False) -> None:
         self.synchronous = synchronous
         self.store = store
         self.tally = tally
@@ -298,6 +328,8 @@ class _Partition(StatelessSinkPartition[Any]):
         # partition whose input went quiet gets no more write_batch calls, and must still
         # write its last rows within max_delay.
         self._lock = threading.RLock()
+        if alerts_first and not synchronous:
+            self.writer.express = self._take_alerts
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_on_time, name="sink-flusher",
                                          daemon=True)
@@ -353,6 +385,20 @@ class _Partition(StatelessSinkPartition[Any]):
             self.writer.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
         elif self.buffered >= self.max_rows or self._due():
             self.flush()
+
+    def _take_alerts(self) -> dict[str, list[dict[str, Any]]]:
+        """The writer's thread takes the anomaly rows buffered so far: nothing when the
+        dataflow holds the buffer (it may be waiting for the writer's queue), nor while a
+        Reconcile waits to be applied (the rows buffered after it are to follow it; the
+        dataflow adds Reconciles under this lock, so the check cannot miss one)."""
+        if not self._lock.acquire(blocking=False):
+            return {}
+        try:
+            if self.writer.reconciles_pending():
+                return {}
+            return {t: self.tables.pop(t) for t in _ALERT_TABLES if self.tables.get(t)}
+        finally:
+            self._lock.release()
 
     def _due(self) -> bool:
         """Rows buffered for max_delay: due to be written (whatever the input does) once
@@ -467,8 +513,10 @@ class StoreSink(DynamicSink[Any]):
 
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler,
                  max_rows: int = 50_000, max_delay: float = 0.2,
-                 synchronous: bool = False, refresh_every: float | None = 0.0) -> None:
+                 synchronous: bool = False, refresh_every: float | None = 0.0,
+                 alerts_first: bool = False) -> None:
         self.refresh_every = refresh_every
+        self.alerts_first = alerts_first
         self.store = store
         self.tally = tally
         self.on_rejects = on_rejects
@@ -478,4 +526,5 @@ class StoreSink(DynamicSink[Any]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
         return _Partition(self.store, self.tally, self.on_rejects, self.max_rows,
-                          self.max_delay, self.synchronous, self.refresh_every)
+                          self.max_delay, self.synchronous, self.refresh_every,
+                          self.alerts_first)
