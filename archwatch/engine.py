@@ -67,12 +67,12 @@ class Watermark:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """How far one input partition (``part``, "topic/partition") has been read: the live
-    Kafka source marks each batch it reads with one (``max_at`` still None), the parse
-    step fills in the largest ``occurredAt`` among that batch's events, and the clock
-    step holds the watermark at what the partitions with a backlog have delivered so far
-    (:class:`~archwatch.dataflows.reconcile._Clock`). ``caught_up``: the partition was
-    read to its end as the broker last reported it."""
+    """How far one input partition (``part``, "topic/partition") had been read when an
+    epoch ended: the live Kafka source sends one first in the next epoch (``max_at``
+    still None), the parse step fills in the largest ``occurredAt`` it has parsed from
+    that partition, and the clock step holds the watermark at what the partitions with a
+    backlog have delivered (:class:`~archwatch.dataflows.reconcile._Clock`).
+    ``caught_up``: the partition was read to its end as the broker last reported it."""
 
     part: str
     caught_up: bool
@@ -123,7 +123,9 @@ class Registrations:
 class Count:
     """A tally for the replay report (duplicate, afterAsOf), or with a ``stage:`` kind,
     how many items a keyed step has processed: counted by the sink once the rows emitted
-    with it are written, so a run knows when every applied event's rows are in the store."""
+    with it are written, so a run knows when every applied event's rows are in the store.
+    A ``wm:<src>`` kind carries the watermark shard ``src`` has applied (``n``, epoch ms;
+    the sink keeps the latest, not a sum)."""
 
     kind: str
     n: int = 1

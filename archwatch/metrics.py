@@ -22,6 +22,10 @@ INPUT_START = Gauge("archwatch_input_start", "Offset this run started reading fr
 STAGE = PCounter("archwatch_stage_items_total", "Events (cases, receivers) and receipt "
                  "facts (archive_nos; facts_sent by the cases) each keyed step processed, "
                  "counted once the rows it emitted with them are written", ["stage"])
+WATERMARK_WRITTEN = Gauge(
+    "archwatch_watermark_written_seconds",
+    "The watermark (epoch seconds) that every shard holding rows has applied, the rows it "
+    "emitted with it written: the stored answer describes this moment (contract §3)")
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
 # Where a row's way to the store goes (freshness): each INSERT's duration, and for each
 # write the time from its oldest row entering the sink's buffer to the write's end (the

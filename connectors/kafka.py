@@ -185,15 +185,20 @@ class DeadLetters:
 # An idle partition is polled again this much later (consume() does not wait: a partition
 # with nothing new must not hold up the others of the worker, as a wait per poll does).
 IDLE_POLL = timedelta(milliseconds=10)
-# A partition marks its progress with every batch it reads, and at least this often.
-MARK_EVERY = 1.0
 
 
 class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
     """The live source: every partition of ``topics``, from the start (or the offset in
     Bytewax's recovery). Items are the dataflow's ``(record bytes, "topic/partition/
-    offset")``, and after each batch a progress mark ``(None, Progress)`` for the
-    watermark (see :class:`~archwatch.engine.Progress`).
+    offset")``, and once an epoch a progress mark ``(None, Progress)`` for the watermark
+    (see :class:`~archwatch.engine.Progress`).
+
+    A mark says how far the partition had been read *when the epoch before ended*
+    (Bytewax calls ``snapshot`` then), and goes out first in the next epoch. So whatever
+    the clock step derives from it reaches the shards in a later epoch than every record
+    it vouches for, and Bytewax's stateful steps take epochs in order: the watermark
+    cannot overtake those records on their way through other workers (a mark sent with
+    its own batch did, with two workers: thousands of false alerts on a backlog).
 
     Its own partitions rather than Bytewax's KafkaSource: that one builds a message
     object per record (≈ 2 µs of the dataflow thread's ≈ 60 an event), waits 1 ms in each
@@ -253,8 +258,7 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
         self.prefix = f"{topic}/{idx}/"
         self.name = f"{topic}/{idx}"
         self.idle = False
-        self.caught_up: bool | None = None
-        self.marked = 0.0  # monotonic time of the last progress mark
+        self.mark: Progress | None = None  # taken at the last epoch's end, not yet sent
         self.position = metrics.INPUT_POSITION.labels(topic, str(idx))
         first = max(start, 0)
         metrics.INPUT_START.labels(topic, str(idx)).set(first)
@@ -264,6 +268,9 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
         msgs = self.consumer.consume(self.batch_size, 0)
         prefix = self.prefix
         out: list[tuple[Any, Any]] = []
+        if self.mark is not None:  # first: it is about the records of earlier epochs
+            out.append((None, self.mark))
+            self.mark = None
         last = None
         for msg in msgs:
             err = msg.error()
@@ -276,11 +283,6 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
             self.offset = last + 1
             self.position.set(self.offset)
         self.idle = not msgs
-        caught_up = self._caught_up()
-        now = time.monotonic()
-        if out or caught_up != self.caught_up or now - self.marked >= MARK_EVERY:
-            out.append((None, Progress(self.name, caught_up)))
-            self.caught_up, self.marked = caught_up, now
         return out
 
     def _caught_up(self) -> bool:
@@ -296,8 +298,6 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
             return self.offset >= hi
         if hi == 0:
             return True
-        if time.monotonic() - self.marked < MARK_EVERY:
-            return bool(self.caught_up)
         try:  # records were deleted from its start (retention): is anything left?
             # (a short wait: this is the dataflow's thread, and a broker that does not
             # answer leaves the partition behind, which the clock then stops counting)
@@ -310,6 +310,9 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
         return datetime.now(UTC) + IDLE_POLL if self.idle else None
 
     def snapshot(self) -> int:
+        """Called by Bytewax as each epoch ends (with or without recovery): the offset to
+        resume from, and the progress mark to send first in the next epoch."""
+        self.mark = Progress(self.name, self._caught_up())
         return self.offset
 
     def close(self) -> None:

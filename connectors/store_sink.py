@@ -50,17 +50,28 @@ class Tally:
         self.rows: Counter[str] = Counter()
         self.stages: Counter[str] = Counter()
         self.flushes = 0
+        # per shard holding rows (src): the watermark it has applied, its rows written
+        self.watermarks: dict[str, int] = {}
 
     def add(self, counts: Counter[str], rows: Counter[str]) -> None:
         stages = Counter({k[6:]: v for k, v in counts.items() if k.startswith("stage:")})
-        if stages:
-            counts = Counter({k: v for k, v in counts.items() if not k.startswith("stage:")})
+        marks = {k[3:]: v for k, v in counts.items() if k.startswith("wm:")}
+        if stages or marks:
+            counts = Counter({k: v for k, v in counts.items()
+                              if not k.startswith(("stage:", "wm:"))})
+        low = None
         with self._lock:
             self.counts.update(counts)
             self.stages.update(stages)
             self.rows.update(rows)
             self.flushes += 1
+            if marks:
+                for src, at in marks.items():
+                    self.watermarks[src] = max(self.watermarks.get(src, at), at)
+                low = min(self.watermarks.values())
         metrics.record(counts, rows, stages)
+        if low is not None:
+            metrics.WATERMARK_WRITTEN.set(low / 1000)
 
 
 # Written first in each write: what the anomaly feed and list read (what operations staff
@@ -374,7 +385,10 @@ class _Partition(StatelessSinkPartition[Any]):
                 self.rejects.append(item)
                 counts["rejected"] += 1
             elif isinstance(item, Count):
-                counts[item.kind] += item.n
+                if item.kind[:3] == "wm:":  # a shard's watermark: the latest, not a sum
+                    counts[item.kind] = max(counts[item.kind], item.n)
+                else:
+                    counts[item.kind] += item.n
             elif isinstance(item, Reconcile):
                 continue  # done above
         if not self.buffered:

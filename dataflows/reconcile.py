@@ -105,7 +105,12 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         return build
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        wm = getattr(self.shard, "external_wm", None)
         out = self.shard.on_batch(values)
+        if wm is not None and self.shard.external_wm > wm and self.shard.src:
+            # the watermark this shard now stands at, counted by the sink once the rows
+            # emitted with it are written (archwatch_watermark_written_seconds)
+            out = [*out, Count("wm:" + self.shard.src, self.shard.external_wm)]
         if self._reconcile and self.shard.src:
             self._reconcile = False
             keep = frozenset(getattr(self.shard, "evicted", ()))
@@ -195,10 +200,10 @@ class _Clock:
     wall clock; it broadcasts a :class:`Watermark` when the watermark moves (live) and,
     at the end of a replay's input, the ``--as-of`` (default: the largest occurredAt).
 
-    Live on Kafka (``parts``: the source's partitions, each marking its batches with a
-    :class:`Progress`) the watermark is held, while any partition has a backlog, at the
-    event time that partition has delivered so far (less the lateness), the lowest of
-    them: a deadline fires only once every partition still catching up has been read
+    Live on Kafka (``parts``: the source's partitions, each sending a :class:`Progress`
+    after every epoch, see connectors.kafka.KafkaRecords) the watermark is held, while
+    any partition has a backlog, at the event time that partition has delivered so far
+    (less the lateness), the lowest of them: a deadline fires only once every partition still catching up has been read
     past it. Without it, catching up on a backlog (a first start, a restart after an
     outage) fires deadlines by the wall clock, or by the event time of the topics read
     fastest, while the events that prevent them are still unread in another topic: one
@@ -313,8 +318,8 @@ def build_flow(
 ) -> Dataflow:
     """The reconciliation dataflow over ``source`` (items: ``(record, position)``).
 
-    ``parts``: the source's partitions, when it marks each batch it reads with a
-    :class:`Progress` item ``(None, Progress)`` (live on Kafka): the clock step then holds
+    ``parts``: the source's partitions, when it sends a :class:`Progress` item ``(None,
+    Progress)`` for each at every epoch's end (live on Kafka): the clock step then holds
     the watermark while one of them has a backlog, and the shards follow the clock's
     watermark only (see _Clock)."""
     versions = clock or VersionClock()
@@ -333,21 +338,26 @@ def build_flow(
     # Bytewax costs per item and per step, so the per-event work is done in few steps,
     # each over a whole batch: parse+key, dedup (which also decides duplicates and
     # --as-of), then batch-level splits of its output.
+    # the largest occurredAt parsed so far per source partition ("topic/partition"; each is
+    # read, and parsed, by one worker, in order)
+    tops: dict[str, int] = {}
+
     def parse_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
-        top = None  # the largest occurredAt since the last progress mark
         for raw, pos in batch:
-            if raw is None:  # a source partition's progress mark, after its batch
-                out.append((CLOCK_KEY, Progress(pos.part, pos.caught_up, top)))
-                top = None
+            if raw is None:  # a partition's progress at the last epoch's end: what it had
+                # delivered is all parsed before this mark, which comes first in its batch
+                out.append((CLOCK_KEY, Progress(pos.part, pos.caught_up, tops.get(pos.part))))
                 continue
             rec = parse_record(raw, pos)
             # a reject only passes through the dedup step on its way to the sink
             if type(rec) is Envelope:
                 out.append((shard_of(rec.event.eventId, n), rec))
-                at = rec.event.occurredAt
-                if top is None or at > top:
-                    top = at
+                if parts:
+                    part = pos[:pos.rindex("/")]
+                    at = rec.event.occurredAt
+                    if at > tops.get(part, MIN_TIME):
+                        tops[part] = at
             else:
                 out.append((REJECT_KEY, rec))
         return out

@@ -129,6 +129,12 @@ class Archwatch:
         poll(lambda: all_written([self.metrics()], total), timeout,
              what=f"{total} records read and their rows written")
 
+    def wait_watermark(self, at_ms: int, timeout: float = 60.0) -> None:
+        """Every shard holding rows has applied a watermark of at least ``at_ms`` and the
+        rows it emitted with it are written: the stored answer describes that moment."""
+        poll(lambda: self.metrics().get("archwatch_watermark_written_seconds", 0)
+             >= at_ms / 1000, timeout, what=f"the watermark written up to {at_ms}")
+
     def kill(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

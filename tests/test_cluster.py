@@ -20,7 +20,9 @@ import pytest
 from archwatch.connectors.kafka import KafkaSettings, create_topics, produce_lines
 
 from archwatch import report, rollup
+from archwatch.rules import Sla
 from archwatch.store import ServerStore
+from archwatch.timeutil import now_ms
 from tests.kafka_helpers import (
     ROOT,
     Archwatch,
@@ -110,6 +112,18 @@ class Cluster:
 
         poll(done, timeout, what=f"{total} records read and their rows written by the cluster")
 
+    def wait_watermark(self, at_ms: int, timeout: float = 60) -> None:
+        """As Archwatch.wait_watermark, over the processes (each reports the shards whose
+        rows it writes; one that writes none reports nothing)."""
+        name = "archwatch_watermark_written_seconds"
+
+        def done() -> bool:
+            marks = [m.get(name, 0) for m in (metrics(p.port) for p in self.procs)]
+            reported = [v for v in marks if v > 0]
+            return bool(reported) and min(reported) >= at_ms / 1000
+
+        poll(done, timeout, what=f"the cluster's watermark written up to {at_ms}")
+
     def stop(self) -> None:
         for p in self.procs:
             if p.alive():
@@ -131,6 +145,7 @@ def test_two_processes_give_the_tables_of_one(broker: str, workload: Any,  # noq
         cluster = Cluster(tmp_path, prefix, server.url, out / "receivers.json")
         try:
             cluster.wait_consumed(len([x for x in lines if x.strip()]))
+            cluster.wait_watermark(now_ms() - Sla().lateness)
             per_process = [positions(metrics(p.port)) for p in cluster.procs]
             assert all(n > 0 for n in per_process), per_process  # both read partitions
             assert_same(server.tables(), batch)
@@ -159,6 +174,7 @@ def test_restart_of_one_process(broker: str, workload: Any, tmp_path: Path) -> N
         second = Cluster(tmp_path, prefix, server.url, receivers, first.addresses)
         try:
             second.wait_consumed(len([x for x in lines if x.strip()]))
+            second.wait_watermark(now_ms() - Sla().lateness)
             assert_same(server.tables(), batch)
         finally:
             second.stop()

@@ -18,6 +18,7 @@ from archwatch import report, rollup
 from archwatch.generate import GenerateOptions, generate
 from archwatch.receivers import load_registrations
 from archwatch.replay import replay
+from archwatch.rules import Sla
 from archwatch.settings import EngineSettings
 from archwatch.store import open_store
 from archwatch.timeutil import now_ms
@@ -25,6 +26,8 @@ from tests.conftest import comparable_anomalies
 from tests.kafka_helpers import BROKERS, ROOT, Archwatch, count_lines, poll, prefix_for
 
 pytestmark = pytest.mark.kafka
+
+LATENESS_MS = Sla().lateness  # the runs here keep the default
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +104,9 @@ def test_live_equals_replay_and_poison_goes_to_dlq(broker: str, workload: Any,
                    "--no-recovery").start()
     try:
         aw.wait_consumed(n)
+        # caught up: the watermark follows the wall clock again (after the epoch that
+        # reports it), and the replay below describes the same moment
+        aw.wait_watermark(now_ms() - LATENESS_MS)
         m = aw.metrics()
         assert m['archwatch_events_total{outcome="rejected"}'] == truth["counts"]["rejected"]
         assert m['archwatch_events_total{outcome="duplicate"}'] == truth["counts"]["duplicate"]
@@ -151,6 +157,7 @@ def test_sigkill_mid_stream_and_restart_gives_identical_tables(broker: str, work
     aw2 = Archwatch(tmp_path, prefix, *flags).start()
     try:
         aw2.wait_consumed(len([x for x in lines if x.strip()]))
+        aw2.wait_watermark(now_ms() - LATENESS_MS)
     finally:
         assert aw2.stop() == 0, aw2.log.read_text()[-2000:]
     assert_same(live_tables(tmp_path / "db"), replay_tables(out, tmp_path))

@@ -1,5 +1,6 @@
 """The live source (connectors/kafka.KafkaRecords) against the real broker: records and
-positions, the progress marks the clock step holds the watermark with, resume offsets."""
+positions, the progress marks the clock step holds the watermark with (sent first in the
+epoch after the one they describe), resume offsets."""
 
 from __future__ import annotations
 
@@ -43,20 +44,32 @@ def produce(topic: str, ids: range) -> None:
     prod.flush()
 
 
-def read(part: Any, want: int, timeout: float = 20) -> tuple[list[tuple[bytes, str]],
-                                                             list[Progress]]:
-    """Poll ``part`` until ``want`` records came (or the deadline): records and marks."""
+def read(part: Any, want: int, timeout: float = 20) -> list[tuple[bytes, str]]:
+    """Poll ``part`` until ``want`` records came (or the deadline); no epoch ends here, so
+    no progress mark may come."""
     records: list[tuple[bytes, str]] = []
-    marks: list[Progress] = []
     deadline = time.monotonic() + timeout
     while len(records) < want and time.monotonic() < deadline:
-        for raw, pos in part.next_batch():
-            if raw is None:
-                marks.append(pos)
-            else:
-                records.append((raw, pos))
+        batch = part.next_batch()
+        assert all(raw is not None for raw, _pos in batch), batch
+        records += batch
         time.sleep(0.005)
-    return records, marks
+    return records
+
+
+def end_epoch(part: Any, records: list[tuple[bytes, str]] | None = None) -> Progress:
+    """What Bytewax does at an epoch's end (snapshot), then the next epoch's first batch:
+    it starts with the mark (its records, if any, go to ``records``)."""
+    part.snapshot()
+    first = part.next_batch()
+    raw, mark = first[0]
+    assert raw is None and isinstance(mark, Progress), first
+    assert all(r is not None for r, _p in first[1:])
+    if records is not None:
+        records += first[1:]
+    else:
+        assert len(first) == 1, first
+    return mark
 
 
 def test_records_positions_and_progress_marks(broker: str) -> None:
@@ -66,13 +79,14 @@ def test_records_positions_and_progress_marks(broker: str) -> None:
     assert src.progress_parts() == {f"{topic}/0"}
     part = src.build_part("input", f"0-{topic}", None)
     try:
-        records, marks = read(part, 30)
+        records = read(part, 10)
+        assert len(records) == 10  # a batch at most
+        mark = end_epoch(part, records)
+        assert (mark.part, mark.caught_up, mark.max_at) == (f"{topic}/0", False, None)
+        records += read(part, 30 - len(records))
         assert [r for r, _p in records] == [f'{{"n": {i}}}'.encode() for i in range(30)]
         assert [p for _r, p in records] == [f"{topic}/0/{i}" for i in range(30)]
-        # every batch of records ends with its mark; behind until the last record is read
-        assert all(m.part == f"{topic}/0" and m.max_at is None for m in marks)
-        assert marks[-1].caught_up
-        assert not marks[0].caught_up  # 10 of the 30 the broker reported
+        assert end_epoch(part).caught_up  # all 30 the broker reported were read
         assert part.snapshot() == 30
     finally:
         part.close()
@@ -84,9 +98,9 @@ def test_resumes_after_the_snapshot_offset(broker: str) -> None:
     part = src.build_part("input", f"0-{topic}", 5)  # as Bytewax resumes it
     try:
         produce(topic, range(5, 8))
-        records, marks = read(part, 3)
+        records = read(part, 3)
         assert [p for _r, p in records] == [f"{topic}/0/{i}" for i in (5, 6, 7)]
-        assert marks[-1].caught_up
+        assert end_epoch(part).caught_up
     finally:
         part.close()
 
@@ -98,11 +112,12 @@ def test_an_empty_partition_is_caught_up(broker: str) -> None:
     part = KafkaRecords(broker, [topic]).build_part("input", f"0-{topic}", None)
     try:
         deadline = time.monotonic() + 20
-        marks: list[Progress] = []
-        while not (marks and marks[-1].caught_up) and time.monotonic() < deadline:
-            marks += [p for raw, p in part.next_batch() if raw is None]
+        caught_up = False
+        while not caught_up and time.monotonic() < deadline:
+            assert part.next_batch() == []
+            caught_up = end_epoch(part).caught_up
             time.sleep(0.01)
-        assert marks and marks[-1].caught_up
+        assert caught_up
         assert part.next_awake() is not None  # idle: polled again later, not in a loop
     finally:
         part.close()
