@@ -191,6 +191,12 @@ class _Dedup:
 # the watermark: a stalled consumer or an unreachable broker must not stop deadlines
 # from firing (contract §3: in live mode they fire even when nothing arrives).
 PROGRESS_STALL_MS = 30_000
+# A partition that has delivered events this recent (against the wall clock) is live, not
+# catching up: it does not hold the watermark. The marks describe the epoch before, so a
+# hold under steady load would keep the watermark an epoch or more behind the events
+# (measured at 10,000 events/s: deadline -> computed p50 85 -> 296 ms, p99 0.55 -> 1.9 s);
+# what a recent partition still has in flight is what the lateness is for.
+LIVE_WINDOW_MS = 5_000
 
 
 class _Clock:
@@ -211,7 +217,8 @@ class _Clock:
     350,000 events, each in the live feed and its webhooks). Contract §3 allows any lower
     watermark: it only delays firing. A partition never heard from, or silent for
     :data:`PROGRESS_STALL_MS` (or reporting a backlog it does not deliver from), stops
-    holding it."""
+    holding it; so does one whose events are within :data:`LIVE_WINDOW_MS` of the wall
+    clock (live traffic, not a backlog)."""
 
     def __init__(self, settings: EngineSettings, parts: frozenset[str] = frozenset()) -> None:
         self.settings = settings
@@ -283,6 +290,8 @@ class _Clock:
             if caught_up or (wall is not None and at is not None
                              and wall - at >= PROGRESS_STALL_MS):
                 continue
+            if top is not None and wall is not None and top >= wall - LIVE_WINDOW_MS:
+                continue  # live, not catching up
             if top is None:
                 return MIN_TIME
             if low is None or top < low:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pickle
 
-from archwatch.dataflows.reconcile import PROGRESS_STALL_MS, _Clock
+from archwatch.dataflows.reconcile import LIVE_WINDOW_MS, PROGRESS_STALL_MS, _Clock
 
 from archwatch.engine import Progress, Watermark
 from archwatch.rules import Sla
@@ -90,3 +90,14 @@ def test_replay_emits_only_at_the_end() -> None:
     c = _Clock(EngineSettings(as_of=T0), frozenset(("t/0",)))
     assert c.on_batch([("event", T0 - DAY), ("part", Progress("t/0", False, T0 - DAY))]) == []
     assert c.end() == [Watermark(T0)]
+
+
+def test_a_partition_with_recent_events_is_live_not_catching_up() -> None:
+    """Under steady load a partition is often behind when an epoch ends; its events are
+    then seconds old, and holding at them would keep the watermark an epoch behind."""
+    c = clock(("t/0",))
+    recent = T0 - LIVE_WINDOW_MS
+    assert marks(c, ("wall", T0), ("part", Progress("t/0", False, recent))) == [T0 - LATE]
+    c = clock(("t/0",))
+    older = recent - 1
+    assert marks(c, ("wall", T0), ("part", Progress("t/0", False, older))) == [older - LATE]
