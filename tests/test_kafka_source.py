@@ -4,7 +4,6 @@ epoch after the one they describe), resume offsets."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
@@ -12,19 +11,10 @@ import pytest
 from archwatch.connectors.kafka import KafkaRecords, KafkaSettings, SafeProducer, create_topics
 
 from archwatch.engine import Progress
-from tests.kafka_helpers import BROKERS, ROOT, prefix_for
+from tests.kafka_helpers import BROKERS, prefix_for
+from tests.test_kafka import broker  # noqa: F401 - the real broker, started once
 
-pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture(scope="module")
-def broker() -> Any:
-    script = str(ROOT / "scripts" / "kafka.sh")
-    was_running = subprocess.run([script, "status"], capture_output=True).returncode == 0
-    subprocess.run([script, "start"], check=True, timeout=600)
-    yield BROKERS
-    if not was_running:
-        subprocess.run([script, "stop"], check=False, timeout=120)
+pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("broker")]
 
 
 def topic_with(n: int, prefix: str) -> str:
@@ -72,9 +62,9 @@ def end_epoch(part: Any, records: list[tuple[bytes, str]] | None = None) -> Prog
     return mark
 
 
-def test_records_positions_and_progress_marks(broker: str) -> None:
+def test_records_positions_and_progress_marks() -> None:
     topic = topic_with(30, prefix_for("src"))
-    src = KafkaRecords(broker, [topic], batch_size=10)
+    src = KafkaRecords(BROKERS, [topic], batch_size=10)
     assert src.list_parts() == [f"0-{topic}"]
     assert src.progress_parts() == {f"{topic}/0"}
     part = src.build_part("input", f"0-{topic}", None)
@@ -92,9 +82,9 @@ def test_records_positions_and_progress_marks(broker: str) -> None:
         part.close()
 
 
-def test_resumes_after_the_snapshot_offset(broker: str) -> None:
+def test_resumes_after_the_snapshot_offset() -> None:
     topic = topic_with(5, prefix_for("resume"))
-    src = KafkaRecords(broker, [topic])
+    src = KafkaRecords(BROKERS, [topic])
     part = src.build_part("input", f"0-{topic}", 5)  # as Bytewax resumes it
     try:
         produce(topic, range(5, 8))
@@ -105,11 +95,11 @@ def test_resumes_after_the_snapshot_offset(broker: str) -> None:
         part.close()
 
 
-def test_an_empty_partition_is_caught_up(broker: str) -> None:
+def test_an_empty_partition_is_caught_up() -> None:
     """Read from the start with nothing in it: caught up once the broker said so (else
     the clock would hold the watermark for PROGRESS_STALL_MS at every start)."""
     topic = topic_with(0, prefix_for("empty"))
-    part = KafkaRecords(broker, [topic]).build_part("input", f"0-{topic}", None)
+    part = KafkaRecords(BROKERS, [topic]).build_part("input", f"0-{topic}", None)
     try:
         deadline = time.monotonic() + 20
         caught_up = False
