@@ -227,22 +227,29 @@ class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
 
     def progress_parts(self) -> frozenset[str]:
         """The names the progress marks use ("topic/partition"), for the clock step."""
-        return frozenset(_mark_name(p) for p in self.list_parts())
+        return frozenset(_mark_name(*_topic_index(p)) for p in self.list_parts())
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: int | None) -> _KafkaPartition:
-        idx, topic = for_part.split("-", 1)
+        topic, idx = _topic_index(for_part)
         consumer = Consumer({
             "bootstrap.servers": self.brokers,
             "group.id": "archwatch-ignored",  # offsets live in Bytewax's recovery
             "enable.auto.commit": False,
             "enable.partition.eof": False,
         })
-        return _KafkaPartition(consumer, topic, int(idx), resume_state, self.batch_size)
+        return _KafkaPartition(consumer, topic, idx, resume_state, self.batch_size)
 
 
-def _mark_name(part: str) -> str:
+def _topic_index(part: str) -> tuple[str, int]:
+    """A partition's topic and index from its Bytewax name ("{index}-{topic}")."""
     idx, topic = part.split("-", 1)
+    return topic, int(idx)
+
+
+def _mark_name(topic: str, idx: int) -> str:
+    """A partition's name in its progress marks and the clock step ("topic/index"); its
+    records' positions are this and "/offset" (the parse step reads the name back)."""
     return f"{topic}/{idx}"
 
 
@@ -255,8 +262,8 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
         consumer.assign([TopicPartition(topic, idx, start)])
         self.offset = start  # the next offset to read (OFFSET_BEGINNING: none read yet)
         self.batch_size = batch_size
-        self.prefix = f"{topic}/{idx}/"
-        self.name = f"{topic}/{idx}"
+        self.name = _mark_name(topic, idx)
+        self.prefix = self.name + "/"
         self.idle = False
         self.mark: Progress | None = None  # taken at the last epoch's end, not yet sent
         self.position = metrics.INPUT_POSITION.labels(topic, str(idx))

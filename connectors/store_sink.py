@@ -265,8 +265,7 @@ class _Writer:
         takes ≈ 0.2-0.3 s at 10,000 events/s, and a new anomaly waited for the rest of the
         one under way). Any order of rows is correct (versions decide); rows emitted after
         a Reconcile not yet applied wait for it with their write (see _take_alerts)."""
-        if self.express is None:
-            return
+        assert self.express is not None
         tables = self.express()
         if not tables:
             return
