@@ -21,7 +21,7 @@ from bytewax.testing import cluster_main
 
 from archwatch import rollup
 from archwatch.connectors.kafka import DeadLetters, KafkaRecords, KafkaSettings
-from archwatch.connectors.store_sink import StoreSink, Tally
+from archwatch.connectors.store_sink import EpochStoreSink, StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow, engine_gc, wall_ticks
 from archwatch.engine import VersionClock
 from archwatch.migrate import migrate
@@ -55,13 +55,21 @@ KPI_ITEM_REFRESH = 1.0
 def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                     tally: Tally) -> Any:
     source = KafkaRecords(opts.kafka.brokers, opts.kafka.topics, batch_size=5000)
-    # With recovery, every row of an epoch must be in the store before Bytewax commits the
-    # epoch (its input is not read again): each batch is written before the next. Without
-    # recovery a restart reads the topics again from the start, so writes may overlap the
-    # dataflow's work as in a replay (buffered for flush_delay).
-    sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
-                     max_delay=opts.flush_delay, synchronous=opts.recovery_dir is not None,
-                     refresh_every=KPI_ITEM_REFRESH, alerts_first=True)
+    # Writes overlap the dataflow's work as in a replay (buffered for flush_delay). With
+    # recovery, every row of an epoch must also be in the store before Bytewax commits the
+    # epoch (its input is not read again): the sink waits for its writes when an epoch
+    # closes (EpochStoreSink) or, in a cluster of processes, after every batch (see
+    # EpochStoreSink on why). Without recovery a restart reads the topics again.
+    sink: StoreSink | EpochStoreSink
+    if opts.recovery_dir is not None and not opts.addresses:
+        sink = EpochStoreSink(store, tally, DeadLetters(opts.kafka), parts=opts.workers,
+                              max_rows=20_000, max_delay=opts.flush_delay,
+                              refresh_every=KPI_ITEM_REFRESH)
+    else:
+        sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
+                         max_delay=opts.flush_delay,
+                         synchronous=opts.recovery_dir is not None,
+                         refresh_every=KPI_ITEM_REFRESH, alerts_first=True)
     from archwatch.eventlog import store_digests, store_loader
     from archwatch.registry import registry_source
 

@@ -4,17 +4,16 @@ Idempotent by construction: every row is a whole versioned row of a ReplacingMer
 (or, for the event log, keyed by its immutable eventId), so output that Bytewax
 re-emits after a recovery replaces itself instead of adding up.
 
-Two modes. ``synchronous`` (live, with recovery): every batch Bytewax hands over is
-written before ``write_batch`` returns, so when Bytewax commits an epoch's recovery state
-every row of that epoch is in the store, and a crash can lose no row whose input will not
-be replayed. Otherwise (a replay, or live without recovery): rows are buffered up to
-``max_rows`` or ``max_delay`` (ClickHouse wants few large parts), and past ``max_delay``
-until the writer thread has finished the buffer before, so that under load writes grow
-instead of queueing; the writer writes them while the dataflow goes on; ``close`` waits
-for them.
+Rows are buffered up to ``max_rows`` or ``max_delay`` (ClickHouse wants few large parts),
+and past ``max_delay`` until the writer thread has finished the buffer before, so that
+under load writes grow instead of queueing; the writer writes them while the dataflow
+goes on; ``close`` waits for them. That is all a replay, or a live run without recovery,
+needs (a restart reads the input again).
 
-A DynamicSink, not a FixedPartitionedSink: Bytewax holds a stateful sink's items until
-their epoch closes (measured: up to a second of extra delay for a fired deadline).
+With recovery, every row of an epoch must be in the store when Bytewax commits the epoch
+(its input is not read again). :class:`EpochStoreSink` (one process) waits for its writer
+when the epoch closes; ``StoreSink(synchronous=True)`` (a cluster of processes) waits
+after every batch, which left the dataflow's core idle a quarter of the time.
 """
 
 from __future__ import annotations
@@ -29,10 +28,15 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 
 from archwatch import metrics, rollup
-from archwatch.engine import TABLE_KEYS, Count, Reconcile, Write
+from archwatch.engine import TABLE_KEYS, Chunk, Count, Reconcile, Write
 from archwatch.eventlog import event_log_columns
 from archwatch.models import Envelope, Reject
 from archwatch.store import Store
@@ -356,6 +360,8 @@ class _Partition(StatelessSinkPartition[Any]):
                 return
 
     def write_batch(self, items: list[Any]) -> None:
+        if any(type(x) is Chunk for x in items):
+            items = [v for x in items for v in (x if type(x) is Chunk else (x,))]
         with self._lock:
             self._write_batch(items)
 
@@ -437,10 +443,11 @@ class _Partition(StatelessSinkPartition[Any]):
             self.buffered = 0
             self.since = time.monotonic()  # the age of the oldest buffered row
 
-    def drain(self) -> None:
-        """Write everything buffered and wait until it is in the store."""
+    def drain(self, derived: bool = True) -> None:
+        """Write everything buffered and wait until it is in the store (with ``derived``,
+        kpi_item's refresh too)."""
         self.flush()
-        self.writer.drain()
+        self.writer.drain(derived)
 
     def close(self) -> None:
         self._stop.set()
@@ -541,3 +548,58 @@ class StoreSink(DynamicSink[Any]):
         return _Partition(self.store, self.tally, self.on_rejects, self.max_rows,
                           self.max_delay, self.synchronous, self.refresh_every,
                           self.alerts_first)
+
+
+class _EpochPartition(StatefulSinkPartition[Any, None]):
+    """A :class:`_Partition` writing asynchronously, drained when its epoch closes."""
+
+    def __init__(self, part: _Partition) -> None:
+        self.part = part
+
+    def write_batch(self, values: list[Any]) -> None:
+        self.part.write_batch(values)
+
+    def snapshot(self) -> None:
+        """Bytewax calls this when an epoch closes, for a partition that got items in it,
+        and commits the epoch only after: so every row of the epoch is in the store first.
+        The rows written are the state; there is nothing to resume from."""
+        self.part.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
+
+    def close(self) -> None:
+        self.part.close()
+
+
+class EpochStoreSink(FixedPartitionedSink[Any, None]):
+    """Live with recovery: rows written while the dataflow goes on, and all of an epoch's
+    rows in the store before Bytewax commits it.
+
+    Each partition's writer works beside the dataflow as in a replay (buffered, alerts
+    first) and waits only when the epoch closes (:meth:`_EpochPartition.snapshot`): a
+    sink that waited for every batch's inserts (``StoreSink(synchronous=True)``) left the
+    dataflow idle a quarter of the time. Items come keyed by the shard that made them, and
+    a shard's items all go to one partition, in order (its Reconcile first).
+
+    The cost: Bytewax hands a stateful sink an epoch's items only once the epochs before
+    it have closed at the sink, and items cross to the worker that holds their partition;
+    in a cluster of processes that is a pickling each, so a cluster keeps the synchronous
+    DynamicSink (archwatch.live)."""
+
+    def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler, parts: int,
+                 max_rows: int = 50_000, max_delay: float = 0.2,
+                 refresh_every: float | None = 0.0) -> None:
+        self.store = store
+        self.tally = tally
+        self.on_rejects = on_rejects
+        self.parts = parts
+        self.max_rows = max_rows
+        self.max_delay = max_delay
+        self.refresh_every = refresh_every
+
+    def list_parts(self) -> list[str]:
+        return [f"{i:03d}" for i in range(self.parts)]
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: None) -> _EpochPartition:
+        return _EpochPartition(_Partition(
+            self.store, self.tally, self.on_rejects, self.max_rows, self.max_delay,
+            synchronous=False, refresh_every=self.refresh_every, alerts_first=True))

@@ -35,12 +35,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
-from bytewax.outputs import Sink
+from bytewax.outputs import FixedPartitionedSink, Sink
 
 from archwatch.engine import (
     MIN_TIME,
     ArchiveNoShard,
     CaseShard,
+    Chunk,
     Count,
     DedupShard,
     DigestLookup,
@@ -309,8 +310,21 @@ class _Clock:
         return [] if final is None else [Watermark(final)]
 
 
-def _values(batch: list[tuple[str, Any]]) -> list[Any]:
-    return [v for _k, v in batch]
+def _chunk(batch: list[tuple[str, Any]]) -> list[Chunk]:
+    """A batch's values as one sink item (see Chunk)."""
+    return [Chunk([v for _k, v in batch])] if batch else []
+
+
+def _chunks_by_key(batch: list[tuple[str, Any]]) -> list[tuple[str, Chunk]]:
+    """A batch's values as one sink item per shard key, in order (a partitioned sink
+    routes by key: a shard's items reach one partition, in the order it made them)."""
+    groups: dict[str, Chunk] = {}
+    for k, v in batch:
+        c = groups.get(k)
+        if c is None:
+            c = groups[k] = Chunk()
+        c.append(v)
+    return list(groups.items())
 
 
 def build_flow(
@@ -376,7 +390,10 @@ def build_flow(
     as_of = settings.as_of
     deduped = op.stateful_batch(
         "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec))
-    to_sink = op.flat_map_batch("dedup_sink", deduped, _values)  # the Envelopes too
+    # A FixedPartitionedSink routes by key: its items keep the key of the shard that made
+    # them (its partition then gets a shard's items in order); any other sink gets values.
+    out = _chunks_by_key if isinstance(sink, FixedPartitionedSink) else _chunk
+    to_sink = op.flat_map_batch("dedup_sink", deduped, out)  # the Envelopes too
 
     # --- clock: event-time maximum per batch, wall ticks (live), end of input
     def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, Any]]]:
@@ -414,7 +431,7 @@ def build_flow(
                             recovery=rec, fresh_reconcile=settings.live, stage="cases"),
     )
     case_rows = op.flat_map_batch(
-        "cases_sink", case_out, lambda b: [v for _k, v in b if type(v) is not ReceiptFact])
+        "cases_sink", case_out, lambda b: out([kv for kv in b if type(kv[1]) is not ReceiptFact]))
     archive_in = op.merge(
         "archive_in",
         op.flat_map_batch("key_archive_no", case_out, lambda b: [
@@ -425,7 +442,7 @@ def build_flow(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
                             fresh_reconcile=settings.live, stage="archive_nos"),
-    ), _values)
+    ), out)
 
     # --- receivers (live: registrations polled from the registry reach every shard)
     def receiver_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Envelope]]:
@@ -444,7 +461,7 @@ def build_flow(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers,
                                   settings.flap, own_time=not parts), recovery=rec,
             fresh_reconcile=settings.live, stage="receivers"),
-    ), _values)
+    ), out)
 
     everything = op.merge(
         "all_out", to_sink, case_rows, archive_rows, recv_rows,

@@ -1,15 +1,17 @@
-"""Synchronous writes (live with recovery): when ``write_batch`` returns, every row of the
-batch is in the store, though the batch's tables are inserted by two threads at once; a
-failed insert stops the flow, never lets the batch pass half-written."""
+"""Writes with recovery: synchronous (a cluster: when ``write_batch`` returns, every row of
+the batch is in the store, though the batch's tables are inserted by two threads at once;
+a failed insert stops the flow, never lets the batch pass half-written), or drained when
+an epoch closes (EpochStoreSink)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
-from archwatch.connectors.store_sink import StoreSink, Tally
+from archwatch.connectors.store_sink import EpochStoreSink, StoreSink, Tally
 
-from archwatch.engine import VersionClock
+from archwatch.engine import Chunk, VersionClock
 from archwatch.migrate import migrate
 from archwatch.models import parse_record
 from archwatch.store import ChdbStore, StoreError
@@ -68,6 +70,43 @@ def test_a_failed_insert_stops_the_batch(tmp_path) -> None:
         part = StoreSink(store, Tally(), lambda _r: None, synchronous=True).build("s", 0, 1)
         with pytest.raises(RuntimeError, match="disk full"):
             part.write_batch(_batch())
+        part.close()
+    finally:
+        store.close()
+
+
+class _Slow(ChdbStore):
+    """Every INSERT takes a while: rows a sink has not waited for are not in yet."""
+
+    def insert(self, table: str, rows: Any) -> None:
+        time.sleep(0.15)
+        super().insert(table, rows)
+
+    def insert_columns(self, table: str, columns: Any) -> None:
+        time.sleep(0.15)
+        super().insert_columns(table, columns)
+
+
+def test_the_epoch_sink_waits_at_the_epoch_close_not_per_batch(tmp_path) -> None:
+    """EpochStoreSink (live with recovery, one process): ``write_batch`` hands the rows to
+    the writer and returns; the partition's ``snapshot``, which Bytewax calls when the
+    epoch closes and before it commits the epoch, returns once every row is written."""
+    store = _Slow(tmp_path / "db")
+    try:
+        migrate(store)
+        items = _batch()
+        want = {"event_log": sum(1 for x in items if hasattr(x, "event")),
+                **{t: sum(1 for x in items if getattr(x, "table", "") == t)
+                   for t in ("case_state", "kpi_task", "anomaly")}}
+        sink = EpochStoreSink(store, Tally(), lambda _r: None, parts=2, max_delay=0.05)
+        assert sink.list_parts() == ["000", "001"]
+        part = sink.build_part("s", "001", None)
+        started = time.monotonic()
+        part.write_batch([Chunk(items[:10]), *items[10:]])  # the flow's chunks, or values
+        assert time.monotonic() - started < 0.15  # no INSERT waited for
+        assert _counts(store) != want
+        assert part.snapshot() is None  # nothing to resume from: the rows are the state
+        assert _counts(store) == want
         part.close()
     finally:
         store.close()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from archwatch.connectors.files import JsonlFiles
-from archwatch.connectors.store_sink import StoreSink, Tally
+from archwatch.connectors.store_sink import EpochStoreSink, StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
 from archwatch import report
@@ -64,15 +67,28 @@ def test_per_source_files_one_after_another_give_the_same_tables(workload, store
     check_truth(got, truth)
 
 
-def test_two_workers_give_the_same_tables(workload, tmp_path: Path) -> None:
+@pytest.mark.parametrize("epoch_sink", [False, True], ids=["store-sink", "epoch-sink"])
+def test_two_workers_give_the_same_tables(workload, tmp_path: Path, epoch_sink: bool) -> None:
+    """Also through the sink live runs use with recovery (EpochStoreSink: items keyed by
+    their shard, routed to partitions across the workers, drained at every epoch's
+    close), with recovery on and short epochs."""
     out, truth = workload
     store = open_store(tmp_path / "db")
     migrate(store)
     tally = Tally()
     rejects: list = []
-    flow = build_flow(JsonlFiles([out / "events.jsonl"]), StoreSink(store, tally, rejects.extend),
-                      settings_for(out, truth))
-    cluster_main(flow, [], 0, worker_count_per_proc=2)
+    settings = settings_for(out, truth)
+    sink: StoreSink | EpochStoreSink = StoreSink(store, tally, rejects.extend)
+    recovery = None
+    if epoch_sink:
+        sink = EpochStoreSink(store, tally, rejects.extend, parts=2)
+        settings = replace(settings, recovery=True)
+        (tmp_path / "recovery").mkdir()
+        init_db_dir(tmp_path / "recovery", 2)
+        recovery = RecoveryConfig(tmp_path / "recovery")
+    flow = build_flow(JsonlFiles([out / "events.jsonl"]), sink, settings)
+    cluster_main(flow, [], 0, worker_count_per_proc=2, recovery_config=recovery,
+                 epoch_interval=timedelta(milliseconds=20))
     counts = dict(tally.counts)
     assert counts["applied"] == truth["counts"]["applied"]
     assert len(rejects) == truth["counts"]["rejected"]
