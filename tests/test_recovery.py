@@ -191,3 +191,28 @@ def test_reconcile_keeps_the_rows_of_evicted_cases(store) -> None:
     after = {c["caseNo"]: c for c in report.cases(store)}
     assert after["HZ2022030100001"] == before[0]
     assert set(after) == {"HZ2022030100001", "HZ2022030100002"} and not loader_calls
+
+
+def test_a_quiet_shard_repeats_its_last_snapshot() -> None:
+    """Watermarks that fire nothing leave the shard's snapshot as it was, not pickled
+    again (every shard gets every tick's watermark, idle or not); anything else takes a
+    new one; and a shard restored from the repeated snapshot decides as the live one."""
+    clock = VersionClock()
+    build = _ShardLogic.builder(lambda: CaseShard(4, Sla(), clock, lambda: 0), recovery=True)
+    logic = build(None)
+    completion = ev(COMPLETION)
+    logic.on_batch([completion])
+    first = logic.snapshot()
+    quiet, _ = logic.on_batch([Watermark(completion.occurredAt + 1)])
+    assert not [x for x in quiet if hasattr(x, "table")]
+    assert logic.snapshot() is first
+    fired, _ = logic.on_batch([FAR])  # past the archive deadline: MISSING_ARCHIVE
+    codes = sorted(x.row["code"] for x in fired if getattr(x, "table", "") == "anomaly")
+    assert codes == ["MISSING_ARCHIVE"]
+    assert logic.snapshot() is not first
+    restored = build(first)
+    restored._reconcile = False
+    again, _ = restored.on_batch([FAR])
+    assert sorted(x.row["code"] for x in again if getattr(x, "table", "") == "anomaly") == codes
+    restored.on_batch([ev(RECEIPT)])
+    assert restored.snapshot() != first
