@@ -100,9 +100,11 @@ def _sum(m: dict[str, float], name: str) -> int:
 
 
 def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: Path,
-                  timeout: float = 600, recovery: bool = False) -> dict[str, Any]:
+                  timeout: float = 600, recovery: bool = False,
+                  epoch_interval: float | None = None) -> dict[str, Any]:
     port = free_port()
-    name = f"w{workers}" + ("-recovery" if recovery else "")
+    name = f"w{workers}" + ("-recovery" if recovery else "") + (
+        f"-e{epoch_interval:g}" if epoch_interval else "")
     log = tmp / f"run-{name}.log"
     # a fresh store (and recovery directory) each round: one left by the round before
     # would resume at the end of the topics and read nothing
@@ -110,7 +112,8 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
     args = [PY, "-m", "archwatch.cli", "run", "--db", str(tmp / f"db-run-{name}"),
             "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
             "-w", str(workers), *([] if recovery else ["--no-recovery"]),
-            "--partitions", str(PARTITIONS), "--receivers", str(receivers)]
+            "--partitions", str(PARTITIONS), "--receivers", str(receivers),
+            *(["--epoch-interval", str(epoch_interval)] if epoch_interval else [])]
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     t_first = None
@@ -135,7 +138,8 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
         stop_process(proc, 60)
     outcomes = {k.split('"')[1]: int(v) for k, v in m.items()
                 if k.startswith("archwatch_events_total{")}
-    return {"workers": workers, "recovery": recovery, "events": total, "outcomes": outcomes,
+    return {"workers": workers, "recovery": recovery, "epoch_interval": epoch_interval,
+            "events": total, "outcomes": outcomes,
             "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
 
 
@@ -263,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts of `archwatch run`")
     ap.add_argument("--recovery", action="store_true",
                     help="also `archwatch run -w 1` with recovery on (the product's default:"
-                         " synchronous writes, a snapshot of every changed shard each epoch)")
+                         " all of an epoch's rows written before Bytewax commits it, a"
+                         " snapshot of every changed shard each epoch)")
+    ap.add_argument("--recovery-epochs", dest="recovery_epochs", default="1",
+                    help="with --recovery: the `--epoch-interval`s to run it with, in seconds"
+                         " (default 1, the product's)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of (a)-(c), interleaved; the table shows the median round"
                          " (by run -w 1's ratio) and every round's ratios")
@@ -318,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         for w in (int(x) for x in args.workers.split(",") if x):
             print(f"(b) archwatch run -w {w} ...", flush=True)
             runs.append(archwatch_run(tmp, prefix, w, n, receivers))
-        if args.recovery:
-            print("(b) archwatch run -w 1, recovery on ...", flush=True)
-            runs.append(archwatch_run(tmp, prefix, 1, n, receivers, recovery=True))
+        for epoch in (float(x) for x in args.recovery_epochs.split(",") if args.recovery):
+            print(f"(b) archwatch run -w 1, recovery on, {epoch:g} s epochs ...", flush=True)
+            runs.append(archwatch_run(tmp, prefix, 1, n, receivers, recovery=True,
+                                      epoch_interval=epoch))
         print("(c) archwatch replay ...", flush=True)
         rep = run_worker("ingest.py", ["--worker", "replay", "--events", str(events),
                                        "--db", str(tmp / f"db-replay-{rnd}"), "--as-of",
@@ -356,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         measured.append({**r, "rate": rate, "per_worker": per, "ratio": rate / base_rate,
                          "per_worker_met": ok_w, "ratio_met": ok_r})
         rows.append([f"(b) archwatch run -w {r['workers']}"
-                     + (", recovery on" if r["recovery"] else ""), r["workers"], rate,
+                     + (f", recovery on, {r['epoch_interval']:g} s epochs"
+                        if r["recovery"] else ""), r["workers"], rate,
                      n / r["total_s"], per, rate / base_rate,
                      spread(lambda x, i=i: x["bare"]["steady_s"] / x["runs"][i]["steady_s"]),
                      target(ok_w), target(ok_r)])
