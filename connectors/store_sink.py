@@ -587,19 +587,14 @@ class EpochStoreSink(FixedPartitionedSink[Any, None]):
     def __init__(self, store: Store, tally: Tally, on_rejects: RejectHandler, parts: int,
                  max_rows: int = 50_000, max_delay: float = 0.2,
                  refresh_every: float | None = 0.0) -> None:
-        self.store = store
-        self.tally = tally
-        self.on_rejects = on_rejects
         self.parts = parts
-        self.max_rows = max_rows
-        self.max_delay = max_delay
-        self.refresh_every = refresh_every
+        self._partition = partial(_Partition, store, tally, on_rejects, max_rows, max_delay,
+                                  synchronous=False, refresh_every=refresh_every,
+                                  alerts_first=True)
 
     def list_parts(self) -> list[str]:
         return [f"{i:03d}" for i in range(self.parts)]
 
     def build_part(self, step_id: str, for_part: str,
                    resume_state: None) -> _EpochPartition:
-        return _EpochPartition(_Partition(
-            self.store, self.tally, self.on_rejects, self.max_rows, self.max_delay,
-            synchronous=False, refresh_every=self.refresh_every, alerts_first=True))
+        return _EpochPartition(self._partition())
