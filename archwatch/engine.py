@@ -113,6 +113,13 @@ class Reconcile:
 
 
 @dataclass(frozen=True, slots=True)
+class WallTick:
+    """The wall clock (epoch ms), live: deadlines fire on it while the topics are idle."""
+
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
 class Registrations:
     """The receivers registrations in force (live: polled from the registry)."""
 

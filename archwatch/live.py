@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -22,12 +23,15 @@ from bytewax.testing import cluster_main
 from archwatch import rollup
 from archwatch.connectors.kafka import DeadLetters, KafkaRecords, KafkaSettings
 from archwatch.connectors.store_sink import EpochStoreSink, StoreSink, Tally
-from archwatch.dataflows.reconcile import build_flow, engine_gc, wall_ticks
-from archwatch.engine import VersionClock
+from archwatch.dataflows.reconcile import build_flow, engine_gc
+from archwatch.engine import Registrations, VersionClock, WallTick
 from archwatch.migrate import migrate
+from archwatch.receivers import Registration
+from archwatch.registry import RegistryPoll
 from archwatch.replay import register_receivers
 from archwatch.settings import EngineSettings
 from archwatch.store import Store
+from archwatch.timeutil import now_ms
 
 log = logging.getLogger("archwatch.live")
 
@@ -54,7 +58,8 @@ KPI_ITEM_REFRESH = 1.0
 
 def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                     tally: Tally) -> Any:
-    source = KafkaRecords(opts.kafka.brokers, opts.kafka.topics, batch_size=5000)
+    source = KafkaRecords(opts.kafka.brokers, opts.kafka.topics, batch_size=5000,
+                          side=LiveSide(RegistryPoll(store), opts.tick))
     # Writes overlap the dataflow's work as in a replay (buffered for flush_delay). With
     # recovery, every row of an epoch must also be in the store before Bytewax commits the
     # epoch (its input is not read again): the sink waits for its writes when an epoch
@@ -71,11 +76,34 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
                          synchronous=opts.recovery_dir is not None,
                          refresh_every=KPI_ITEM_REFRESH, alerts_first=True)
     from archwatch.eventlog import store_digests, store_loader
-    from archwatch.registry import registry_source
 
-    return build_flow(source, sink, settings, ticks=wall_ticks(opts.tick), clock=VersionClock(),
-                      registrations=registry_source(store), loader=store_loader(store),
+    return build_flow(source, sink, settings, clock=VersionClock(), loader=store_loader(store),
                       digests=store_digests(store), parts=source.progress_parts())
+
+
+class LiveSide:
+    """The live input's side items (connectors.kafka.KafkaRecords ``side``): a wall-clock
+    tick every ``tick`` (each reaches every shard: ten a second are enough) and the
+    receivers' registrations when they change. Called at every wake of the side
+    partition (INPUT_WAKE)."""
+
+    def __init__(self, registry: Callable[[], dict[str, Registration] | None],
+                 tick: timedelta, now: Callable[[], int] = now_ms) -> None:
+        self.registry = registry
+        self.tick_ms = tick.total_seconds() * 1000
+        self.now = now
+        self.last: int | None = None
+
+    def __call__(self) -> list[WallTick | Registrations]:
+        items: list[WallTick | Registrations] = []
+        t = self.now()
+        if self.last is None or t - self.last >= self.tick_ms:
+            self.last = t
+            items.append(WallTick(t))
+        regs = self.registry()
+        if regs is not None:
+            items.append(Registrations(regs))
+        return items
 
 
 def prepare_recovery(path: Path, workers: int,

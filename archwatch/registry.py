@@ -1,7 +1,7 @@
 """The receivers registry: who must send heartbeats, how often, and with which key.
 
 Rows live in the ``receiver`` table; the live dataflow polls it (see
-:func:`registry_source`), so a registration made through the API reaches the receiver
+:class:`RegistryPoll`), so a registration made through the API reaches the receiver
 shards within a second, the same way a replay's receivers file does at start.
 """
 
@@ -12,7 +12,6 @@ import hmac
 import secrets
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
 
 from archwatch.engine import VersionClock
 from archwatch.receivers import (
@@ -112,32 +111,26 @@ def active_registrations(store: Store) -> dict[str, Registration]:
     return {rid: e.registration() for rid, e in Registry(store).all().items() if not e.paused}
 
 
-def registry_source(store: Store, every: timedelta = timedelta(seconds=1),
-                    wake: timedelta = timedelta(milliseconds=100)) -> Any:
-    """A Bytewax input that emits the registrations in force whenever they change.
+class RegistryPoll:
+    """The registrations in force, read from the store at most every ``every``: each call
+    gives them when they changed since the last, else None (the live input's side
+    partition calls it at every wake: see connectors.kafka.KafkaRecords)."""
 
-    It reads the store every ``every`` but wakes every ``wake``: Bytewax advances an
-    input's epoch only when the input is awake, and an input lets no new data in until
-    the whole dataflow has finished the previous epoch; so an input sleeping for a second
-    held every other input, the wall-clock ticks included, for up to a second (measured:
-    RECEIVER_DOWN visible up to 1.9 s after its deadline)."""
-    import time
+    def __init__(self, store: Store, every: timedelta = timedelta(seconds=1)) -> None:
+        self.store = store
+        self.every = every.total_seconds()
+        self.last: dict[str, Registration] | None = None
+        self.read_at = float("-inf")
 
-    from bytewax.inputs import SimplePollingSource
+    def __call__(self) -> dict[str, Registration] | None:
+        import time
 
-    class _Poll(SimplePollingSource[dict[str, Registration], None]):
-        last: dict[str, Registration] | None = None
-        read_at = float("-inf")
-
-        def next_item(self) -> dict[str, Registration] | None:
-            now = time.monotonic()
-            if now - self.read_at < every.total_seconds():
-                return None  # nothing emitted; awake again after ``wake``
-            self.read_at = now
-            regs = active_registrations(store)
-            if regs == self.last:
-                return None
-            self.last = regs
-            return regs
-
-    return _Poll(wake)
+        now = time.monotonic()
+        if now - self.read_at < self.every:
+            return None
+        self.read_at = now
+        regs = active_registrations(self.store)
+        if regs == self.last:
+            return None
+        self.last = regs
+        return regs

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 
 from archwatch.receivers import Registration
 from archwatch.rules import Sla
 
 DEFAULT_SHARDS = 32
+
+# How often the live input's partitions wake when they have nothing to give (the Kafka
+# partitions, and the side partition with the wall-clock ticks and registrations: see
+# connectors.kafka.KafkaRecords). Bytewax advances a partition's epoch only when it is
+# awake (at the first wake one epoch interval after its last advance), and lets it read
+# past an epoch only once the whole dataflow has finished that epoch; the partition
+# ahead then waits, re-activated at once in a loop. With the ticks and the registry as
+# inputs of their own, waking every 100 ms, their epochs drifted against the Kafka
+# partitions' and the partitions waited for them most of each epoch: an idle `archwatch
+# run` took a full core, and an idle partition was polled ≈ 5 times a second instead of
+# 100 (a record waited up to a second to be read). Partitions of one input, built
+# together and woken alike, advance together.
+INPUT_WAKE = timedelta(milliseconds=10)
 
 
 @dataclass(frozen=True)

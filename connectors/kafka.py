@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -18,6 +18,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from archwatch import metrics
 from archwatch.engine import Progress
 from archwatch.models import TOPIC_OF_TYPE, Reject
+from archwatch.settings import INPUT_WAKE
 
 log = logging.getLogger("archwatch.kafka")
 
@@ -183,8 +184,9 @@ class DeadLetters:
 
 
 # An idle partition is polled again this much later (consume() does not wait: a partition
-# with nothing new must not hold up the others of the worker, as a wait per poll does).
-IDLE_POLL = timedelta(milliseconds=10)
+# with nothing new must not hold up the others of the worker, as a wait per poll does);
+# the same for every live input (see INPUT_WAKE).
+IDLE_POLL = INPUT_WAKE
 
 
 class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
@@ -208,11 +210,12 @@ class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
     so a recovery store written by it resumes here."""
 
     def __init__(self, brokers: str, topics: list[str], batch_size: int = 5000,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, side: Callable[[], list[Any]] | None = None) -> None:
         self.brokers = brokers
         self.topics = list(topics)
         self.batch_size = batch_size
         self.timeout = timeout
+        self.side = side
 
     def list_parts(self) -> list[str]:
         md = AdminClient({"bootstrap.servers": self.brokers}).list_topics(timeout=self.timeout)
@@ -223,14 +226,18 @@ class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
                 raise KafkaException(f"topic {topic!r} is not on {self.brokers}"
                                      f"{'' if t is None else f': {t.error}'}")
             parts.extend(f"{i}-{topic}" for i in sorted(t.partitions))
-        return parts
+        return [*parts, SIDE_PART] if self.side is not None else parts
 
     def progress_parts(self) -> frozenset[str]:
         """The names the progress marks use ("topic/partition"), for the clock step."""
-        return frozenset(_mark_name(*_topic_index(p)) for p in self.list_parts())
+        return frozenset(_mark_name(*_topic_index(p)) for p in self.list_parts()
+                         if p != SIDE_PART)
 
     def build_part(self, step_id: str, for_part: str,
-                   resume_state: int | None) -> _KafkaPartition:
+                   resume_state: int | None) -> StatefulSourcePartition[tuple[Any, Any], Any]:
+        if for_part == SIDE_PART:
+            assert self.side is not None
+            return _SidePartition(self.side)
         topic, idx = _topic_index(for_part)
         consumer = Consumer({
             "bootstrap.servers": self.brokers,
@@ -239,6 +246,30 @@ class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
             "enable.partition.eof": False,
         })
         return _KafkaPartition(consumer, topic, idx, resume_state, self.batch_size)
+
+
+# The partition that carries the side items (``side``: the wall-clock ticks, the
+# registrations), beside the Kafka partitions ("{index}-{topic}" never reads so).
+SIDE_PART = "side"
+
+
+class _SidePartition(StatefulSourcePartition[tuple[Any, Any], None]):
+    """What the live dataflow needs besides the records, as ``(None, item)`` items of the
+    same input. As an input of its own it drifted against the Kafka partitions' epochs,
+    and Bytewax then held the partitions ahead, spinning, until it caught up: one input
+    keeps them in step (see INPUT_WAKE)."""
+
+    def __init__(self, side: Callable[[], list[Any]]) -> None:
+        self.side = side
+
+    def next_batch(self) -> list[tuple[Any, Any]]:
+        return [(None, item) for item in self.side()]
+
+    def next_awake(self) -> datetime | None:
+        return datetime.now(UTC) + IDLE_POLL
+
+    def snapshot(self) -> None:
+        return None
 
 
 def _topic_index(part: str) -> tuple[str, int]:

@@ -28,7 +28,6 @@ import gc
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -53,6 +52,7 @@ from archwatch.engine import (
     Registrations,
     Retirement,
     VersionClock,
+    WallTick,
     Watermark,
 )
 from archwatch.eventlog import RECEIVER_TYPES
@@ -346,15 +346,18 @@ def build_flow(
     source: Source[tuple[str | bytes, str]],
     sink: Sink[Any],
     settings: EngineSettings,
-    ticks: Source[datetime] | None = None,
     clock: VersionClock | None = None,
-    registrations: Source[Any] | None = None,
     loader: Loader | None = None,
     wall_ms: Callable[[], int] = now_ms,
     digests: DigestLookup | None = None,
     parts: frozenset[str] = frozenset(),
 ) -> Dataflow:
     """The reconciliation dataflow over ``source`` (items: ``(record, position)``).
+
+    Live, the source also gives ``(None, item)`` side items, in the same input as the
+    records (see connectors.kafka.KafkaRecords): a :class:`WallTick` (the wall clock, for
+    deadlines while the topics are idle) and :class:`Registrations` (the receivers'
+    registrations in force, when they change), besides the progress marks below.
 
     ``parts``: the source's partitions, when it sends a :class:`Progress` item ``(None,
     Progress)`` for each at every epoch's end (live on Kafka): the clock step then holds
@@ -383,9 +386,12 @@ def build_flow(
     def parse_keyed(batch: list[tuple[Any, Any]]) -> list[tuple[str, Any]]:
         out: list[tuple[str, Any]] = []
         for raw, pos in batch:
-            if raw is None:  # a partition's progress at the last epoch's end: what it had
-                # delivered is all parsed before this mark, which comes first in its batch
-                out.append((CLOCK_KEY, Progress(pos.part, pos.caught_up, tops.get(pos.part))))
+            if raw is None:
+                if type(pos) is Progress:  # a partition's progress at the last epoch's end:
+                    # what it had delivered is all parsed before this mark, which comes
+                    # first in its batch
+                    pos = Progress(pos.part, pos.caught_up, tops.get(pos.part))
+                out.append((CLOCK_KEY, pos))  # a side item (through dedup, as rejects go)
                 continue
             rec = parse_record(raw, pos)
             # a reject only passes through the dedup step on its way to the sink
@@ -414,19 +420,17 @@ def build_flow(
     def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, Any]]]:
         ats = [v.event.occurredAt for _k, v in batch if type(v) is Envelope]
         out: list[tuple[str, tuple[str, Any]]] = [(CLOCK_KEY, ("event", max(ats)))] if ats else []
-        if parts:  # the progress marks (passed through the dedup step, as rejects are)
-            out.extend((CLOCK_KEY, ("part", v)) for _k, v in batch if type(v) is Progress)
+        for _k, v in batch:  # side items (passed through the dedup step, as rejects are)
+            kind = type(v)
+            if kind is WallTick:
+                out.append((CLOCK_KEY, ("wall", v.at)))
+            elif kind is Progress and parts:
+                out.append((CLOCK_KEY, ("part", v)))
         return out
 
     maxima = op.flat_map_batch("batch_max", deduped, batch_max)
-    clock_in = maxima
-    if ticks is not None:
-        tick_stream = op.input("ticks", flow, ticks)
-        wall = op.map("wall", tick_stream,
-                      lambda t: (CLOCK_KEY, ("wall", int(t.timestamp() * 1000))))
-        clock_in = op.merge("clock_in", maxima, wall)
     marks = op.key_rm("clock_out", op.stateful_batch(
-        "clock", clock_in,
+        "clock", maxima,
         _ShardLogic.builder(lambda: _Clock(settings, parts), eof=lambda c: c.end(),
                             recovery=rec),
     ))
@@ -460,16 +464,18 @@ def build_flow(
     ), out)
 
     # --- receivers (live: registrations polled from the registry reach every shard)
-    def receiver_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Envelope]]:
-        return [(shard_of(v.event.receiverId, n), v) for _k, v in batch
-                if type(v) is Envelope and v.event.type in RECEIVER_TYPES]
+    def receiver_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        out: list[tuple[str, Any]] = []
+        for _k, v in batch:
+            if type(v) is Envelope:
+                if v.event.type in RECEIVER_TYPES:
+                    out.append((shard_of(v.event.receiverId, n), v))
+            elif type(v) is Registrations:  # live: they reach every shard
+                out.extend((k, v) for k in shard_keys)
+        return out
 
-    recv_streams = [op.flat_map_batch("key_receiver", deduped, receiver_keyed), broadcast]
-    if registrations is not None:
-        recv_streams.append(op.flat_map(
-            "registrations", op.input("registry", flow, registrations),
-            lambda regs: [(k, Registrations(regs)) for k in shard_keys]))
-    recv_in = op.merge("recv_in", *recv_streams)
+    recv_in = op.merge("recv_in", op.flat_map_batch("key_receiver", deduped, receiver_keyed),
+                       broadcast)
     recv_rows = op.flat_map_batch("receivers_out", op.stateful_batch(
         "receivers", recv_in,
         _ShardLogic.builder(
@@ -503,14 +509,3 @@ def engine_gc(threshold: int = 50_000) -> Iterator[None]:
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
-
-
-def wall_ticks(interval: timedelta = timedelta(milliseconds=100)) -> Source[datetime]:
-    """A clock input for live mode: the wall-clock time, every ``interval``."""
-    from bytewax.inputs import SimplePollingSource
-
-    class _Ticks(SimplePollingSource[datetime, None]):
-        def next_item(self) -> datetime:
-            return datetime.now(UTC)
-
-    return _Ticks(interval)

@@ -111,3 +111,26 @@ def test_an_empty_partition_is_caught_up() -> None:
         assert part.next_awake() is not None  # idle: polled again later, not in a loop
     finally:
         part.close()
+
+
+def test_the_side_items_come_from_a_partition_of_the_same_input() -> None:
+    """Live, the wall-clock ticks and the registrations are a partition of this input, not
+    inputs of their own (whose epochs drifted against the partitions': see INPUT_WAKE):
+    listed after the topics' partitions, never a progress mark's name, woken as often."""
+    from datetime import UTC, datetime
+
+    from archwatch.connectors.kafka import IDLE_POLL, SIDE_PART
+
+    topic = topic_with(0, prefix_for("side"))
+    calls = iter([["tick"], [], ["tick", "regs"]])
+    src = KafkaRecords(BROKERS, [topic], side=lambda: next(calls))
+    assert src.list_parts() == [f"0-{topic}", SIDE_PART]
+    assert src.progress_parts() == frozenset({f"{topic}/0"})
+    side = src.build_part("in", SIDE_PART, None)
+    assert side.next_batch() == [(None, "tick")]
+    assert side.next_batch() == []
+    assert side.next_batch() == [(None, "tick"), (None, "regs")]
+    assert side.snapshot() is None
+    awake = side.next_awake()
+    assert awake is not None and awake <= datetime.now(UTC) + IDLE_POLL
+    assert KafkaRecords(BROKERS, [topic]).list_parts() == [f"0-{topic}"]  # a replay's
