@@ -79,11 +79,11 @@ class _Slow(ChdbStore):
     """Every INSERT takes a while: rows a sink has not waited for are not in yet."""
 
     def insert(self, table: str, rows: Any) -> None:
-        time.sleep(0.15)
+        time.sleep(0.3)
         super().insert(table, rows)
 
     def insert_columns(self, table: str, columns: Any) -> None:
-        time.sleep(0.15)
+        time.sleep(0.3)
         super().insert_columns(table, columns)
 
 
@@ -101,10 +101,8 @@ def test_the_epoch_sink_waits_at_the_epoch_close_not_per_batch(tmp_path) -> None
         sink = EpochStoreSink(store, Tally(), lambda _r: None, parts=2, max_delay=0.05)
         assert sink.list_parts() == ["000", "001"]
         part = sink.build_part("s", "001", None)
-        started = time.monotonic()
         part.write_batch([Chunk(items[:10]), *items[10:]])  # the flow's chunks, or values
-        assert time.monotonic() - started < 0.15  # no INSERT waited for
-        assert _counts(store) != want
+        assert _counts(store) != want  # not waited for (five INSERTs take 1.5 s)
         assert part.snapshot() is None  # nothing to resume from: the rows are the state
         assert _counts(store) == want
         part.close()
