@@ -413,8 +413,8 @@ def build_flow(
         "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec))
     # A FixedPartitionedSink routes by key: its items keep the key of the shard that made
     # them (its partition then gets a shard's items in order); any other sink gets values.
-    out = _chunks_by_key if isinstance(sink, FixedPartitionedSink) else _chunk
-    to_sink = op.flat_map_batch("dedup_sink", deduped, out)  # the Envelopes too
+    sink_items = _chunks_by_key if isinstance(sink, FixedPartitionedSink) else _chunk
+    to_sink = op.flat_map_batch("dedup_sink", deduped, sink_items)  # the Envelopes too
 
     # --- clock: event-time maximum per batch, wall ticks (live), end of input
     def batch_max(batch: list[tuple[str, Any]]) -> list[tuple[str, tuple[str, Any]]]:
@@ -450,7 +450,8 @@ def build_flow(
                             recovery=rec, fresh_reconcile=settings.live, stage="cases"),
     )
     case_rows = op.flat_map_batch(
-        "cases_sink", case_out, lambda b: out([kv for kv in b if type(kv[1]) is not ReceiptFact]))
+        "cases_sink", case_out,
+        lambda b: sink_items([kv for kv in b if type(kv[1]) is not ReceiptFact]))
     archive_in = op.merge(
         "archive_in",
         op.flat_map_batch("key_archive_no", case_out, lambda b: [
@@ -461,7 +462,7 @@ def build_flow(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
                             fresh_reconcile=settings.live, stage="archive_nos"),
-    ), out)
+    ), sink_items)
 
     # --- receivers (live: registrations polled from the registry reach every shard)
     def receiver_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -482,7 +483,7 @@ def build_flow(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers,
                                   settings.flap, own_time=not parts), recovery=rec,
             fresh_reconcile=settings.live, stage="receivers"),
-    ), out)
+    ), sink_items)
 
     everything = op.merge(
         "all_out", to_sink, case_rows, archive_rows, recv_rows,
