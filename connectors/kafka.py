@@ -183,12 +183,6 @@ class DeadLetters:
         self.prod.flush()
 
 
-# An idle partition is polled again this much later (consume() does not wait: a partition
-# with nothing new must not hold up the others of the worker, as a wait per poll does);
-# the same for every live input (see INPUT_WAKE).
-IDLE_POLL = INPUT_WAKE
-
-
 class KafkaRecords(FixedPartitionedSource[tuple[Any, Any], int]):
     """The live source: every partition of ``topics``, from the start (or the offset in
     Bytewax's recovery). Items are the dataflow's ``(record bytes, "topic/partition/
@@ -266,7 +260,7 @@ class _SidePartition(StatefulSourcePartition[tuple[Any, Any], None]):
         return [(None, item) for item in self.side()]
 
     def next_awake(self) -> datetime | None:
-        return datetime.now(UTC) + IDLE_POLL
+        return datetime.now(UTC) + INPUT_WAKE
 
     def snapshot(self) -> None:
         return None
@@ -345,7 +339,9 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
         return lo >= hi
 
     def next_awake(self) -> datetime | None:
-        return datetime.now(UTC) + IDLE_POLL if self.idle else None
+        # an idle partition is polled again after INPUT_WAKE (consume() does not wait: a
+        # partition with nothing new must not hold up the others of the worker)
+        return datetime.now(UTC) + INPUT_WAKE if self.idle else None
 
     def snapshot(self) -> int:
         """Called by Bytewax as each epoch ends (with or without recovery): the offset to

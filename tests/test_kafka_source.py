@@ -119,7 +119,9 @@ def test_the_side_items_come_from_a_partition_of_the_same_input() -> None:
     listed after the topics' partitions, never a progress mark's name, woken as often."""
     from datetime import UTC, datetime
 
-    from archwatch.connectors.kafka import IDLE_POLL, SIDE_PART
+    from archwatch.connectors.kafka import SIDE_PART
+
+    from archwatch.settings import INPUT_WAKE
 
     topic = topic_with(0, prefix_for("side"))
     calls = iter([["tick"], [], ["tick", "regs"]])
@@ -132,5 +134,5 @@ def test_the_side_items_come_from_a_partition_of_the_same_input() -> None:
     assert side.next_batch() == [(None, "tick"), (None, "regs")]
     assert side.snapshot() is None
     awake = side.next_awake()
-    assert awake is not None and awake <= datetime.now(UTC) + IDLE_POLL
+    assert awake is not None and awake <= datetime.now(UTC) + INPUT_WAKE
     assert KafkaRecords(BROKERS, [topic]).list_parts() == [f"0-{topic}"]  # a replay's
