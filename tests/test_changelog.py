@@ -1,0 +1,106 @@
+"""Snapshots that cost what changed (issue #10): a dict's or a queue's recovery snapshot is
+the blobs of its changes since the one before, on top of the earlier blobs; replayed, the
+latest snapshot is exactly the state when it was taken, whatever happened between."""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from archwatch import engine
+from archwatch.engine import ChangeLog, DedupShard, QueueLog, Retirement
+from archwatch.models import parse_record
+
+# ("set", key, value) | ("del", key) | ("push", value) | ("pop",) | ("snap",)
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 40), st.integers(0, 9)),
+    st.tuples(st.just("del"), st.integers(0, 40)),
+    st.tuples(st.just("push"), st.integers()),
+    st.tuples(st.just("pop")),
+    st.tuples(st.just("snap")),
+), max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ops, st.booleans())
+def test_the_latest_snapshot_replays_to_the_state_it_was_taken_at(ops: list[tuple[Any, ...]],
+                                                                  small: bool) -> None:
+    if small:  # compactions often, by entries and by blob count
+        engine._LOG_SLACK, engine._LOG_BLOBS = 3, 4
+    try:
+        d: dict[int, int] = {}
+        q: deque[int] = deque()
+        dlog, qlog = ChangeLog(), QueueLog()
+        changed: set[int] | None = None  # not tracked until the first snapshot
+        appended: list[int] | None = None
+        popped = 0
+        for op in ops:
+            if op[0] == "set":
+                d[op[1]] = op[2]
+            elif op[0] == "del":
+                d.pop(op[1], None)
+            elif op[0] == "push":
+                q.append(op[1])
+            elif op[0] == "pop" and q:
+                q.popleft()
+                popped += 1
+            if op[0] in ("set", "del") and changed is not None:
+                changed.add(op[1])
+            if op[0] == "push" and appended is not None:
+                appended.append(op[1])
+            if op[0] == "snap":
+                delta = None if changed is None else {k: d.get(k) for k in changed}
+                blobs, entries = dlog.snapshot(
+                    len(d), None if delta is None else (lambda: delta), lambda: d)  # noqa: B023
+                qblobs, dropped = qlog.snapshot(q, appended, popped)
+                changed, appended, popped = set(), [], 0
+                # what a restore gets back, from these blobs alone
+                assert ChangeLog.replay(pickle.loads(pickle.dumps(blobs))) == d
+                assert list(QueueLog.replay(qblobs, dropped)) == list(q)
+                # the blobs stay within a constant of the state
+                assert entries <= 2 * len(d) + engine._LOG_SLACK
+                assert len(blobs) <= engine._LOG_BLOBS
+                assert dropped <= len(q) + engine._LOG_SLACK
+    finally:
+        engine._LOG_SLACK, engine._LOG_BLOBS = 4096, 64
+
+
+def _env(i: int, day: int = 0) -> Any:
+    rec = parse_record(
+        f'{{"eventId":"ev-{i:06d}","type":"province.pushed",'
+        f'"occurredAt":"2024-11-{1 + day:02d}T08:00:00Z","source":"ZJ-PROVINCE",'
+        f'"caseNo":"HZ2024110100{i:06d}","batchNo":"B1","targetQym":"330102"}}', f"t/0/{i}")
+    assert not hasattr(rec, "reason"), rec
+    return rec
+
+
+def test_a_dedup_shard_snapshot_after_a_few_events_writes_only_those() -> None:
+    """Ten thousand ids, a snapshot, then ten more: the next snapshot adds a blob of those
+    ten. Then the ten thousand retire: the log is compacted to what is held. Restored from
+    each, the shard holds what the original does."""
+    sh = DedupShard(Retirement(lambda ids: {}, after_ms=86_400_000, min_wall_ms=0), lambda: 0)
+
+    def add(envs: list[Any]) -> bytes:
+        sh.classify_batch(envs)
+        for e in envs:
+            sh.logged(e)
+        sh.retire_due()
+        blob = pickle.dumps(sh)
+        restored = pickle.loads(blob)
+        # what its decisions read: the ids held, the queue, the retired ids' filter
+        assert restored.seen == sh.seen and list(restored.queue) == list(sh.queue)
+        assert pickle.dumps(restored.retired) == pickle.dumps(sh.retired)
+        return blob
+
+    add([_env(i) for i in range(10_000)])
+    add([_env(i) for i in range(10_000, 10_010)])
+    for log in (sh._seen_log, sh._queue_log):
+        assert len(log.blobs) == 2 and len(log.blobs[1]) * 100 < len(log.blobs[0])
+    add([_env(i, day=2) for i in range(10_010, 10_020)])  # day 3: days 1's ids retire
+    assert len(sh.seen) == 10
+    for log in (sh._seen_log, sh._queue_log):
+        assert len(log.blobs) == 1 and len(log.blobs[0]) < 1000
