@@ -698,9 +698,15 @@ class Eviction:
 # deadline touches it again. A snapshot then packs only the cases changed since the one
 # before and copies the others' bytes, and an idle open case (most of them: they wait
 # weeks for their archive deadline) takes a third of the memory of its objects.
-# Form 1 (_PACKED: every case packed at each snapshot) and pickled objects still restore.
+# Form 3 (_CASES_LOG) writes only those: the packed cases go as a ChangeLog (the blobs of
+# the snapshots before, and one of the cases packed or evicted since), and the deadline
+# heap not at all (a restore rebuilds it from the cases' next deadlines: the entries
+# that are not stale). Both were marshalled whole at every epoch, ≈ 0.5 µs a case.
+# Forms 2, 1 (_PACKED: every case packed at each snapshot) and pickled objects still
+# restore.
 _PACKED = "shard-marshal-1"
 _PACKED_CASES = "shard-marshal-2"
+_CASES_LOG = "shard-marshal-3"
 _ANOMALY_FIELDS = tuple(f.name for f in dataclass_fields(Anomaly))
 # KpiAcc's fields, in the order pack_shard writes them
 assert tuple(f.name for f in dataclass_fields(KpiAcc)) == (
@@ -903,6 +909,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         self.own_time = own_time
         self.evicted: set[str] = set()
         self.settled: deque[tuple[int, int, str]] = deque()
+        self._untracked()
         self.evictions = self.reloads = 0
         self.shards = shards
         self.src = ""  # "c<shard>", learnt from the first case (Bytewax builders get no key)
@@ -910,6 +917,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         self.clock = clock
         self.wall_ms = wall_ms
         self.cases: dict[str, CaseState | bytes] = {}
+        self._cases_log = ChangeLog()  # their snapshots (see _CASES_LOG)
         self.refs = _Refs()  # the shared tuples packed cases name by number
         # what was unpacked or added since the last cool() (None: not tracked, see there)
         self.hot: set[str] | None = None
@@ -920,27 +928,67 @@ class CaseShard(_Deadlines, _Snapshottable):
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
 
-    # (``cases`` is packed on its own, below; these grow with the settled and evicted)
+    # (``cases`` is packed on its own, below.) The numbers of every case evicted so far,
+    # and the settled cases waiting for eviction, as logs of their changes (ChangeLog):
+    # the first only grows in a long run.
     _PLAIN = ("evicted", "settled")
+    _TRACKING = ("_evicted_log", "_settled_log", "_evicted_changed", "_settled_in",
+                 "_settled_out")
 
     def _plain(self) -> list[Any]:
-        return [self.evicted, list(self.settled)]
+        changed, self._evicted_changed = self._evicted_changed, []
+        settled_in, out, self._settled_in, self._settled_out = (
+            self._settled_in, self._settled_out, [], 0)
+        evicted = self.evicted
+        changes = None if changed is None else (
+            lambda: {c: True if c in evicted else None for c in changed})
+        return [self._evicted_log.snapshot(len(evicted), changes,
+                                           lambda: dict.fromkeys(evicted, True)),
+                self._settled_log.snapshot(self.settled, settled_in, out)]
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
-        return {"evicted": values[0], "settled": deque(values[1])}
+        (ev_blobs, entries), (settled_blobs, dropped) = values
+        return {"evicted": set(ChangeLog.replay(ev_blobs)),
+                "_evicted_log": ChangeLog(ev_blobs, entries),
+                "settled": QueueLog.replay(settled_blobs, dropped),
+                "_settled_log": QueueLog(settled_blobs, dropped),
+                "_evicted_changed": [], "_settled_in": [], "_settled_out": 0}
+
+    def _untracked(self) -> None:
+        # changes tracked from the first snapshot on (never without recovery)
+        self._evicted_log, self._settled_log = ChangeLog(), QueueLog()
+        self._evicted_changed: list[str] | None = None
+        self._settled_in: list[tuple[int, int, str]] | None = None
+        self._settled_out = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        """Form 2: the cases and KPI accumulators changed since the last snapshot are packed
-        (and stay packed: see :meth:`cool`), the others' bytes are copied as they are."""
-        self.cool()
+        """Form 3: the cases and KPI accumulators changed since the last snapshot are packed
+        (and stay packed: see :meth:`cool`); the cases' log gets those and the evicted."""
+        tracked = self.hot is not None and self._evicted_changed is not None
+        packed = self.cool()
+        gone = list(self._evicted_changed or ())  # evicted or reloaded since the last
         state = super().__getstate__()
-        state["cases"] = (_PACKED_CASES, marshal.dumps(
-            (self.refs.packed(), self.cases, self.heap, list(self.kpi.values()))))
-        del state["heap"], state["kpi"], state["refs"], state["hot"], state["hot_kpi"]
+        cases = self.cases
+        changes = None if not tracked else (
+            lambda: {c: cases.get(c) for c in itertools.chain(packed, gone)})
+        blobs, entries = self._cases_log.snapshot(len(cases), changes, lambda: cases)
+        state["cases"] = (_CASES_LOG, marshal.dumps(
+            (self.refs.packed(), list(self.kpi.values()))), blobs, entries)
+        for name in ("heap", "kpi", "refs", "hot", "hot_kpi", "_cases_log"):
+            del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         packed = state.get("cases")
+        log = ChangeLog()
+        if type(packed) is tuple and packed[0] == _CASES_LOG:
+            table, accs = marshal.loads(packed[1])
+            cases = ChangeLog.replay(packed[2])
+            log = ChangeLog(packed[2], packed[3])
+            heap = [(nd, c) for c, blob in cases.items()
+                    if (nd := packed_deadline_settled(blob)[0]) is not None]
+            heapq.heapify(heap)
+            packed = (_PACKED_CASES, marshal.dumps((table, cases, heap, accs)))
         if type(packed) is tuple and packed[0] == _PACKED_CASES:
             table, cases, heap, accs = marshal.loads(packed[1])
             refs = _Refs.unpacked(table)
@@ -957,11 +1005,15 @@ class CaseShard(_Deadlines, _Snapshottable):
             if type(packed) is tuple and packed[0] == _PACKED:  # else pickled objects
                 state["cases"], state["heap"], state["kpi"] = unpack_shard(packed[1])
             state.update(refs=_Refs(), hot=None, hot_kpi=None)
+        state["_cases_log"] = log
         super().__setstate__(state)
+        if "_evicted_log" not in self.__dict__:  # an older form: logs from the next snapshot
+            self._untracked()
+            self._cases_log = ChangeLog()
 
-    def cool(self) -> None:
+    def cool(self) -> list[str]:
         """Pack the cases (and KPI accumulators) held as objects, those touched since the
-        last call, into bytes.
+        last call, into bytes; returns the numbers of the cases packed.
 
         A recovery snapshot calls it: it has to pack what changed anyway, and keeping the
         result means the next snapshot only copies an untouched case's bytes (≈ 2–3 µs)
@@ -981,13 +1033,14 @@ class CaseShard(_Deadlines, _Snapshottable):
             hot_kpi = [k for k in self.hot_kpi if type(kpi.get(k)) is KpiAcc]
         self.hot, self.hot_kpi = set(), set()
         if not hot and not hot_kpi:
-            return
+            return hot
         ref = self.refs.numberer()
         dumps = marshal.dumps
         for case_no in hot:
             cases[case_no] = dumps(case_row_packed(cases[case_no], ref))  # type: ignore[arg-type]
         for key in hot_kpi:
             kpi[key] = acc_packed(key, kpi[key], ref)  # type: ignore[arg-type]
+        return hot
 
     def state(self, case_no: str) -> CaseState | None:
         """A case's state as objects (unpacked, and held so, if it was packed)."""
@@ -1103,6 +1156,8 @@ class CaseShard(_Deadlines, _Snapshottable):
             if self.hot is not None:
                 self.hot.add(case_no)
             self.evicted.discard(case_no)
+            if self._evicted_changed is not None:
+                self._evicted_changed.append(case_no)
             self.reloads += 1
 
     def _evict(self, wm: int) -> None:
@@ -1112,6 +1167,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         q = self.settled
         while q and q[0][0] <= wm - ev.after_ms and q[0][1] <= now - ev.min_wall_ms:
             settled_wm, settled_wall, case_no = q.popleft()
+            self._settled_out += 1
             st = self.cases.get(case_no)
             if st is None:
                 continue
@@ -1122,6 +1178,8 @@ class CaseShard(_Deadlines, _Snapshottable):
             if next_deadline is None and settled == (settled_wm, settled_wall):
                 del self.cases[case_no]
                 self.evicted.add(case_no)
+                if self._evicted_changed is not None:
+                    self._evicted_changed.append(case_no)
                 self.evictions += 1
 
     def _reevaluate(
@@ -1185,7 +1243,10 @@ class CaseShard(_Deadlines, _Snapshottable):
         st.next_deadline = next_deadline
         if next_deadline is None and self.eviction is not None:
             st.settled = (wm, self.wall_ms())
-            self.settled.append((*st.settled, facts.case_no))
+            entry = (*st.settled, facts.case_no)
+            self.settled.append(entry)
+            if self._settled_in is not None:
+                self._settled_in.append(entry)
 
     def anomalies_held(self) -> Iterator[Anomaly]:
         for st in self.states():

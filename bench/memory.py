@@ -8,7 +8,7 @@ rows are dropped as the sink would ship them.
 
 Baseline, measured in the same run (each in a fresh interpreter): RSS growth of the same
 number of plain dicts ``{caseNo: None}``. Also reported: one dict of all case numbers,
-and the pickled size of the case shards (what a recovery snapshot holds).
+and the pickled size of the case and event-id shards (what a recovery snapshot holds).
 
     .venv/bin/python bench/memory.py                # 200k cases, extrapolated to 1M
     .venv/bin/python bench/memory.py --cases 1000000
@@ -56,17 +56,19 @@ def completion_lines(catalog: list[Any], first: int, n: int) -> list[str]:
 
 
 def snapshot_all(eng: Any) -> tuple[int, float]:
-    """Pickle every case shard, as a recovery snapshot does: (bytes, seconds)."""
+    """Pickle every case and event-id shard, as a recovery snapshot does: (bytes, seconds).
+    (The event-id shards since session 13: their change logs stay in memory.)"""
     t0 = time.perf_counter()
     size = sum(len(pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
-               for sh in eng.cases.values())
+               for sh in (*eng.cases.values(), *eng.dedup.values()))
     return size, time.perf_counter() - t0
 
 
 def worker_engine(cases: int, recovery: bool = False) -> dict[str, Any]:
     """The engine's state for ``cases`` open cases. With ``recovery``, a snapshot of every
-    case shard after each batch (an epoch, as a live run with recovery takes them), which
-    leaves the cases packed until touched (CaseShard.cool)."""
+    case and event-id shard after each batch (an epoch, as a live run with recovery takes
+    them), which leaves the cases packed until touched (CaseShard.cool) and the shards'
+    change logs in memory (engine.ChangeLog)."""
     from archwatch.catalog import build_catalog
     from archwatch.harness import Engine
     from archwatch.settings import EngineSettings
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             engr["growth"]),
         row("baseline: N dicts {caseNo: None}", base["growth"]),
         row("one dict of N caseNo keys", one["growth"]),
-        row("pickled case shards (snapshot)", eng["snapshot_bytes"]),
+        row("pickled case + event-id shards (snapshot)", eng["snapshot_bytes"]),
     ]
     gib_per_m = eng["growth"] * per_m / GIB
     table(["what", "RSS growth MiB", "GiB per 1M cases", "bytes/case", "x baseline"], rows,
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{gib_per_m_r:.3f} GiB -> {target(gib_per_m_r < 1.0)}")
     snap_per_m = eng["snapshot_s"] * per_m
     copy_per_m = engr["snapshot_s"] * per_m
-    print(f"recovery snapshot of every case shard, {n:,} open cases:\n"
+    print(f"recovery snapshot of every case and event-id shard, {n:,} open cases:\n"
           f"  all cases changed since the last (each packed): {eng['snapshot_s']:.2f} s "
           f"({snap_per_m:.2f} s per million open cases)\n"
           f"  none changed (packed bytes copied): {engr['snapshot_s']:.2f} s "

@@ -22,9 +22,13 @@ from archwatch.timeutil import parse_ts
 
 def _contents(sh: CaseShard) -> object:
     """What a shard's state says, packed or not (bytes depend on which strings are interned
-    and on how shared tuples are numbered: compared as plain data)."""
-    return marshal.loads(pack_shard(dict(zip(sh.cases, sh.states(), strict=True)), sh.heap,
-                                    dict(sh.accs()))[1])
+    and on how shared tuples are numbered: compared as plain data, by case number). Of
+    the deadline heap, the entries that are each case's next deadline, in order (stale
+    ones are skipped when they come up, and a restore rebuilds the heap without them)."""
+    states = dict(sorted(zip(sh.cases, sh.states(), strict=True)))  # in any order
+    live = sorted({(d, c) for d, c in sh.heap
+                   if c in states and states[c].next_deadline == d})
+    return marshal.loads(pack_shard(states, live, dict(sh.accs()))[1])
 
 
 def _engines(tmp_path: Path, evict_after_ms: int | None) -> tuple[Engine, Engine, list[str]]:
@@ -106,8 +110,14 @@ def test_packing_at_every_snapshot_changes_nothing(tmp_path: Path,
         a.feed(lines[i:i + 300])
         b.feed(lines[i:i + 300])
         for sh in b.cases.values():
-            pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL)  # a snapshot: packs
+            blob = pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL)  # a snapshot: packs
             assert all(type(v) is bytes for v in (*sh.cases.values(), *sh.kpi.values()))
+            # the cases, the evicted and the settled go as logs of their changes: each
+            # snapshot (on top of the ones before) restores them as they are
+            restored = pickle.loads(blob)
+            assert restored.evicted == sh.evicted
+            assert list(restored.settled) == list(sh.settled)
+            assert _contents(restored) == _contents(sh)  # the cases' log, the heap rebuilt
             packed_seen = packed_seen or bool(sh.cases)
     assert packed_seen
     assert [_contents(sh) for sh in b.cases.values()] == \
