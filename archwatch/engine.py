@@ -983,16 +983,17 @@ class CaseShard(_Deadlines, _Snapshottable):
     def __setstate__(self, state: dict[str, Any]) -> None:
         packed = state.get("cases")
         log = ChangeLog()
-        if type(packed) is tuple and packed[0] == _CASES_LOG:
+        form = packed[0] if type(packed) is tuple else None
+        if form == _CASES_LOG:
             table, accs = marshal.loads(packed[1])
             cases = ChangeLog.replay(packed[2])
             log = ChangeLog(packed[2], packed[3])
             heap = [(nd, c) for c, blob in cases.items()
                     if (nd := packed_deadline_settled(blob)[0]) is not None]
             heapq.heapify(heap)
-            packed = (_PACKED_CASES, marshal.dumps((table, cases, heap, accs)))
-        if type(packed) is tuple and packed[0] == _PACKED_CASES:
+        elif form == _PACKED_CASES:
             table, cases, heap, accs = marshal.loads(packed[1])
+        if form in (_CASES_LOG, _PACKED_CASES):
             refs = _Refs.unpacked(table)
             kpi: dict[KpiKey, KpiAcc | bytes] = {}
             for b in accs:  # the key, named by its number, as the KpiKey the engine uses
@@ -1004,7 +1005,7 @@ class CaseShard(_Deadlines, _Snapshottable):
             state.update(cases=cases, refs=refs, heap=[tuple(x) for x in heap], kpi=kpi,
                          hot=set(), hot_kpi=set())
         else:
-            if type(packed) is tuple and packed[0] == _PACKED:  # else pickled objects
+            if form == _PACKED:  # else pickled objects
                 state["cases"], state["heap"], state["kpi"] = unpack_shard(packed[1])
             state.update(refs=_Refs(), hot=None, hot_kpi=None)
         state["_cases_log"] = log

@@ -99,6 +99,27 @@ def test_snapshots_of_the_objects_still_restore(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("evict_after_ms", [None, 3_600_000])
+def test_snapshots_of_form_2_still_restore(tmp_path: Path, evict_after_ms: int | None) -> None:
+    """Form 2 (sessions 5–12): every packed case, the deadline heap and the KPI blobs in
+    one marshal blob, the evicted and settled cases pickled as objects."""
+    a, _, lines = _engines(tmp_path, evict_after_ms)
+    for i in range(0, len(lines) * 3 // 5, 500):
+        a.feed(lines[i:i + 500])
+    for sh in a.cases.values():
+        sh.cool()
+        state = {k: v for k, v in _former_state(sh).items()
+                 if k not in (*CaseShard._TRACKING, "_cases_log", "heap", "kpi", "refs", "hot",
+                              "hot_kpi")}
+        state["cases"] = ("shard-marshal-2", marshal.dumps(
+            (sh.refs.packed(), sh.cases, sh.heap, list(sh.kpi.values()))))
+        restored = CaseShard.__new__(CaseShard)
+        restored.__setstate__(pickle.loads(pickle.dumps(state)))
+        assert _contents(restored) == _contents(sh)
+        assert restored.evicted == sh.evicted and list(restored.settled) == list(sh.settled)
+        pickle.dumps(restored)  # and its next snapshot is a form 3 one, written whole
+
+
+@pytest.mark.parametrize("evict_after_ms", [None, 3_600_000])
 def test_packing_at_every_snapshot_changes_nothing(tmp_path: Path,
                                                    evict_after_ms: int | None) -> None:
     """A live run with recovery snapshots every epoch: the cases it touched are packed,
