@@ -20,6 +20,7 @@ import itertools
 import marshal
 import time
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from archwatch.models import Envelope, ReceiverHeartbeat
 from archwatch.receivers import ReceiverFacts, Registration, alert_after, gap_ids, scan
 from archwatch.rules import (
     CLASS_OF_CODE,
+    SHARED_NO,
     Anomaly,
     CaseFacts,
     CaseRow,
@@ -48,6 +50,7 @@ from archwatch.rules import (
     evaluate_summary,
     kpi_of,
     row_of,
+    shared_key,
 )
 from archwatch.settings import shard_of
 from archwatch.timeutil import ch_time
@@ -782,8 +785,14 @@ def case_state_unpacked(case_no: str, row: CaseRowPacked,
 class _Refs:
     """Numbers for shared tuples (items, display names, KPI group keys), in a list that
     only grows: a catalogue has thousands of items, a shard millions of cases pointing at
-    them. Objects are numbered by identity through an index built for one packing pass
-    (:meth:`numberer`), not kept: kept, its int keys cost more than the tuples it spares."""
+    them.
+
+    A tuple's place is found through its process-wide number (``rules.SHARED_NO``) in
+    ``local``, an array of 4 bytes per shared tuple of the process (bounded by the
+    catalogue). Session 12 built an index of the whole table at every snapshot (≈ 0.25 ms
+    a shard at 3,400 tuples, the one snapshot cost that followed what is held); an index
+    kept by identity would cost ≈ 100 bytes a tuple. A tuple outside the registry (none
+    is expected) is numbered through such an index, built for that packing pass only."""
 
     def __init__(self, items: list[Any] | None = None) -> None:
         self.items: list[Any] = items or []
@@ -791,15 +800,47 @@ class _Refs:
         # and a shard of a city's cases numbers tens of thousands)
         self.blobs: list[bytes] = []
         self.done = 0
+        # process-wide number -> place in items + 1 (0: not in it); None: to be built
+        # from items (a restore may replace its tuples by the shared ones)
+        self.local: array[int] | None = None
+
+    def _local(self) -> array[int]:
+        if self.local is None:
+            self.local = array("i")
+            for i, t in enumerate(self.items):
+                g = SHARED_NO.get(id(t))
+                if g is not None:
+                    self._place(g, i)
+        return self.local
+
+    def _place(self, g: int, i: int) -> None:
+        local = self.local
+        assert local is not None
+        if g >= len(local):
+            local.frombytes(bytes(local.itemsize * (g + 1 - len(local))))
+        if not local[g]:
+            local[g] = i + 1
 
     def numberer(self) -> Callable[[Any], int]:
         """A function giving a tuple's number, adding it when new (valid while the tuples
         it was given are alive: the list holds them)."""
         items = self.items
-        index = {id(t): i for i, t in enumerate(items)}
+        local = self._local()
+        index: dict[int, int] | None = None  # for a tuple outside the registry
 
         def ref(t: Any) -> int:
-            i = index.get(id(t))
+            nonlocal index
+            g = SHARED_NO.get(id(t))
+            if g is not None:
+                if g < len(local) and local[g]:
+                    return local[g] - 1
+                i = len(items)
+                items.append(t)
+                self._place(g, i)
+                return i
+            if index is None:
+                index = {id(x): j for j, x in enumerate(items)}
+            i = index.get(id(t))  # type: ignore[assignment]
             if i is None:
                 i = index[id(t)] = len(items)
                 items.append(t)
@@ -844,7 +885,7 @@ def pack_shard(cases: dict[str, CaseState], heap: list[tuple[int, str]],
 
 def _unpack_accs(accs: list[tuple[Any, ...]], shared: list[tuple[str, ...]]
                  ) -> dict[KpiKey, KpiAcc]:
-    return {KpiKey(*k): KpiAcc(n, ar, su, fa, cy, rc, mx, shared[nm], wr)
+    return {shared_key(KpiKey(*k)): KpiAcc(n, ar, su, fa, cy, rc, mx, shared[nm], wr)
             for k, n, ar, su, fa, cy, rc, mx, nm, wr in accs}
 
 
@@ -1000,7 +1041,7 @@ class CaseShard(_Deadlines, _Snapshottable):
                 i = marshal.loads(b)[0]
                 key = refs.items[i]
                 if type(key) is not KpiKey:
-                    key = refs.items[i] = KpiKey(*key)
+                    key = refs.items[i] = shared_key(KpiKey(*key))
                 kpi[key] = b
             state.update(cases=cases, refs=refs, heap=[tuple(x) for x in heap], kpi=kpi,
                          hot=set(), hot_kpi=set())

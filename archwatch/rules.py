@@ -11,10 +11,11 @@ a whole class of incremental-update bugs.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from sys import intern
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from archwatch.timeutil import DAY_MS, parse_duration, parse_ts, shanghai_year
 
@@ -84,6 +85,19 @@ def anomaly_id(code: str, case_no: str, archive_no: str, receiver_id: str, disc:
 
 
 _ITEMS: dict[tuple[str, ...], tuple[str, ...]] = {}
+_T = TypeVar("_T")
+
+# Every shared tuple (an item, its display names, a KPI group's key) has a number for the
+# process's life, by identity (the registries keep them alive, so an id is never reused):
+# a case shard's snapshot table finds a tuple's place in it through this number
+# (engine._Refs) instead of an index of the whole table built at every snapshot.
+SHARED_NO: dict[int, int] = {}
+_next_no = itertools.count()  # next() is atomic: worker threads may register at once
+
+
+def _shared(t: _T) -> _T:
+    SHARED_NO[id(t)] = next(_next_no)
+    return t
 
 
 def _shared_item(item: tuple[str, ...]) -> tuple[str, ...]:
@@ -91,7 +105,7 @@ def _shared_item(item: tuple[str, ...]) -> tuple[str, ...]:
     the catalogue has thousands of items and a city millions of open cases."""
     got = _ITEMS.get(item)
     if got is None:
-        got = _ITEMS[item] = tuple(intern(s) for s in item)
+        got = _ITEMS[item] = _shared(tuple(intern(s) for s in item))
     return got
 
 
@@ -398,13 +412,26 @@ def _names_of(item: tuple[str, ...]) -> tuple[str, str, str, str, str]:
     accumulator keeps the names of its latest case)."""
     names = _NAMES.get(item)
     if names is None:
-        names = _NAMES[item] = (item[1], item[2], item[4], item[8], item[6])
+        names = _NAMES[item] = _shared((item[1], item[2], item[4], item[8], item[6]))
     return names
+
+
+_KEYS: dict[KpiKey, KpiKey] = {}
+
+
+def shared_key(key: KpiKey) -> KpiKey:
+    """One KpiKey per KPI group for the whole process (every shard holds an accumulator
+    for the groups of its cases, all under this one key)."""
+    got = _KEYS.get(key)
+    if got is None:
+        got = _KEYS[key] = _shared(key)
+    return got
 
 
 def kpi_key(c: Completion) -> KpiKey:
     item = c.item  # (year, qym, dept_code, system_code, task_id, system_level)
-    return KpiKey(shanghai_year(c.completed_at), item[5], item[3], item[7], item[0], item[9])
+    return shared_key(KpiKey(shanghai_year(c.completed_at), item[5], item[3], item[7],
+                             item[0], item[9]))
 
 
 def evaluate_summary(

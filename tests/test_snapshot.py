@@ -203,3 +203,27 @@ def test_state_that_grows_goes_as_one_marshal_blob_and_restores(tmp_path: Path) 
             assert _plain_attrs(former) == want
             if cls is not CaseShard:  # (a case shard's former forms: the tests above)
                 assert _plain_attrs(pickle.loads(pickle.dumps(former))) == want
+
+
+def test_shared_tuples_keep_their_place_without_an_index_of_the_table() -> None:
+    """Items, names and KPI keys have process-wide numbers (rules.SHARED_NO): a shard's
+    table finds a tuple's place through it, across packing passes and after a restore."""
+    from archwatch.engine import _Refs
+    from archwatch.rules import SHARED_NO, KpiKey, _shared_item, shared_key
+
+    items = [_shared_item(("task", f"task-{i}", "330102")) for i in range(100)]
+    keys = [shared_key(KpiKey(2024, "330102", "d", "s", f"task-{i}", "市")) for i in range(50)]
+    assert shared_key(KpiKey(2024, "330102", "d", "s", "task-7", "市")) is keys[7]
+    assert all(id(t) in SHARED_NO for t in (*items, *keys))
+    refs = _Refs()
+    for i, t in enumerate([*items, *keys]):
+        assert refs.numberer()(t) == i  # a new pass each time: still found, or added once
+    ref = refs.numberer()
+    assert [ref(t) for t in [*keys, *items]] == [*range(100, 150), *range(100)]
+    assert len(refs.items) == 150
+    restored = _Refs.unpacked(refs.packed())
+    for i in range(100, 150):  # as CaseShard.__setstate__ does with the keys
+        restored.items[i] = shared_key(KpiKey(*restored.items[i]))
+    ref = restored.numberer()
+    assert [ref(t) for t in [*items, *keys]] == list(range(150))
+    assert len(restored.items) == 150
