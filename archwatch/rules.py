@@ -95,9 +95,12 @@ SHARED_NO: dict[int, int] = {}
 _next_no = itertools.count()  # next() is atomic: worker threads may register at once
 
 
-def _shared(t: _T) -> _T:
-    SHARED_NO[id(t)] = next(_next_no)
-    return t
+def _shared(registry: dict[Any, Any], key: Any, new: _T) -> _T:
+    """``registry[key]``, set to ``new`` (numbered) unless another thread got there first:
+    a number is given before the tuple is visible, and one that loses the race is never
+    placed in a table (a table keeps what it holds alive, so its id is not reused)."""
+    SHARED_NO[id(new)] = next(_next_no)
+    return registry.setdefault(key, new)  # type: ignore[no-any-return]
 
 
 def _shared_item(item: tuple[str, ...]) -> tuple[str, ...]:
@@ -105,7 +108,7 @@ def _shared_item(item: tuple[str, ...]) -> tuple[str, ...]:
     the catalogue has thousands of items and a city millions of open cases."""
     got = _ITEMS.get(item)
     if got is None:
-        got = _ITEMS[item] = _shared(tuple(intern(s) for s in item))
+        got = _shared(_ITEMS, item, tuple(intern(s) for s in item))
     return got
 
 
@@ -412,7 +415,7 @@ def _names_of(item: tuple[str, ...]) -> tuple[str, str, str, str, str]:
     accumulator keeps the names of its latest case)."""
     names = _NAMES.get(item)
     if names is None:
-        names = _NAMES[item] = _shared((item[1], item[2], item[4], item[8], item[6]))
+        names = _shared(_NAMES, item, (item[1], item[2], item[4], item[8], item[6]))
     return names
 
 
@@ -424,7 +427,7 @@ def shared_key(key: KpiKey) -> KpiKey:
     for the groups of its cases, all under this one key)."""
     got = _KEYS.get(key)
     if got is None:
-        got = _KEYS[key] = _shared(key)
+        got = _shared(_KEYS, key, key)
     return got
 
 
