@@ -88,9 +88,10 @@ _ITEMS: dict[tuple[str, ...], tuple[str, ...]] = {}
 _T = TypeVar("_T")
 
 # Every shared tuple (an item, its display names, a KPI group's key) has a number for the
-# process's life, by identity (the registries keep them alive, so an id is never reused):
-# a case shard's snapshot table finds a tuple's place in it through this number
-# (engine._Refs) instead of an index of the whole table built at every snapshot.
+# process's life, by identity (the registries keep them alive, so their ids are not
+# reused; see _shared for one that loses a race): a case shard's snapshot table finds a
+# tuple's place in it through this number (engine._Refs) instead of an index of the
+# whole table built at every snapshot.
 SHARED_NO: dict[int, int] = {}
 _next_no = itertools.count()  # next() is atomic: worker threads may register at once
 
