@@ -341,6 +341,10 @@ class _Snapshottable:
         """:meth:`_plain` reversed: the attributes to restore."""
         return dict(zip(self._PLAIN, values, strict=True))
 
+    def _untracked(self) -> None:
+        """Set ``_TRACKING`` as before a first snapshot (a new shard, or one restored from a
+        snapshot without change logs: its next snapshot writes everything)."""
+
     def __getstate__(self) -> dict[str, Any]:
         skip = (*self._INJECTED, *self._PLAIN, *self._TRACKING)
         state = {k: v for k, v in self.__dict__.items() if k not in skip}
@@ -360,6 +364,8 @@ class _Snapshottable:
         if plain is not None:  # else a snapshot from before _PLAIN: pickled as objects
             state.update(self._unplain(marshal.loads(plain)))
         self.__dict__.update(state)
+        if plain is None:
+            self._untracked()
         if "counts" not in state and hasattr(self, "anomalies_held"):
             # a snapshot from before anomaly_count (0014): count the anomalies it holds
             # (an evicted case's are not in memory: a replay or a restart without the
@@ -513,11 +519,6 @@ class DedupShard(_Snapshottable):
                 "queue": QueueLog.replay(queue_blobs, dropped),
                 "_queue_log": QueueLog(queue_blobs, dropped),
                 "_new": [], "_gone": [], "_queued": [], "_popped": 0}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "_seen_log" not in self.__dict__:  # an older form: logs start at the next snapshot
-            self._untracked()
 
     def _untracked(self) -> None:
         # changes are tracked from the first snapshot on (None: not yet; the first writes
@@ -1009,7 +1010,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         (and stay packed: see :meth:`cool`); the cases' log gets those and the evicted."""
         tracked = self.hot is not None and self._evicted_changed is not None
         packed = self.cool()
-        gone = list(self._evicted_changed or ())  # evicted or reloaded since the last
+        gone = self._evicted_changed or ()  # evicted or reloaded since the last
         state = super().__getstate__()
         cases = self.cases
         changes = None if not tracked else (
@@ -1051,9 +1052,6 @@ class CaseShard(_Deadlines, _Snapshottable):
             state.update(refs=_Refs(), hot=None, hot_kpi=None)
         state["_cases_log"] = log
         super().__setstate__(state)
-        if "_evicted_log" not in self.__dict__:  # an older form: logs from the next snapshot
-            self._untracked()
-            self._cases_log = ChangeLog()
 
     def cool(self) -> list[str]:
         """Pack the cases (and KPI accumulators) held as objects, those touched since the
@@ -1357,10 +1355,7 @@ class ArchiveNoShard(_Snapshottable):
         self.facts: dict[str, dict[str, ReceiptFact]] = {}
         self.anomalies: dict[str, dict[str, Anomaly]] = {}
         self.counts = AnomalyCounts()
-        self._log = ChangeLog()
-        # archive numbers changed since the last snapshot (None: not tracked before the
-        # first, and never without recovery)
-        self._touched: set[str] | None = None
+        self._untracked()
 
     # Every receipt's fact and the conflicts, as a log of the archive numbers changed (see
     # ChangeLog), each as plain tuples (a ReceiptFact pickled costs ≈ 4 µs: dataclasses'
@@ -1392,10 +1387,11 @@ class ArchiveNoShard(_Snapshottable):
             "_log": ChangeLog(blobs, entries), "_touched": set(),
         }
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if "_log" not in self.__dict__:  # an older form: the log starts at the next snapshot
-            self._log, self._touched = ChangeLog(), None
+    def _untracked(self) -> None:
+        self._log = ChangeLog()
+        # archive numbers changed since the last snapshot (None: not tracked before the
+        # first, and never without recovery)
+        self._touched: set[str] | None = None
 
     def on_batch(self, items: Iterable[ReceiptFact | Watermark]) -> list[Write]:
         touched: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
@@ -123,8 +124,6 @@ class RegistryPoll:
         self.read_at = float("-inf")
 
     def __call__(self) -> dict[str, Registration] | None:
-        import time
-
         now = time.monotonic()
         if now - self.read_at < self.every:
             return None

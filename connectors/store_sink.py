@@ -400,8 +400,7 @@ class _Partition(StatelessSinkPartition[Any]):
             self.first_at = time.monotonic()  # when the buffer's oldest row came
         self.buffered += len(items)
         if self.synchronous:
-            self.flush()
-            self.writer.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
+            self.drain(derived=False)  # kpi_item: on its own clock (refresh_every)
         elif self.buffered >= self.max_rows or self._due():
             self.flush()
 
