@@ -140,6 +140,13 @@ def route(line: str, ks: KafkaSettings) -> tuple[str, bytes | None]:
     return ks.topic(topic), key.encode() if isinstance(key, str) else None
 
 
+# The pacing step of produce_lines: it sleeps once it is this far ahead of its rate, so
+# records go out in bursts of at most this long. Sleeping whenever it was ahead at all
+# slept before every record at 10,000/s: half the producer's CPU went to the sleeps and
+# their context switches (measured: 32 µs a record, 17 of them in the kernel).
+PACE_STEP = 0.002
+
+
 def produce_lines(lines: Iterable[str], ks: KafkaSettings, rate: float | None = None,
                   progress: Callable[[int], None] | None = None) -> int:
     """Publish JSONL records to their topics, optionally at ``rate`` records/s."""
@@ -156,7 +163,7 @@ def produce_lines(lines: Iterable[str], ks: KafkaSettings, rate: float | None = 
             progress(1000)
         if rate:
             ahead = n / rate - (time.perf_counter() - start)
-            if ahead > 0:
+            if ahead >= PACE_STEP:
                 time.sleep(ahead)
     prod.flush()
     if progress is not None:
