@@ -64,9 +64,30 @@ MIN_TIME = -(2**62)
 
 @dataclass(frozen=True, slots=True)
 class Watermark:
-    """Broadcast by the clock step: every deadline strictly before ``at`` may fire."""
+    """Broadcast by the clock step: every deadline strictly before ``at`` may fire.
+
+    ``wall``: when the watermark follows the wall clock (live traffic: ``at`` is the wall
+    clock less the lateness, nothing holds it back), the wall clock it was taken at;
+    None otherwise (event time, a backlog holding it, the end of a replay)."""
 
     at: int
+    wall: int | None = None
+
+
+def extrapolated(wm: Watermark, now: int, reach: int) -> int | None:
+    """Where a watermark that follows the wall clock stands at wall time ``now`` (ms), up
+    to ``reach`` ms after it was taken; None if it does not follow the wall clock, or
+    ``now`` is out of reach (then only the clock step's next watermark says)."""
+    if wm.wall is None or not 0 <= now - wm.wall <= reach:
+        return None
+    return wm.at + (now - wm.wall)
+
+
+def passes_at(wm: Watermark, deadline: int) -> int | None:
+    """The wall time (ms) at which a watermark that follows the wall clock passes
+    ``deadline`` (fires it: deadlines strictly before the watermark fire); None if it
+    does not follow the wall clock."""
+    return None if wm.wall is None else wm.wall + (deadline + 1 - wm.at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1084,6 +1105,11 @@ class CaseShard(_Deadlines, _Snapshottable):
             kpi[key] = acc_packed(key, kpi[key], ref)  # type: ignore[arg-type]
         return hot
 
+    def next_deadline(self) -> int | None:
+        """The earliest deadline waiting (perhaps one that moved on since: it then fires
+        nothing when it comes up)."""
+        return self.heap[0][0] if self.heap else None
+
     def state(self, case_no: str) -> CaseState | None:
         """A case's state as objects (unpacked, and held so, if it was packed)."""
         st = self.cases.get(case_no)
@@ -1464,6 +1490,10 @@ class ReceiverShard(_Deadlines, _Snapshottable):
     def _resolved(self, regs: dict[str, Registration]) -> dict[str, Registration]:
         down, up = getattr(self, "flap", (1, 1))
         return {rid: r.with_defaults(down, up) for rid, r in regs.items()}
+
+    def next_deadline(self) -> int | None:
+        """The earliest deadline waiting (a receiver's next expected heartbeat)."""
+        return min(self.pending.values(), default=None)
 
     def on_batch(self, items: Iterable[Any]) -> list[Write]:
         changed: dict[str, int] = {}

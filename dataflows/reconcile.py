@@ -28,6 +28,7 @@ import gc
 import pickle
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
@@ -54,6 +55,8 @@ from archwatch.engine import (
     VersionClock,
     WallTick,
     Watermark,
+    extrapolated,
+    passes_at,
 )
 from archwatch.eventlog import RECEIVER_TYPES
 from archwatch.models import Envelope, Reject, parse_record
@@ -62,6 +65,11 @@ from archwatch.settings import EngineSettings, all_shards, shard_of
 from archwatch.timeutil import now_ms
 
 CLOCK_KEY = "clock"
+# Live, a shard fires a deadline by the wall clock itself when no watermark has fired it
+# this long after it fell due (the ticks come every INPUT_WAKE; they stop while an epoch
+# closes with recovery), taking the last watermark at most NOTIFY_REACH_MS on.
+NOTIFY_GRACE_MS = 50
+NOTIFY_REACH_MS = 3_000
 REJECT_KEY = "rejects"  # the dedup key that carries parse rejects (no state is kept)
 
 
@@ -76,7 +84,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None,
                  recovery: bool = False, reconcile: bool = False,
-                 stage: str | None = None) -> None:
+                 stage: str | None = None, wall_ms: Callable[[], int] | None = None) -> None:
         self.shard = shard
         self._stage = stage
         self._eof = eof
@@ -86,14 +94,22 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self._reconcile = reconcile and hasattr(shard, "live_rows")
         # the last snapshot, while it still stands for the shard (see snapshot)
         self._snap: bytes | None = None
+        # live: the wall clock, and the last watermark that followed it (see notify_at)
+        self._wall_ms = wall_ms
+        self._next_deadline: Callable[[], int | None] | None = (
+            getattr(shard, "next_deadline", None) if wall_ms is not None else None)
+        self._live: Watermark | None = None
 
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
                 recovery: bool = False, fresh_reconcile: bool = False,
-                stage: str | None = None) -> Callable[[bytes | None], _ShardLogic]:
+                stage: str | None = None, wall_ms: Callable[[], int] | None = None,
+                ) -> Callable[[bytes | None], _ShardLogic]:
         """``fresh_reconcile``: a shard built without a snapshot reconciles too (live: the
         store outlives the run, and may hold rows of this shard from an earlier one).
-        ``stage``: count the events and receipt facts each batch processed (``Count``)."""
+        ``stage``: count the events and receipt facts each batch processed (``Count``).
+        ``wall_ms``: live, fire deadlines by the wall clock while no watermark comes (see
+        :meth:`notify_at`)."""
 
         def build(resume: bytes | None) -> _ShardLogic:
             shard = make()
@@ -103,13 +119,18 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
                     restored.adopt(shard)
                 shard = restored
             return cls(shard, eof, recovery, reconcile=resume is not None or fresh_reconcile,
-                       stage=stage)
+                       stage=stage, wall_ms=wall_ms)
 
         return build
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         wm = getattr(self.shard, "external_wm", None)
         out = self.shard.on_batch(values)
+        if self._next_deadline is not None:
+            for v in reversed(values):
+                if type(v) is Watermark:
+                    self._live = v if v.wall is not None else None
+                    break
         if out or any(type(v) is not Watermark for v in values):
             self._snap = None
         if wm is not None and self.shard.external_wm > wm and self.shard.src:
@@ -124,6 +145,38 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         if self._stage is not None:
             out = _count_stage(self._stage, values, out)
         return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        """Live, when the next deadline is due by the wall clock (plus NOTIFY_GRACE_MS).
+
+        Why: with recovery, Bytewax reads no input while an epoch closes, until every
+        step's snapshot of it is written (its backpressure: 0.3-0.7 s an epoch measured
+        at 10,000 events/s), and the wall-clock ticks are items of that input: deadlines
+        waited for the close to end. A watermark that follows the wall clock moves on
+        with it, so the shard can take it that far itself (NOTIFY_REACH_MS at most): the
+        same deadlines fire as the ticks would fire, at the same watermark. Normally a
+        tick fires a deadline first and Bytewax asks again (no call is made)."""
+        live, next_deadline = self._live, self._next_deadline
+        if live is None or next_deadline is None:
+            return None
+        deadline = next_deadline()
+        if deadline is None:
+            return None
+        due = passes_at(live, deadline)
+        if due is None or due - live.wall > NOTIFY_REACH_MS:  # type: ignore[operator]
+            return None
+        return datetime.fromtimestamp((due + NOTIFY_GRACE_MS) / 1000, UTC)
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
+        """The watermark where the wall clock has taken it since the last one."""
+        live = self._live
+        at = None if live is None or self._wall_ms is None else extrapolated(
+            live, self._wall_ms(), NOTIFY_REACH_MS)
+        if at is None or at <= self.shard.external_wm:
+            return (), StatefulBatchLogic.RETAIN
+        out, keep = self.on_batch([Watermark(at)])
+        self._live = live  # the extrapolated watermark does not follow the wall clock
+        return out, keep
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
         if self._eof is None:
@@ -273,7 +326,10 @@ class _Clock:
         if self.sent is not None and wm <= self.sent:
             return []
         self.sent = wm
-        return [Watermark(wm)]
+        # one that follows the wall clock says so: the shards may take it on with the
+        # wall clock between ticks (see _ShardLogic.notify_at)
+        wall = self.wall if self.wall is not None and wm == self.wall - lateness else None
+        return [Watermark(wm, wall)]
 
     def _report(self, p: Progress) -> None:
         """Note a partition's progress; its time is when it last moved (delivered later
@@ -447,7 +503,8 @@ def build_flow(
         "cases", case_in,
         _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction,
                                               own_time=not parts),
-                            recovery=rec, fresh_reconcile=settings.live, stage="cases"),
+                            recovery=rec, fresh_reconcile=settings.live, stage="cases",
+                            wall_ms=wall_ms if settings.live else None),
     )
     case_rows = op.flat_map_batch(
         "cases_sink", case_out,
@@ -482,7 +539,8 @@ def build_flow(
         _ShardLogic.builder(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers,
                                   settings.flap, own_time=not parts), recovery=rec,
-            fresh_reconcile=settings.live, stage="receivers"),
+            fresh_reconcile=settings.live, stage="receivers",
+            wall_ms=wall_ms if settings.live else None),
     ), sink_items)
 
     everything = op.merge(
