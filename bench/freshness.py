@@ -25,6 +25,7 @@ Between probes it times GET /healthz: the API's own round trip, the baseline.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -268,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         emit(worker_versions(args.db, args.cases.split(",")))
         return 0
 
-    from archwatch.connectors.kafka import KafkaSettings, produce_lines, wait_for_broker
+    from archwatch.connectors.kafka import (
+        KafkaSettings,
+        delete_topics,
+        produce_lines,
+        wait_for_broker,
+    )
 
     from archwatch.generate import GenerateOptions, generate
     from archwatch.metrics import scrape
@@ -289,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     retimer = Retimer(lines)
     wait_for_broker(BROKERS, timeout=30)
     prefix = f"bench-fresh-{time.time_ns() % 10**9}."
+    # `up` creates them; deleted when this script ends (they pile up in the broker else)
+    fresh_ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
+    atexit.register(delete_topics, BROKERS, [*fresh_ks.topics, fresh_ks.dlq_topic])
     db = tmp / "db"
     prep = run_worker("freshness.py", ["--worker", "prepare", "--db", str(db)])
     port = free_port()

@@ -26,6 +26,7 @@ Rates are events per second from the first record read to the last outcome writt
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import shutil
 import subprocess
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     from archwatch.connectors.kafka import (
         KafkaSettings,
         create_topics,
+        delete_topics,
         produce_lines,
         wait_for_broker,
     )
@@ -310,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     receivers = tmp / "w" / "receivers.json"
     lines = [x for x in events.read_text(encoding="utf-8").splitlines() if x.strip()]
     create_topics(ks, PARTITIONS)
+    # deleted when this script ends, however it ends (they pile up in the broker else)
+    atexit.register(delete_topics, BROKERS, [*ks.topics, ks.dlq_topic])
     t0 = time.perf_counter()
     n = produce_lines(lines, ks)
     produce_s = time.perf_counter() - t0

@@ -63,6 +63,24 @@ def create_topics(ks: KafkaSettings, partitions: int, timeout: float = 30.0) -> 
     return [t.topic for t in new]
 
 
+def delete_topics(brokers: str, topics: Iterable[str], timeout: float = 30.0) -> int:
+    """Delete these topics where they exist; returns how many. The benchmarks and tests
+    create topics under a fresh prefix each run: kept, they pile up in the broker (8,097
+    partition folders, 5.7 GB, in the project's loopback broker after a few days, with
+    its CPU per record rising), so they delete what they created."""
+    admin = AdminClient({"bootstrap.servers": brokers})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    doomed = [t for t in topics if t in existing]
+    for fut in (admin.delete_topics(doomed, operation_timeout=timeout).values()
+                if doomed else ()):
+        try:
+            fut.result(timeout)
+        except KafkaException as exc:
+            if "UNKNOWN_TOPIC" not in str(exc):
+                raise
+    return len(doomed)
+
+
 def _wait_until_listed(admin: AdminClient, topics: list[str], timeout: float) -> None:
     """A created topic's metadata reaches the broker that answers a consumer's metadata
     request a moment later; Bytewax's KafkaSource lists partitions once at start and
