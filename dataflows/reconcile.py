@@ -157,13 +157,11 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         same deadlines fire as the ticks would fire, at the same watermark. Normally a
         tick fires a deadline first and Bytewax asks again (no call is made)."""
         live, next_deadline = self._live, self._next_deadline
-        if live is None or next_deadline is None:
+        if live is None or live.wall is None or next_deadline is None:
             return None
         deadline = next_deadline()
-        if deadline is None:
-            return None
-        due = passes_at(live, deadline)
-        if due is None or due - live.wall > NOTIFY_REACH_MS:  # type: ignore[operator]
+        due = None if deadline is None else passes_at(live, deadline)
+        if due is None or due - live.wall > NOTIFY_REACH_MS:
             return None
         return datetime.fromtimestamp((due + NOTIFY_GRACE_MS) / 1000, UTC)
 
