@@ -157,5 +157,21 @@ def count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
+# The topic prefixes this test session handed out: their topics are deleted at its end
+# (tests.test_kafka.broker), and no other session's (two may share the broker).
+PREFIXES: set[str] = set()
+
+
 def prefix_for(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())[:20] + f"{time.time_ns() % 10**9}."
+    prefix = re.sub(r"[^a-z0-9]", "", name.lower())[:20] + f"{time.time_ns() % 10**9}."
+    PREFIXES.add(prefix)
+    return prefix
+
+
+def delete_session_topics() -> int:
+    """Delete the topics under the prefixes this session handed out."""
+    from archwatch.connectors.kafka import delete_topics
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": BROKERS}).list_topics(timeout=30).topics
+    return delete_topics(BROKERS, [t for t in topics if t.startswith(tuple(PREFIXES))])

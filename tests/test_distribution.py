@@ -706,17 +706,16 @@ def test_cli_refuses_bad_arguments(world: Any) -> None:
 def test_events_reach_the_kafka_topic(world: Any) -> None:
     """``--brokers``: the events go to <prefix>archive.distributions on the real broker."""
     import subprocess
-    import time
 
-    from archwatch.connectors.kafka import KafkaSettings, create_topics, read_topic
+    from archwatch.connectors.kafka import KafkaSettings, create_topics, delete_topics, read_topic
 
-    from tests.kafka_helpers import BROKERS, ROOT
+    from tests.kafka_helpers import BROKERS, ROOT, prefix_for
 
     script = str(ROOT / "scripts" / "kafka.sh")
     was_running = subprocess.run([script, "status"], capture_output=True).returncode == 0
     subprocess.run([script, "start"], check=True, timeout=600)
     try:
-        prefix = f"dist{time.time_ns() % 10**9}."
+        prefix = prefix_for("dist")
         create_topics(KafkaSettings(BROKERS, prefix), 1)
         store = world["store"]
         # the queue as the first test leaves it (a rebuild is idempotent), so that this
@@ -729,6 +728,8 @@ def test_events_reach_the_kafka_topic(world: Any) -> None:
         assert dist.cmd_distribute(args) == 0
         msgs = list(read_topic(BROKERS, prefix + "archive.distributions", timeout=20))
     finally:
+        ks = KafkaSettings(BROKERS, prefix)
+        delete_topics(BROKERS, [*ks.topics, ks.dlq_topic])
         if not was_running:
             subprocess.run([script, "stop"], check=False, timeout=120)
     mine = [m for m in msgs if json.loads(m.value())["distributionNo"] == "FF400"]

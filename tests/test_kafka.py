@@ -12,14 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from archwatch.connectors.kafka import (
-    KafkaSettings,
-    create_topics,
-    delete_topics,
-    produce_lines,
-    read_topic,
-)
-from confluent_kafka.admin import AdminClient
+from archwatch.connectors.kafka import KafkaSettings, create_topics, produce_lines, read_topic
 
 from archwatch import report, rollup
 from archwatch.generate import GenerateOptions, generate
@@ -30,7 +23,15 @@ from archwatch.settings import EngineSettings
 from archwatch.store import open_store
 from archwatch.timeutil import now_ms
 from tests.conftest import comparable_anomalies
-from tests.kafka_helpers import BROKERS, ROOT, Archwatch, count_lines, poll, prefix_for
+from tests.kafka_helpers import (
+    BROKERS,
+    ROOT,
+    Archwatch,
+    count_lines,
+    delete_session_topics,
+    poll,
+    prefix_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -40,15 +41,13 @@ LATENESS_MS = Sla().lateness  # the runs here keep the default
 @pytest.fixture(scope="session")
 def broker() -> Any:
     """The real single-node broker of scripts/kafka.sh (fetched from Maven Central once);
-    stopped again at the end if this session started it. The topics the session created
-    are deleted at its end (each test makes its own, under a fresh prefix)."""
+    stopped again at the end if this session started it. The topics of the session's
+    prefixes (``prefix_for``) are deleted at its end."""
     script = str(ROOT / "scripts" / "kafka.sh")
     was_running = subprocess.run([script, "status"], capture_output=True).returncode == 0
     subprocess.run([script, "start"], check=True, timeout=600)
-    before = set(AdminClient({"bootstrap.servers": BROKERS}).list_topics(timeout=30).topics)
     yield BROKERS
-    after = AdminClient({"bootstrap.servers": BROKERS}).list_topics(timeout=30).topics
-    delete_topics(BROKERS, [t for t in after if t not in before])
+    delete_session_topics()
     if not was_running:
         subprocess.run([script, "stop"], check=False, timeout=120)
 
