@@ -155,7 +155,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         waited for the close to end. A watermark that follows the wall clock moves on
         with it, so the shard can take it that far itself (NOTIFY_REACH_MS at most): the
         same deadlines fire as the ticks would fire, at the same watermark. Normally a
-        tick fires a deadline first and Bytewax asks again (no call is made)."""
+        tick fires the deadline first, Bytewax asks again, and on_notify is not called."""
         live, next_deadline = self._live, self._next_deadline
         if live is None or live.wall is None or next_deadline is None:
             return None
