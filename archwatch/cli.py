@@ -205,7 +205,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     except ConnectionError as exc:
         raise CliError(str(exc)) from None
     created = create_topics(ks, args.partitions)
-    print(json.dumps({"created": created, "topics": [*ks.topics, ks.dlq_topic]}))
+    print(json.dumps({"created": created, "topics": ks.all_topics}))
     return 0
 
 

@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     wait_for_broker(BROKERS, timeout=30)
     prefix = f"bench-fresh-{time.time_ns() % 10**9}."
     # `up` creates them; deleted when this script ends (they pile up in the broker else)
-    fresh_ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
-    atexit.register(delete_topics, BROKERS, [*fresh_ks.topics, fresh_ks.dlq_topic])
+    ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
+    atexit.register(delete_topics, BROKERS, ks.all_topics)
     db = tmp / "db"
     prep = run_worker("freshness.py", ["--worker", "prepare", "--db", str(db)])
     port = free_port()
@@ -326,7 +326,6 @@ def main(argv: list[str] | None = None) -> int:
         poller.thread.start()
         print(f"producing {len(lines):,} events at {args.rate:,.0f}/s to {prefix}* "
               f"({len(probes)} planted MISSING_ARCHIVE probes) ...", flush=True)
-        ks = KafkaSettings(brokers=BROKERS, topic_prefix=prefix)
         t0 = time.perf_counter()
         produced = produce_lines(retimer, ks, rate=args.rate)
         produce_s = time.perf_counter() - t0

@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [x for x in events.read_text(encoding="utf-8").splitlines() if x.strip()]
     create_topics(ks, PARTITIONS)
     # deleted when this script ends, however it ends (they pile up in the broker else)
-    atexit.register(delete_topics, BROKERS, [*ks.topics, ks.dlq_topic])
+    atexit.register(delete_topics, BROKERS, ks.all_topics)
     t0 = time.perf_counter()
     n = produce_lines(lines, ks)
     produce_s = time.perf_counter() - t0

@@ -43,11 +43,16 @@ class KafkaSettings:
     def dlq_topic(self) -> str:
         return self.topic(self.dlq)
 
+    @property
+    def all_topics(self) -> list[str]:
+        """The contract's topics and the DLQ: what create_topics makes."""
+        return [*self.topics, self.dlq_topic]
+
 
 def create_topics(ks: KafkaSettings, partitions: int, timeout: float = 30.0) -> list[str]:
     """Create the contract's topics and the DLQ; existing ones are left as they are."""
     admin = AdminClient({"bootstrap.servers": ks.brokers})
-    wanted = [*ks.topics, ks.dlq_topic]
+    wanted = ks.all_topics
     existing = set(admin.list_topics(timeout=timeout).topics)
     new = [NewTopic(t, num_partitions=partitions, replication_factor=1)
            for t in wanted if t not in existing]

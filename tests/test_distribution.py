@@ -728,8 +728,7 @@ def test_events_reach_the_kafka_topic(world: Any) -> None:
         assert dist.cmd_distribute(args) == 0
         msgs = list(read_topic(BROKERS, prefix + "archive.distributions", timeout=20))
     finally:
-        ks = KafkaSettings(BROKERS, prefix)
-        delete_topics(BROKERS, [*ks.topics, ks.dlq_topic])
+        delete_topics(BROKERS, KafkaSettings(BROKERS, prefix).all_topics)
         if not was_running:
             subprocess.run([script, "stop"], check=False, timeout=120)
     mine = [m for m in msgs if json.loads(m.value())["distributionNo"] == "FF400"]
