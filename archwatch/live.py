@@ -22,7 +22,7 @@ from bytewax.testing import cluster_main
 
 from archwatch import rollup
 from archwatch.connectors.kafka import DeadLetters, KafkaRecords, KafkaSettings
-from archwatch.connectors.store_sink import EpochStoreSink, StoreSink, Tally
+from archwatch.connectors.store_sink import AlertSink, EpochStoreSink, StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow, engine_gc
 from archwatch.engine import Registrations, VersionClock, WallTick
 from archwatch.migrate import migrate
@@ -65,11 +65,15 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
     # epoch (its input is not read again): the sink waits for its writes when an epoch
     # closes (EpochStoreSink) or, in a cluster of processes, after every batch (see
     # EpochStoreSink on why). Without recovery a restart reads the topics again.
+    # The anomalies are also written the moment they are made (AlertSink), not when the
+    # epoch sink gets them after the epoch before it closed.
     sink: StoreSink | EpochStoreSink
+    alerts = None
     if opts.recovery_dir is not None and not opts.addresses:
         sink = EpochStoreSink(store, tally, DeadLetters(opts.kafka), parts=opts.workers,
                               max_rows=20_000, max_delay=opts.flush_delay,
-                              refresh_every=KPI_ITEM_REFRESH)
+                              refresh_every=KPI_ITEM_REFRESH, alerts_first=False)
+        alerts = AlertSink(store)
     else:
         sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
                          max_delay=opts.flush_delay,
@@ -78,7 +82,8 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
     from archwatch.eventlog import store_digests, store_loader
 
     return build_flow(source, sink, settings, clock=VersionClock(), loader=store_loader(store),
-                      digests=store_digests(store), parts=source.progress_parts())
+                      digests=store_digests(store), parts=source.progress_parts(),
+                      alerts=alerts)
 
 
 class LiveSide:

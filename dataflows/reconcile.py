@@ -55,6 +55,7 @@ from archwatch.engine import (
     VersionClock,
     WallTick,
     Watermark,
+    Write,
     extrapolated,
     passes_at,
 )
@@ -71,6 +72,10 @@ CLOCK_KEY = "clock"
 NOTIFY_GRACE_MS = 50
 NOTIFY_REACH_MS = 3_000
 REJECT_KEY = "rejects"  # the dedup key that carries parse rejects (no state is kept)
+# The tables an alert sink gets (build_flow's ``alerts``): what operations staff wait for.
+# Not anomaly_feed: a cursor reads that log by seq, and a row written out of its order
+# there could be passed over.
+ALERT_TABLES = frozenset({"anomaly", "anomaly_count"})
 
 
 class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
@@ -405,6 +410,7 @@ def build_flow(
     wall_ms: Callable[[], int] = now_ms,
     digests: DigestLookup | None = None,
     parts: frozenset[str] = frozenset(),
+    alerts: Sink[Any] | None = None,
 ) -> Dataflow:
     """The reconciliation dataflow over ``source`` (items: ``(record, position)``).
 
@@ -416,7 +422,11 @@ def build_flow(
     ``parts``: the source's partitions, when it sends a :class:`Progress` item ``(None,
     Progress)`` for each at every epoch's end (live on Kafka): the clock step then holds
     the watermark while one of them has a backlog, and the shards follow the clock's
-    watermark only (see _Clock)."""
+    watermark only (see _Clock).
+
+    ``alerts``: a second sink that also gets the shards' rows of :data:`ALERT_TABLES`, as
+    soon as they are made (one :class:`Chunk` per batch; see
+    connectors.store_sink.AlertSink)."""
     versions = clock or VersionClock()
     eviction = None
     if loader is not None and settings.evict_after_ms is not None:
@@ -513,11 +523,12 @@ def build_flow(
             (shard_of(v.archive_no, n), v) for _k, v in b if type(v) is ReceiptFact]),
         archive_ticks,  # with recovery: a restored shard reconciles on its first tick
     )
-    archive_rows = op.flat_map_batch("archive_nos_out", op.stateful_batch(
+    archive_out = op.stateful_batch(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
                             fresh_reconcile=settings.live, stage="archive_nos"),
-    ), sink_items)
+    )
+    archive_rows = op.flat_map_batch("archive_nos_out", archive_out, sink_items)
 
     # --- receivers (live: registrations polled from the registry reach every shard)
     def receiver_keyed(batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -532,14 +543,24 @@ def build_flow(
 
     recv_in = op.merge("recv_in", op.flat_map_batch("key_receiver", deduped, receiver_keyed),
                        broadcast)
-    recv_rows = op.flat_map_batch("receivers_out", op.stateful_batch(
+    recv_out = op.stateful_batch(
         "receivers", recv_in,
         _ShardLogic.builder(
             lambda: ReceiverShard(n, settings.sla, versions, settings.receivers,
                                   settings.flap, own_time=not parts), recovery=rec,
             fresh_reconcile=settings.live, stage="receivers",
             wall_ms=wall_ms if settings.live else None),
-    ), sink_items)
+    )
+    recv_rows = op.flat_map_batch("receivers_out", recv_out, sink_items)
+
+    if alerts is not None:
+        def alert_rows(batch: list[tuple[str, Any]]) -> list[Chunk]:
+            rows = [v for _k, v in batch if type(v) is Write and v.table in ALERT_TABLES]
+            return [Chunk(rows)] if rows else []
+
+        op.output("alerts", op.flat_map_batch(
+            "alert_rows", op.merge("alert_in", case_out, archive_out, recv_out), alert_rows),
+            alerts)
 
     everything = op.merge(
         "all_out", to_sink, case_rows, archive_rows, recv_rows,

@@ -2,18 +2,21 @@
 between the tables of the write under way, the writer takes the anomaly rows buffered for
 the next one and inserts them, so that a new anomaly does not wait for a whole write of
 case states and event log; never while a Reconcile waits, never by blocking on the
-dataflow's buffer."""
+dataflow's buffer. And live with recovery, the AlertSink beside the epoch sink: the
+anomaly rows written as they come."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from archwatch.connectors.store_sink import StoreSink, Tally
+import pytest
+from archwatch.connectors.store_sink import AlertSink, StoreSink, Tally
 
-from archwatch.engine import Reconcile
+from archwatch.engine import Chunk, Reconcile
 from archwatch.migrate import migrate
-from archwatch.store import ChdbStore
+from archwatch.store import ChdbStore, StoreError
+from tests.kafka_helpers import poll
 from tests.test_sink_sync import _batch, _counts
 
 
@@ -103,6 +106,55 @@ def test_a_write_takes_the_next_buffers_anomalies_before_its_event_log(tmp_path)
         # the first write's case states, then the later batch's anomalies, then its log
         assert order.index("case_state") < order.index("anomaly") < order.index("event_log")
         assert "anomaly" not in part.tables
+        part.close()
+    finally:
+        store.close()
+
+
+# --- AlertSink: the anomaly rows written as they come, beside the epoch sink -----------
+
+
+def _alert_rows() -> list[Any]:
+    return [x for x in _batch() if getattr(x, "table", "") in ("anomaly", "anomaly_count")]
+
+
+def test_the_alert_sink_writes_what_it_gets_without_being_drained(store: ChdbStore) -> None:
+    migrate(store)
+    rows = _alert_rows()
+    want = sum(1 for x in rows if x.table == "anomaly")
+    assert want
+    part = AlertSink(store).build("alerts", 0, 1)
+    try:
+        part.write_batch([Chunk(rows)])  # the flow's items: one chunk per batch
+        poll(part.idle, 30, 0.02, "the rows written")
+        assert _counts(store)["anomaly"] == want
+        counts = store.query("SELECT count() AS n FROM anomaly_count")[0]["n"]
+        assert counts == sum(1 for x in rows if x.table == "anomaly_count") > 0
+        assert _counts(store)["case_state"] == 0  # only what it was handed
+        part.write_batch([Chunk(rows)])  # the same rows again: the same versions
+        poll(part.idle, 30, 0.02, "the second write")
+        got = store.query("SELECT count() AS n FROM anomaly FINAL")[0]["n"]
+        assert got == want
+    finally:
+        part.close()
+
+
+class _FailingAlerts(ChdbStore):
+    def insert(self, table: str, rows: Any) -> None:
+        if table == "anomaly":
+            raise StoreError("disk full")
+        super().insert(table, rows)
+
+
+def test_a_failed_alert_write_stops_the_flow_at_its_next_batch(tmp_path) -> None:
+    store = _FailingAlerts(tmp_path / "db")
+    try:
+        migrate(store)
+        part = AlertSink(store).build("alerts", 0, 1)
+        part.write_batch([Chunk(_alert_rows())])
+        poll(lambda: part.error is not None, 30, 0.02, "the failed insert")
+        with pytest.raises(RuntimeError, match="disk full"):
+            part.write_batch([Chunk(_alert_rows())])
         part.close()
     finally:
         store.close()

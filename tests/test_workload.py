@@ -6,15 +6,18 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from archwatch.connectors.files import JsonlFiles
 from archwatch.connectors.store_sink import EpochStoreSink, StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
 from archwatch import report
+from archwatch.engine import TABLE_KEYS, Write
 from archwatch.generate import GenerateOptions, generate
 from archwatch.migrate import migrate
 from archwatch.receivers import load_registrations
@@ -67,11 +70,38 @@ def test_per_source_files_one_after_another_give_the_same_tables(workload, store
     check_truth(got, truth)
 
 
+class _Recorder(DynamicSink[Any]):
+    """An alert sink that keeps what it gets (every worker's partition, one list)."""
+
+    def __init__(self) -> None:
+        self.rows: list[Write] = []
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> Any:
+        rows = self.rows
+
+        class Part(StatelessSinkPartition[Any]):
+            def write_batch(self, items: list[Any]) -> None:
+                rows.extend(w for chunk in items for w in chunk)
+
+        return Part()
+
+
+def _latest(rows: list[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple, int]:
+    """Each key's version, where its highest is not a deletion: what FINAL reads."""
+    out: dict[tuple, tuple[int, int]] = {}
+    for r in rows:
+        k = tuple(r[c] for c in key)
+        if k not in out or r["version"] > out[k][0]:
+            out[k] = (r["version"], r["is_deleted"])
+    return {k: version for k, (version, deleted) in out.items() if not deleted}
+
+
 @pytest.mark.parametrize("epoch_sink", [False, True], ids=["store-sink", "epoch-sink"])
 def test_two_workers_give_the_same_tables(workload, tmp_path: Path, epoch_sink: bool) -> None:
-    """Also through the sink live runs use with recovery (EpochStoreSink: items keyed by
+    """Also through the sinks live runs use with recovery (EpochStoreSink: items keyed by
     their shard, routed to partitions across the workers, drained at every epoch's
-    close), with recovery on and short epochs."""
+    close; and an alert sink beside it, which gets every anomaly row too), with recovery
+    on and short epochs."""
     out, truth = workload
     store = open_store(tmp_path / "db")
     migrate(store)
@@ -80,19 +110,29 @@ def test_two_workers_give_the_same_tables(workload, tmp_path: Path, epoch_sink: 
     settings = settings_for(out, truth)
     sink: StoreSink | EpochStoreSink = StoreSink(store, tally, rejects.extend)
     recovery = None
+    alerts = _Recorder() if epoch_sink else None
     if epoch_sink:
-        sink = EpochStoreSink(store, tally, rejects.extend, parts=2)
+        sink = EpochStoreSink(store, tally, rejects.extend, parts=2, alerts_first=False)
         settings = replace(settings, recovery=True)
         (tmp_path / "recovery").mkdir()
         init_db_dir(tmp_path / "recovery", 2)
         recovery = RecoveryConfig(tmp_path / "recovery")
-    flow = build_flow(JsonlFiles([out / "events.jsonl"]), sink, settings)
+    flow = build_flow(JsonlFiles([out / "events.jsonl"]), sink, settings, alerts=alerts)
     cluster_main(flow, [], 0, worker_count_per_proc=2, recovery_config=recovery,
                  epoch_interval=timedelta(milliseconds=20))
     counts = dict(tally.counts)
     assert counts["applied"] == truth["counts"]["applied"]
     assert len(rejects) == truth["counts"]["rejected"]
     check_truth(report.full(store), truth)
+    if alerts is not None:  # the alert sink got the store's anomaly rows, no other rows
+        assert {w.table for w in alerts.rows} == {"anomaly", "anomaly_count"}
+        for table, key in (("anomaly", ("anomaly_id",)),
+                           ("anomaly_count", TABLE_KEYS["anomaly_count"])):
+            stored = store.query(f"SELECT {', '.join(key)}, version, is_deleted"
+                                 f" FROM {table} FINAL")
+            assert stored
+            assert _latest([w.row for w in alerts.rows if w.table == table], key) \
+                == _latest(stored, key)
     store.close()
 
 
