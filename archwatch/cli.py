@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from archwatch.settings import EPOCH_WITH_RECOVERY, EPOCH_WITHOUT_RECOVERY
 from archwatch.timeutil import TimeFormatError, parse_duration, parse_ts
 
 SLA_FLAGS = {
@@ -259,7 +260,8 @@ def _live_opts(args: argparse.Namespace):
     elif process_id:
         raise CliError("--process-id needs --addresses (every process's host:port)")
     return LiveOptions(kafka=_kafka(args), workers=args.workers, recovery_dir=recovery,
-                       epoch_interval=timedelta(seconds=args.epoch_interval),
+                       epoch_interval=timedelta(seconds=args.epoch_interval or (
+                           EPOCH_WITHOUT_RECOVERY if recovery is None else EPOCH_WITH_RECOVERY)),
                        backup_interval=(timedelta(seconds=args.backup_interval)
                                         if args.backup_interval else None),
                        addresses=addresses, process_id=process_id)
@@ -476,8 +478,11 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("--recovery-dir", dest="recovery_dir", type=Path,
                         help="Bytewax recovery snapshots (default DIR/recovery)")
         rp.add_argument("--no-recovery", dest="no_recovery", action="store_true")
-        rp.add_argument("--epoch-interval", dest="epoch_interval", type=float, default=1.0,
-                        help="seconds between recovery snapshots")
+        rp.add_argument("--epoch-interval", dest="epoch_interval", type=float,
+                        help=f"seconds between recovery snapshots (default "
+                        f"{EPOCH_WITH_RECOVERY:g}; {EPOCH_WITHOUT_RECOVERY:g} with "
+                        "--no-recovery, where an epoch only paces the partitions' progress "
+                        "reports)")
         rp.add_argument("--backup-interval", dest="backup_interval", type=float, default=0.0,
                         help="seconds a superseded snapshot is kept, so that a copy of the "
                         "recovery partitions taken while running can be restored")

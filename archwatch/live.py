@@ -52,7 +52,7 @@ class LiveOptions:
 # How often a live sink sums the kpi_task rows it wrote into kpi_item (the KPI reads' table):
 # each refresh re-reads every shard's partials of the items touched, so doing it per
 # 0.2-second flush would cost a core's tenth; the KPI endpoints lag at most this much
-# behind the rows, which are themselves an epoch (1 s) behind the events.
+# behind the rows.
 KPI_ITEM_REFRESH = 1.0
 
 

@@ -122,3 +122,28 @@ def test_backup_interval_reaches_bytewax_recovery(tmp_path: Path) -> None:
     assert config.backup_interval == timedelta(minutes=10)
     assert sorted(p.name for p in (tmp_path / "rec").glob("part-*")) == \
         ["part-0.sqlite3", "part-1.sqlite3"]
+
+
+def test_epoch_interval_defaults_to_longer_epochs_with_recovery(tmp_path: Path) -> None:
+    """With recovery an epoch ends in snapshots (5 s by default); without, it only paces
+    the partitions' progress reports (1 s); a flag or --config value wins."""
+    from datetime import timedelta
+
+    from archwatch.cli import _live_opts, build_parser
+
+    base = ["run", "--url", "http://u:p@h:1/", "--recovery-dir", str(tmp_path / "rec")]
+
+    def epoch(*extra: str) -> timedelta:
+        return _live_opts(build_parser().parse_args([*base, *extra])).epoch_interval
+
+    assert epoch() == timedelta(seconds=5)
+    assert epoch("--no-recovery") == timedelta(seconds=1)
+    assert epoch("--epoch-interval", "0.5") == timedelta(milliseconds=500)
+    assert epoch("--no-recovery", "--epoch-interval", "2") == timedelta(seconds=2)
+    (tmp_path / "aw.toml").write_text("epoch_interval = 10\n")
+    from archwatch.cli import _apply_config
+
+    parser = build_parser()
+    argv = [*base, "--config", str(tmp_path / "aw.toml")]
+    _apply_config(parser, argv)
+    assert _live_opts(parser.parse_args(argv)).epoch_interval == timedelta(seconds=10)
