@@ -65,20 +65,21 @@ def build_live_flow(store: Store, settings: EngineSettings, opts: LiveOptions,
     # epoch (its input is not read again): the sink waits for its writes when an epoch
     # closes (EpochStoreSink) or, in a cluster of processes, after every batch (see
     # EpochStoreSink on why). Without recovery a restart reads the topics again.
-    # The anomalies are also written the moment they are made (AlertSink), not when the
-    # epoch sink gets them after the epoch before it closed.
+    # One process: the anomalies are also written the moment they are made (AlertSink),
+    # by a writer of their own: neither after the epoch before closed at the epoch sink,
+    # nor behind the main writer's inserts under load. A cluster keeps to one sink, which
+    # writes a batch's anomalies first.
     sink: StoreSink | EpochStoreSink
-    alerts = None
+    alerts = None if opts.addresses else AlertSink(store)
     if opts.recovery_dir is not None and not opts.addresses:
         sink = EpochStoreSink(store, tally, DeadLetters(opts.kafka), parts=opts.workers,
                               max_rows=20_000, max_delay=opts.flush_delay,
                               refresh_every=KPI_ITEM_REFRESH, alerts_first=False)
-        alerts = AlertSink(store)
     else:
         sink = StoreSink(store, tally, DeadLetters(opts.kafka), max_rows=20_000,
                          max_delay=opts.flush_delay,
                          synchronous=opts.recovery_dir is not None,
-                         refresh_every=KPI_ITEM_REFRESH, alerts_first=True)
+                         refresh_every=KPI_ITEM_REFRESH, alerts_first=alerts is None)
     from archwatch.eventlog import store_digests, store_loader
 
     return build_flow(source, sink, settings, clock=VersionClock(), loader=store_loader(store),
