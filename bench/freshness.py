@@ -171,6 +171,9 @@ class Poller:
         self.sla = sla_ms
         self.seen: dict[str, dict[str, float]] = {}
         self.polls: dict[str, int] = {}
+        # when the last poll that did not see it was sent: the row became visible after
+        # that (a lower bound; the poll that saw it ended at the upper bound)
+        self.missed: dict[str, float] = {}
         self.health: list[float] = []
         self.query_ms: list[float] = []
         self.errors: dict[str, int] = {}
@@ -211,7 +214,11 @@ class Poller:
                 if body.get("total", 0) >= 1:
                     deadline = (self.r.completed[case] + self.sla) / 1000
                     self.seen[case] = {"deadline": deadline, "latency_ms": (t1 - deadline) * 1000,
-                                       "sent_after_deadline_ms": (t0 - deadline) * 1000}
+                                       "sent_after_deadline_ms": (t0 - deadline) * 1000,
+                                       "missed_ms": max(self.missed.get(case, deadline)
+                                                        - deadline, 0.0) * 1000}
+                else:
+                    self.missed[case] = t0
             time.sleep(0.01)
 
     def on_time(self, case: str) -> bool:
@@ -357,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             seen["computed_ms"] = made[case] / 1e6 - seen["deadline"] * 1000
     comp = [s["computed_ms"] for s in poller.seen.values() if "computed_ms" in s]
     lat = [s["latency_ms"] for s in poller.seen.values()]
+    low = [s["missed_ms"] for s in poller.seen.values()]
+    l50, l99 = percentile(low, 50), percentile(low, 99)
     hz = poller.health
     p50, p99 = percentile(lat, 50), percentile(lat, 99)
     h50, h99 = percentile(hz, 50), percentile(hz, 99)
@@ -368,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
          max(comp) if comp else None, c50 / h50 if h50 else None, c99 / h99 if h99 else None],
         ["deadline -> visible in the API (planted MISSING_ARCHIVE)", len(lat), p50, p99,
          max(lat) if lat else None, p50 / h50 if h50 else None, p99 / h99 if h99 else None],
+        ["  lower bound: the last poll that did not see it, sent", len(low), l50, l99,
+         max(low) if low else None, l50 / h50 if h50 else None, l99 / h99 if h99 else None],
         ["baseline: GET /healthz round trip", len(hz), h50, h99, max(hz) if hz else None,
          1.0, 1.0],
         ["GET /api/v1/anomalies?caseNo=&code= round trip", len(poller.query_ms), q50, q99,
@@ -404,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": cases, "probes": len(probes), "seen": len(lat), "on_time": len(on_time),
         "never_seen": missing, "epoch_interval": args.epoch_interval,
         "freshness_ms": {"p50": p50, "p99": p99, "max": max(lat) if lat else None},
+        "freshness_lower_bound_ms": {"p50": l50, "p99": l99},
         "computed_ms": {"p50": c50, "p99": c99},
         "baseline_healthz_ms": {"p50": h50, "p99": h99, "n": len(hz)},
         "anomaly_query_ms": {"p50": q50, "p99": q99},
