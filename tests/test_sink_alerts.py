@@ -15,9 +15,9 @@ from archwatch.connectors.store_sink import AlertSink, StoreSink, Tally
 
 from archwatch.engine import Chunk, Reconcile
 from archwatch.migrate import migrate
-from archwatch.store import ChdbStore, StoreError
+from archwatch.store import ChdbStore
 from tests.kafka_helpers import poll
-from tests.test_sink_sync import _batch, _counts
+from tests.test_sink_sync import _batch, _counts, _Failing
 
 
 def _live_part(store: ChdbStore) -> Any:
@@ -139,11 +139,8 @@ def test_the_alert_sink_writes_what_it_gets_without_being_drained(store: ChdbSto
         part.close()
 
 
-class _FailingAlerts(ChdbStore):
-    def insert(self, table: str, rows: Any) -> None:
-        if table == "anomaly":
-            raise StoreError("disk full")
-        super().insert(table, rows)
+class _FailingAlerts(_Failing):
+    failing = "anomaly"
 
 
 def test_a_failed_alert_write_stops_the_flow_at_its_next_batch(tmp_path) -> None:

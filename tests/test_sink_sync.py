@@ -57,8 +57,12 @@ def test_every_row_is_written_when_the_batch_returns(store: ChdbStore) -> None:
 
 
 class _Failing(ChdbStore):
+    """Every INSERT into ``failing`` fails."""
+
+    failing = "kpi_task"
+
     def insert(self, table: str, rows: Any) -> None:
-        if table == "kpi_task":
+        if table == self.failing:
             raise StoreError("disk full")
         super().insert(table, rows)
 
