@@ -29,8 +29,8 @@ INPUT_WAKE = timedelta(milliseconds=10)
 # epoch ends in a snapshot of every shard, and Bytewax reads no input until it is written
 # (0.3-0.7 s at 10,000 events/s): at 5 s fewer deadlines meet such a close, and what
 # Bytewax writes of the shards' state (their whole snapshots, every epoch) is a fifth
-# (bench/RESULTS.md, section 2, session 15: deadline -> visible p99 0.87-1.51 s against
-# 1.58-2.25 s at 1 s in five interleaved pairs). The cost: after a crash up to 5 s of
+# (bench/RESULTS.md, section 2, session 15: deadline -> visible p99 0.85-1.51 s against
+# 1.06-2.25 s at 1 s in eight interleaved pairs). The cost: after a crash up to 5 s of
 # input is read again, and after a catch-up the watermark follows the wall clock again up
 # to an epoch later. Without recovery an epoch only paces the partitions' progress reports
 # (that release), so it stays short.

@@ -19,6 +19,7 @@ after every batch, which left the dataflow's core idle a quarter of the time.
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
@@ -43,6 +44,7 @@ from archwatch.store import Store
 from archwatch.timeutil import ch_time
 
 RejectHandler = Callable[[list[Reject]], None]
+log = logging.getLogger("archwatch.sink")
 
 
 class Tally:
@@ -657,28 +659,34 @@ class _AlertPartition(StatelessSinkPartition[Any]):
                     self._busy = False
 
     def close(self) -> None:
-        """Write what is left, then stop (the epoch sink writes the same rows anyway; a
+        """Write what is left, then stop (the main sink writes the same rows anyway; a
         write after the store closed is what this avoids)."""
         with self._wake:
             self._closing = True
             self._wake.notify()
         self._thread.join(timeout=60)
+        if self.error is not None:  # after the last batch: no batch left to raise it in
+            log.warning("writing alerts to the store failed: %s", self.error)
 
 
 class AlertSink(DynamicSink[Any]):
-    """Live with recovery: the shards' anomaly rows written the moment they are made, ahead
-    of the epoch sink, which writes them too.
+    """Live, in one process: the shards' anomaly rows written the moment they are made, by
+    a writer of their own, ahead of the main sink, which writes them too.
 
-    Bytewax hands a stateful sink (:class:`EpochStoreSink`) an epoch's items only once the
-    epochs before closed there, and with recovery an epoch's close takes 0.3-0.7 s at
+    With recovery, Bytewax hands a stateful sink (:class:`EpochStoreSink`) an epoch's items
+    only once the epochs before closed there, and an epoch's close takes 0.3-0.7 s at
     10,000 events/s (every step's snapshot written before any input is read again): the
     anomalies the shards fired meanwhile (their deadlines come by notification, see
     dataflows.reconcile._ShardLogic.notify_at) waited for it. A stateless sink gets items
-    as they come. Nothing is lost or double-counted by writing a row twice: it is the same
-    version of the same key (ReplacingMergeTree), and the epoch sink's copy is the one
-    Bytewax's commit waits for. A row written here in an epoch that never commits is
-    withdrawn like any other after a crash: the restored shard's Reconcile tombstones what
-    its snapshot does not hold, and every row it emits after carries a newer version."""
+    as they come. Without recovery, the main writer under load is busy back to back with
+    large writes, and the anomalies waited for the write under way.
+
+    Nothing is lost or double-counted by writing a row twice: it is the same version of
+    the same key (ReplacingMergeTree), and the main sink's copy is the one Bytewax's commit
+    waits for. A row written here in an epoch that never commits is withdrawn like any
+    other after a crash: the restored shard's Reconcile tombstones what its snapshot does
+    not hold, and every row it emits after carries a newer version (so the order in which
+    this sink and the main one apply them does not matter either)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store

@@ -143,7 +143,8 @@ class _FailingAlerts(_Failing):
     failing = "anomaly"
 
 
-def test_a_failed_alert_write_stops_the_flow_at_its_next_batch(tmp_path) -> None:
+def test_a_failed_alert_write_stops_the_flow_at_its_next_batch(tmp_path, caplog) -> None:
+    """Raised in the dataflow at its next batch; logged at the close if none came."""
     store = _FailingAlerts(tmp_path / "db")
     try:
         migrate(store)
@@ -153,5 +154,6 @@ def test_a_failed_alert_write_stops_the_flow_at_its_next_batch(tmp_path) -> None
         with pytest.raises(RuntimeError, match="disk full"):
             part.write_batch([Chunk(_alert_rows())])
         part.close()
+        assert "writing alerts to the store failed: disk full" in caplog.text
     finally:
         store.close()
