@@ -2,8 +2,8 @@
 between the tables of the write under way, the writer takes the anomaly rows buffered for
 the next one and inserts them, so that a new anomaly does not wait for a whole write of
 case states and event log; never while a Reconcile waits, never by blocking on the
-dataflow's buffer. And live with recovery, the AlertSink beside the epoch sink: the
-anomaly rows written as they come."""
+dataflow's buffer. And live in one process, the AlertSink beside the main sink: the
+anomaly rows written as they come, by a writer of their own."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_a_write_takes_the_next_buffers_anomalies_before_its_event_log(tmp_path)
         store.close()
 
 
-# --- AlertSink: the anomaly rows written as they come, beside the epoch sink -----------
+# --- AlertSink: the anomaly rows written as they come, beside the main sink ------------
 
 
 def _alert_rows() -> list[Any]:
