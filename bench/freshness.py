@@ -13,8 +13,10 @@ redeliveries stay exact. `archwatch up` (dataflow + API in one process, a fresh 
 The cases planted with a MISSING_ARCHIVE (truth.json: kinds "missing" and "late") are
 the probes: deadline = the moment their completion was sent + archiveSla. A poller asks
 /api/v1/anomalies?caseNo=...&code=MISSING_ARCHIVE for each probe past its deadline until
-the row is there; freshness = response time of the first answer holding it - deadline.
-Between probes it times GET /healthz: the API's own round trip, the baseline.
+the row is there (--poll list: one list request, openedFrom the earliest due deadline, for
+all of them); freshness = response time of the first answer holding it - deadline, and
+its lower bound the moment the last answer without it was asked for. Between probes it
+times GET /healthz: the API's own round trip, the baseline.
 
     .venv/bin/python bench/freshness.py                     # 2,000/s for 30 s
     .venv/bin/python bench/freshness.py --rate 10000        # 10,000/s for 30 s
