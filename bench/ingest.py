@@ -52,6 +52,7 @@ from _common import (
 )
 
 from archwatch.metrics import scrape
+from archwatch.settings import EPOCH_WITH_RECOVERY
 
 BROKERS = "127.0.0.1:19092"
 PARTITIONS = 4
@@ -270,9 +271,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also `archwatch run -w 1` with recovery on (the product's default:"
                          " all of an epoch's rows written before Bytewax commits it, a"
                          " snapshot of every changed shard each epoch)")
-    ap.add_argument("--recovery-epochs", dest="recovery_epochs", default="1",
+    ap.add_argument("--recovery-epochs", dest="recovery_epochs",
+                    default=f"{EPOCH_WITH_RECOVERY:g}",
                     help="with --recovery: the `--epoch-interval`s to run it with, in seconds"
-                         " (default 1, the product's)")
+                         f" (default {EPOCH_WITH_RECOVERY:g}, the product's with recovery)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of (a)-(c), interleaved; the table shows the median round"
                          " (by run -w 1's ratio) and every round's ratios")
