@@ -570,14 +570,24 @@ def build_flow(
 
 
 @contextmanager
-def engine_gc(threshold: int = 50_000) -> Iterator[None]:
-    """Run the dataflow with a less eager cyclic garbage collector.
+def engine_gc(threshold: int = 1_000_000) -> Iterator[None]:
+    """Run the dataflow with a much less eager cyclic garbage collector.
 
-    The engine allocates a few containers per event (envelopes, rows, batches) that die
-    young by reference counting, while its state (cases, dedup ids) only grows; with
-    CPython's default threshold (700 allocations) the collector runs every few events
-    and keeps re-walking the young state. Measured on the replay of 61k events: ~15% of
-    the CPU time (tests/bench figures in the commit). Objects already alive (imports,
+    The engine's objects die by reference counting, not by the collector: envelopes,
+    rows and batches young, the state (cases, dedup ids) when a case is packed or
+    evicted. A young collection runs when the tracked objects allocated minus those
+    freed since the last one pass the threshold, so a threshold below what is in flight
+    at once (the Kafka source's batches, up to 5,000 records a partition, are parsed,
+    keyed, applied and buffered for the store before they are freed) sets collections
+    off in the middle of every batch: each scans the batch and promotes it, to be
+    scanned again by the older generations, and finds next to nothing (1,200 objects in
+    a 15 s catch-up of 357,000 events). CPython's 700 cost ~15% of a replay's CPU;
+    50,000 (until session 16) still a fifth of `run`'s wall time in a catch-up, with
+    pauses up to 0.27 s every second or so. At 1,000,000 only the state's own growth
+    sets it off: `run -w 1` +7-15% with or without recovery, and at a steady 10,000
+    events/s it ran for 15 ms in 35 s instead of 1.8 s (bench/RESULTS.md section 1,
+    session 16). The price: a collection, when the state has grown by a million
+    containers, scans them all at once (0.3-0.6 s). Objects already alive (imports,
     settings) are frozen out of collection; thresholds are restored afterwards."""
     before = gc.get_threshold()
     gc.freeze()
