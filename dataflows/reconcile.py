@@ -584,9 +584,9 @@ def engine_gc(threshold: int = 1_000_000) -> Iterator[None]:
     a 15 s catch-up of 357,000 events). CPython's 700 cost ~15% of a replay's CPU;
     50,000 (until session 16) still a fifth of `run`'s wall time in a catch-up, with
     pauses up to 0.27 s every second or so. At 1,000,000 only the state's own growth
-    sets it off: `run -w 1` +9-11% without recovery, +2-13% with, and at a steady 10,000
-    events/s it ran for under 0.1 s in 30 s instead of ~2 s (bench/RESULTS.md section
-    1, session 16). The price: a collection, when the state has grown by a million
+    sets it off: `run -w 1` +9-15% without recovery, +2-13% with (interleaved, in two
+    hours), and at a steady 10,000 events/s it ran for under 0.1 s in 30 s instead of
+    ~2 s (bench/RESULTS.md section 1, session 16). The price: a collection, when the state has grown by a million
     containers, scans them all at once (0.3-0.6 s). Objects already alive (imports,
     settings) are frozen out of collection; thresholds are restored afterwards."""
     before = gc.get_threshold()
