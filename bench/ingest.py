@@ -8,7 +8,9 @@ Generates a workload once (archwatch.generate) and produces it once to fresh top
   (b) `archwatch run -w 1` and `-w 2` (--no-recovery, a subprocess, a fresh store each)
       until every record is read and its outcome written, watched through /metrics
       (archwatch_input_position / _input_start / archwatch_events_total, as the tests do);
-      with ``--recovery`` also `run -w 1` with recovery on, the product's default;
+      with ``--recovery`` also `run -w 1` with recovery on, the product's default; with
+      ``--processes N`` also a Bytewax cluster of N `run` processes of one worker each
+      (``-a/-i``), writing through one `archwatch store-server` (docs/cluster.md);
   (c) `archwatch replay` of the same events file (a fresh interpreter, timed inside; the
       fresh store's migrations run first, outside the steady time, inside the figure
       including start-up).
@@ -20,6 +22,7 @@ Rates are events per second from the first record read to the last outcome writt
     .venv/bin/python bench/ingest.py --cases 50000      # ~360k events
     .venv/bin/python bench/ingest.py --profile          # also cProfile a replay pass
     .venv/bin/python bench/ingest.py --recovery         # also `run -w 1` with recovery on
+    .venv/bin/python bench/ingest.py --processes 2      # also a cluster of 2 processes
     .venv/bin/python bench/ingest.py --repeat 5         # (a)-(c) five times, interleaved
 """
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -142,6 +146,84 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
                 if k.startswith("archwatch_events_total{")}
     return {"workers": workers, "recovery": recovery, "epoch_interval": epoch_interval,
             "events": total, "outcomes": outcomes,
+            "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
+
+
+def _store_server(tmp: Path, name: str, password: str) -> tuple[subprocess.Popen[Any], str]:
+    """`archwatch store-server` on a fresh store: the one owner of the chDB directory that
+    a cluster's processes write through (docs/cluster.md); its URL for `--url`."""
+    import httpx
+
+    port = free_port()
+    db = tmp / f"db-{name}"
+    shutil.rmtree(db, ignore_errors=True)
+    log = tmp / f"{name}-store-server.log"
+    proc = subprocess.Popen(
+        [PY, "-m", "archwatch.cli", "store-server", "--db", str(db), "--port", str(port)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+        env={**os.environ, "ARCHWATCH_STORE_PASSWORD": password})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # it migrates the store first
+        if proc.poll() is not None:
+            raise RuntimeError(f"store-server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).is_success:
+                return proc, f"http://archwatch:{password}@127.0.0.1:{port}/"
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_process(proc, 10)
+    raise RuntimeError("store-server did not answer in 60 s")
+
+
+def archwatch_cluster(tmp: Path, prefix: str, processes: int, total: int, receivers: Path,
+                      timeout: float = 600) -> dict[str, Any]:
+    """A Bytewax cluster of ``processes`` `archwatch run` processes (one worker each) on
+    loopback, writing through a store-server, recovery off (as `run -w`): the way past
+    one process's GIL (workers of one process are its threads)."""
+    name = f"p{processes}"
+    server, url = _store_server(tmp, name, f"bench-{time.time_ns()}")
+    addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    ports = [free_port() for _ in range(processes)]
+    logs = [tmp / f"run-{name}-{i}.log" for i in range(processes)]
+    t_spawn = time.perf_counter()
+    procs = [subprocess.Popen(
+        [PY, "-m", "archwatch.cli", "run", "--url", url, "-a", addresses, "-i", str(i),
+         "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
+         "--no-recovery", "--partitions", str(PARTITIONS), "--receivers", str(receivers)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        for i, (port, log) in enumerate(zip(ports, logs, strict=True))]
+    t_first = None
+    ms: list[dict[str, float]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"archwatch run exited: {log.read_text()[-2000:]}")
+            ms = [scrape(port) for port in ports]
+            read = sum(_sum(m, "archwatch_input_position") for m in ms)
+            if t_first is None and read > 0:
+                t_first = time.perf_counter()
+            done = sum(_sum(m, "archwatch_events_total") for m in ms)
+            start = sum(_sum(m, "archwatch_input_start") for m in ms)
+            if read >= total and done == read - start:
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"a cluster of {processes} did not finish in {timeout} s")
+        t_done = time.perf_counter()
+    finally:
+        for proc in procs:
+            stop_process(proc, 60)
+        stop_process(server, 60)
+    outcomes: dict[str, int] = {}
+    for m in ms:
+        for k, v in m.items():
+            if k.startswith("archwatch_events_total{"):
+                outcomes[k.split('"')[1]] = outcomes.get(k.split('"')[1], 0) + int(v)
+    return {"workers": processes, "processes": processes, "recovery": False,
+            "epoch_interval": None, "events": total, "outcomes": outcomes,
             "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
 
 
@@ -275,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=f"{EPOCH_WITH_RECOVERY:g}",
                     help="with --recovery: the `--epoch-interval`s to run it with, in seconds"
                          f" (default {EPOCH_WITH_RECOVERY:g}, the product's with recovery)")
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also a Bytewax cluster of this many `archwatch run` processes "
+                         "(one worker each, `-a/-i`) writing through `archwatch "
+                         "store-server`, recovery off (default: none)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of (a)-(c), interleaved; the table shows the median round"
                          " (by run -w 1's ratio) and every round's ratios")
@@ -336,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"(b) archwatch run -w 1, recovery on, {epoch:g} s epochs ...", flush=True)
             runs.append(archwatch_run(tmp, prefix, 1, n, receivers, recovery=True,
                                       epoch_interval=epoch))
+        if args.processes > 1:
+            print(f"(b) archwatch run, a cluster of {args.processes} processes ...",
+                  flush=True)
+            runs.append(archwatch_cluster(tmp, prefix, args.processes, n, receivers))
         print("(c) archwatch replay ...", flush=True)
         rep = run_worker("ingest.py", ["--worker", "replay", "--events", str(events),
                                        "--db", str(tmp / f"db-replay-{rnd}"), "--as-of",
@@ -370,9 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         ok_w, ok_r = per >= TARGET_PER_WORKER, rate / base_rate >= TARGET_RATIO
         measured.append({**r, "rate": rate, "per_worker": per, "ratio": rate / base_rate,
                          "per_worker_met": ok_w, "ratio_met": ok_r})
-        rows.append([f"(b) archwatch run -w {r['workers']}"
-                     + (f", recovery on, {r['epoch_interval']:g} s epochs"
-                        if r["recovery"] else ""), r["workers"], rate,
+        label = (f"(b) archwatch run, {r['processes']} processes (-a/-i, store-server)"
+                 if r.get("processes") else f"(b) archwatch run -w {r['workers']}"
+                 + (f", recovery on, {r['epoch_interval']:g} s epochs"
+                    if r["recovery"] else ""))
+        rows.append([label, r["workers"], rate,
                      n / r["total_s"], per, rate / base_rate,
                      spread(lambda x, i=i: x["bare"]["steady_s"] / x["runs"][i]["steady_s"]),
                      target(ok_w), target(ok_r)])
