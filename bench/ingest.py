@@ -105,6 +105,42 @@ def _sum(m: dict[str, float], name: str) -> int:
     return int(sum(v for k, v in m.items() if k.startswith(name + "{")))
 
 
+def _until_written(procs: list[subprocess.Popen[Any]], logs: list[Path], ports: list[int],
+                   total: int, timeout: float, what: str) -> dict[str, Any]:
+    """Poll the processes' /metrics until every record is read and its outcome written
+    (summed over the processes); then stop them. Their outcomes, and when the first record
+    was read and the last outcome written (perf_counter)."""
+    t_first = None
+    ms: list[dict[str, float]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"archwatch run exited: {log.read_text()[-2000:]}")
+            ms = [scrape(port) for port in ports]
+            read = sum(_sum(m, "archwatch_input_position") for m in ms)
+            if t_first is None and read > 0:
+                t_first = time.perf_counter()
+            done = sum(_sum(m, "archwatch_events_total") for m in ms)
+            if read >= total and done == read - sum(_sum(m, "archwatch_input_start")
+                                                    for m in ms):
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{what} did not finish in {timeout} s")
+        t_done = time.perf_counter()
+    finally:
+        for proc in procs:
+            stop_process(proc, 60)
+    outcomes: dict[str, int] = {}
+    for m in ms:
+        for k, v in m.items():
+            if k.startswith("archwatch_events_total{"):
+                outcomes[k.split('"')[1]] = outcomes.get(k.split('"')[1], 0) + int(v)
+    return {"outcomes": outcomes, "first": t_first, "done": t_done}
+
+
 def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: Path,
                   timeout: float = 600, recovery: bool = False,
                   epoch_interval: float | None = None) -> dict[str, Any]:
@@ -122,31 +158,11 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
             *(["--epoch-interval", str(epoch_interval)] if epoch_interval else [])]
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-    t_first = None
-    m: dict[str, float] = {}
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"archwatch run exited: {log.read_text()[-2000:]}")
-            m = scrape(port)
-            read = _sum(m, "archwatch_input_position")
-            if t_first is None and read > 0:
-                t_first = time.perf_counter()
-            done = _sum(m, "archwatch_events_total")
-            if read >= total and done == read - _sum(m, "archwatch_input_start"):
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"archwatch run -w {workers} did not finish in {timeout} s")
-        t_done = time.perf_counter()
-    finally:
-        stop_process(proc, 60)
-    outcomes = {k.split('"')[1]: int(v) for k, v in m.items()
-                if k.startswith("archwatch_events_total{")}
+    got = _until_written([proc], [log], [port], total, timeout, f"archwatch run -w {workers}")
     return {"workers": workers, "recovery": recovery, "epoch_interval": epoch_interval,
-            "events": total, "outcomes": outcomes,
-            "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
+            "events": total, "outcomes": got["outcomes"],
+            "steady_s": got["done"] - (got["first"] or t_spawn),
+            "total_s": got["done"] - t_spawn}
 
 
 def _store_server(tmp: Path, name: str, password: str) -> tuple[subprocess.Popen[Any], str]:
@@ -187,44 +203,25 @@ def archwatch_cluster(tmp: Path, prefix: str, processes: int, total: int, receiv
     ports = [free_port() for _ in range(processes)]
     logs = [tmp / f"run-{name}-{i}.log" for i in range(processes)]
     t_spawn = time.perf_counter()
-    procs = [subprocess.Popen(
-        [PY, "-m", "archwatch.cli", "run", "--url", url, "-a", addresses, "-i", str(i),
-         "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
-         "--no-recovery", "--partitions", str(PARTITIONS), "--receivers", str(receivers)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-        for i, (port, log) in enumerate(zip(ports, logs, strict=True))]
-    t_first = None
-    ms: list[dict[str, float]] = []
+    procs: list[subprocess.Popen[Any]] = []
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for proc, log in zip(procs, logs, strict=True):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"archwatch run exited: {log.read_text()[-2000:]}")
-            ms = [scrape(port) for port in ports]
-            read = sum(_sum(m, "archwatch_input_position") for m in ms)
-            if t_first is None and read > 0:
-                t_first = time.perf_counter()
-            done = sum(_sum(m, "archwatch_events_total") for m in ms)
-            start = sum(_sum(m, "archwatch_input_start") for m in ms)
-            if read >= total and done == read - start:
-                break
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"a cluster of {processes} did not finish in {timeout} s")
-        t_done = time.perf_counter()
+        for i, (port, log) in enumerate(zip(ports, logs, strict=True)):
+            procs.append(subprocess.Popen(
+                [PY, "-m", "archwatch.cli", "run", "--url", url, "-a", addresses, "-i", str(i),
+                 "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
+                 "--no-recovery", "--partitions", str(PARTITIONS), "--receivers",
+                 str(receivers)],
+                stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT))
+        got = _until_written(procs, logs, ports, total, timeout,
+                             f"a cluster of {processes}")
     finally:
-        for proc in procs:
+        for proc in procs:  # (stopped already unless starting one failed)
             stop_process(proc, 60)
         stop_process(server, 60)
-    outcomes: dict[str, int] = {}
-    for m in ms:
-        for k, v in m.items():
-            if k.startswith("archwatch_events_total{"):
-                outcomes[k.split('"')[1]] = outcomes.get(k.split('"')[1], 0) + int(v)
     return {"workers": processes, "processes": processes, "recovery": False,
-            "epoch_interval": None, "events": total, "outcomes": outcomes,
-            "steady_s": t_done - (t_first or t_spawn), "total_s": t_done - t_spawn}
+            "epoch_interval": None, "events": total, "outcomes": got["outcomes"],
+            "steady_s": got["done"] - (got["first"] or t_spawn),
+            "total_s": got["done"] - t_spawn}
 
 
 # --------------------------------------------------------------------------- (c)
