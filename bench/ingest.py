@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=0,
                     help="also a Bytewax cluster of this many `archwatch run` processes "
                          "(one worker each, `-a/-i`) writing through `archwatch "
-                         "store-server`, recovery off (default: none)")
+                         "store-server`, recovery off (2 or more; default: none)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of (a)-(c), interleaved; the table shows the median round"
                          " (by run -w 1's ratio) and every round's ratios")
@@ -370,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--receivers", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", dest="profile_out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.processes == 1:
+        ap.error("--processes: a cluster needs 2 or more (one process is `--workers 1`)")
     if args.worker == "replay":
         emit(worker_replay(args.events, args.db, args.as_of, args.receivers, args.profile_out))
         return 0
