@@ -135,6 +135,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
             for v in reversed(values):
                 if type(v) is Watermark:
                     self._live = v if v.wall is not None else None
+                    collector_follows(self._live is not None)
                     break
         if out or any(type(v) is not Watermark for v in values):
             self._snap = None
@@ -569,8 +570,33 @@ def build_flow(
     return flow
 
 
+# The collector's young threshold while the dataflow reads a backlog (or replays a file),
+# and once it is live: see engine_gc and collector_follows.
+GC_BACKLOG_THRESHOLD = 1_000_000
+GC_LIVE_THRESHOLD = 50_000
+_gc_mode: list[bool | None] = [None]  # live? (None: outside engine_gc, leave it alone)
+
+
+def collector_follows(live: bool) -> None:
+    """Inside :func:`engine_gc`, set the collector's young threshold for the input as it
+    is now: ``GC_LIVE_THRESHOLD`` once the watermark follows the wall clock, else
+    ``GC_BACKLOG_THRESHOLD``. A young collection scans what was allocated since the last
+    one, so its pause grows with the threshold: catching up, throughput counts and the
+    batches in flight are large (the high threshold); live, a deadline may be waiting and
+    the batches are small. Measured at a steady 10,000 events/s without recovery, where
+    the cases stay objects: at 1,000,000 one collection of 0.6-0.8 s a run doubled the
+    computed p99 (0.30-0.43 -> 0.68-1.17 s); at 50,000 the longest pause is a middle
+    collection's ≈ 0.25 s (bench/RESULTS.md section 2, session 16)."""
+    mode = _gc_mode[0]
+    if mode is None or mode is live:
+        return
+    _gc_mode[0] = live
+    rest = gc.get_threshold()[1:]
+    gc.set_threshold(GC_LIVE_THRESHOLD if live else GC_BACKLOG_THRESHOLD, *rest)
+
+
 @contextmanager
-def engine_gc(threshold: int = 1_000_000) -> Iterator[None]:
+def engine_gc(threshold: int = GC_BACKLOG_THRESHOLD) -> Iterator[None]:
     """Run the dataflow with a much less eager cyclic garbage collector.
 
     The engine's objects die by reference counting, not by the collector: envelopes,
@@ -582,18 +608,21 @@ def engine_gc(threshold: int = 1_000_000) -> Iterator[None]:
     off in the middle of every batch: each scans the batch and promotes it, to be
     scanned again by the older generations, and finds next to nothing (1,200 objects in
     a 15 s catch-up of 357,000 events). CPython's 700 cost ~15% of a replay's CPU;
-    50,000 (until session 16) still a fifth of `run`'s wall time in a catch-up, with
-    pauses up to 0.27 s every second or so. At 1,000,000 only the state's own growth
-    sets it off: `run -w 1` +9-15% without recovery, +2-13% with (interleaved, in two
-    hours), and at a steady 10,000 events/s it ran for under 0.1 s in 30 s instead of
-    ~2 s (bench/RESULTS.md section 1, session 16). The price: a collection, when the state has grown by a million
-    containers, scans them all at once (0.3-0.6 s). Objects already alive (imports,
-    settings) are frozen out of collection; thresholds are restored afterwards."""
+    50,000 (until session 16) still a fifth of `run`'s wall time in a catch-up. At
+    1,000,000 only the state's own growth sets it off: catching up, `run -w 1` +9-15%
+    without recovery, +2-13% with (interleaved, in two hours; bench/RESULTS.md section
+    1, session 16). The price is a long pause when it does run (a million containers
+    scanned at once: 0.3-0.8 s), which a live engine cannot afford: once the watermark
+    follows the wall clock the shards set 50,000 again (:func:`collector_follows`).
+    Objects already alive (imports, settings) are frozen out of collection; thresholds
+    are restored afterwards."""
     before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(threshold, before[1], before[2])
+    _gc_mode[0] = False
     try:
         yield
     finally:
+        _gc_mode[0] = None
         gc.set_threshold(*before)
         gc.unfreeze()

@@ -1,5 +1,6 @@
 """The dataflow's collector settings (`engine_gc`): a batch in flight does not set a
-young collection off, and the interpreter's own settings come back afterwards."""
+young collection off while a backlog is read, the threshold comes down once the input
+is live (short pauses), and the interpreter's own settings come back afterwards."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from archwatch.dataflows.reconcile import engine_gc
+from archwatch.dataflows.reconcile import (
+    GC_BACKLOG_THRESHOLD,
+    GC_LIVE_THRESHOLD,
+    _ShardLogic,
+    engine_gc,
+)
+
+from archwatch.engine import CaseShard, VersionClock, Watermark
+from archwatch.rules import Sla
 
 # what the Kafka source's batches hold in flight at once, roughly: envelopes, keyed
 # tuples and rows of a few thousand records a partition (see engine_gc's docstring)
@@ -58,8 +67,33 @@ def test_the_same_batch_does_at_the_interpreters_default() -> None:
 def test_settings_come_back_after_the_dataflow_even_when_it_fails() -> None:
     before = gc.get_threshold()
     with pytest.raises(RuntimeError), engine_gc():
-        assert gc.get_threshold()[0] > IN_FLIGHT
+        assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD > IN_FLIGHT
         assert gc.get_freeze_count() > 0  # the objects alive at start are left alone
         raise RuntimeError("the dataflow failed")
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_live_input_lowers_the_threshold_and_a_backlog_raises_it_again() -> None:
+    """The shards tell: a watermark that follows the wall clock is live input, one held
+    back (a partition still catching up) is a backlog."""
+    now = [1_800_000_000_000]
+    logic = _ShardLogic.builder(
+        lambda: CaseShard(4, Sla(), VersionClock(), lambda: now[0], own_time=False),
+        wall_ms=lambda: now[0])(None)
+    before = gc.get_threshold()
+    logic.on_batch([Watermark(1_000, wall=now[0])])  # outside engine_gc: left alone
+    assert gc.get_threshold() == before
+    with engine_gc():
+        assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
+        logic.on_batch([Watermark(2_000)])  # held: still catching up
+        assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
+        logic.on_batch([Watermark(3_000, wall=now[0])])
+        assert gc.get_threshold()[0] == GC_LIVE_THRESHOLD
+        assert gc.get_threshold()[1:] == before[1:]
+        logic.on_batch([Watermark(4_000)])  # behind again (an outage, a burst)
+        assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
+        logic.on_batch([Watermark(5_000, wall=now[0])])
+    assert gc.get_threshold() == before
+    logic.on_batch([Watermark(6_000)])  # after it: left alone again
+    assert gc.get_threshold() == before
