@@ -179,7 +179,9 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         if at is None or at <= self.shard.external_wm:
             return (), StatefulBatchLogic.RETAIN
         out, keep = self.on_batch([Watermark(at)])
-        self._live = live  # the extrapolated watermark does not follow the wall clock
+        # the extrapolated watermark does not follow the wall clock, but the input is live
+        self._live = live
+        collector_follows(True)
         return out, keep
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:

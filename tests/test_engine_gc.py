@@ -91,7 +91,11 @@ def test_live_input_lowers_the_threshold_and_a_backlog_raises_it_again() -> None
         logic.on_batch([Watermark(3_000, wall=now[0])])
         assert gc.get_threshold()[0] == GC_LIVE_THRESHOLD
         assert gc.get_threshold()[1:] == before[1:]
-        logic.on_batch([Watermark(4_000)])  # behind again (an outage, a burst)
+        now[0] += 1_000  # no tick for a second (an epoch's close): Bytewax notifies
+        logic.on_notify()
+        assert logic.shard.external_wm == 4_000  # it took the watermark on itself...
+        assert gc.get_threshold()[0] == GC_LIVE_THRESHOLD  # ... and the input is live
+        logic.on_batch([Watermark(4_500)])  # behind again (an outage, a burst)
         assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
         logic.on_batch([Watermark(5_000, wall=now[0])])
     assert gc.get_threshold() == before
