@@ -598,7 +598,7 @@ def collector_follows(live: bool) -> None:
 
 
 @contextmanager
-def engine_gc(threshold: int = GC_BACKLOG_THRESHOLD) -> Iterator[None]:
+def engine_gc() -> Iterator[None]:
     """Run the dataflow with a much less eager cyclic garbage collector.
 
     The engine's objects die by reference counting, not by the collector: envelopes,
@@ -620,7 +620,7 @@ def engine_gc(threshold: int = GC_BACKLOG_THRESHOLD) -> Iterator[None]:
     are restored afterwards."""
     before = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(threshold, before[1], before[2])
+    gc.set_threshold(GC_BACKLOG_THRESHOLD, before[1], before[2])
     _gc_mode[0] = False
     try:
         yield
