@@ -44,6 +44,7 @@ from _common import (
     ROOT,
     emit,
     free_port,
+    http_ok,
     profile_all,
     profile_top,
     ratio,
@@ -52,6 +53,7 @@ from _common import (
     stop_process,
     table,
     target,
+    wait_for,
     write_results,
 )
 
@@ -168,8 +170,6 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
 def _store_server(tmp: Path, name: str, password: str) -> tuple[subprocess.Popen[Any], str]:
     """`archwatch store-server` on a fresh store: the one owner of the chDB directory that
     a cluster's processes write through (docs/cluster.md); its URL for `--url`."""
-    import httpx
-
     port = free_port()
     db = tmp / f"db-{name}"
     shutil.rmtree(db, ignore_errors=True)
@@ -178,18 +178,15 @@ def _store_server(tmp: Path, name: str, password: str) -> tuple[subprocess.Popen
         [PY, "-m", "archwatch.cli", "store-server", "--db", str(db), "--port", str(port)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT,
         env={**os.environ, "ARCHWATCH_STORE_PASSWORD": password})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # it migrates the store first
-        if proc.poll() is not None:
-            raise RuntimeError(f"store-server exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=1).is_success:
-                return proc, f"http://archwatch:{password}@127.0.0.1:{port}/"
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    stop_process(proc, 10)
-    raise RuntimeError("store-server did not answer in 60 s")
+    try:  # it migrates the store first
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/ping") or proc.poll() is not None,
+                 60, what="the store server")
+    except TimeoutError:
+        stop_process(proc, 10)
+        raise
+    if proc.poll() is not None:
+        raise RuntimeError(f"store-server exited: {log.read_text()[-2000:]}")
+    return proc, f"http://archwatch:{password}@127.0.0.1:{port}/"
 
 
 def archwatch_cluster(tmp: Path, prefix: str, processes: int, total: int, receivers: Path,
