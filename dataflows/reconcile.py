@@ -135,7 +135,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
             for v in reversed(values):
                 if type(v) is Watermark:
                     self._live = v if v.wall is not None else None
-                    collector_follows(self._live is not None)
+                    collector_follows(self._live is not None, packed=self._recovery)
                     break
         if out or any(type(v) is not Watermark for v in values):
             self._snap = None
@@ -181,7 +181,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         out, keep = self.on_batch([Watermark(at)])
         # the extrapolated watermark does not follow the wall clock, but the input is live
         self._live = live
-        collector_follows(True)
+        collector_follows(True, packed=self._recovery)
         return out, keep
 
     def on_eof(self) -> tuple[Iterable[Any], bool]:
@@ -573,28 +573,36 @@ def build_flow(
 
 
 # The collector's young threshold while the dataflow reads a backlog (or replays a file),
-# and once it is live: see engine_gc and collector_follows.
+# or is live with recovery; and once it is live without: see engine_gc, collector_follows.
 GC_BACKLOG_THRESHOLD = 1_000_000
 GC_LIVE_THRESHOLD = 50_000
-_gc_mode: list[bool | None] = [None]  # live? (None: outside engine_gc, leave it alone)
+# the live threshold? (None: outside engine_gc, leave it alone)
+_gc_mode: list[bool | None] = [None]
 
 
-def collector_follows(live: bool) -> None:
+def collector_follows(live: bool, packed: bool = False) -> None:
     """Inside :func:`engine_gc`, set the collector's young threshold for the input as it
-    is now: ``GC_LIVE_THRESHOLD`` once the watermark follows the wall clock, else
-    ``GC_BACKLOG_THRESHOLD``. A young collection scans what was allocated since the last
-    one, so its pause grows with the threshold: catching up, throughput counts and the
-    batches in flight are large (the high threshold); live, a deadline may be waiting and
-    the batches are small. Measured at a steady 10,000 events/s without recovery, where
-    the cases stay objects: at 1,000,000 one collection of 0.6-0.8 s a run doubled the
-    computed p99 (0.30-0.43 -> 0.68-1.17 s); at 50,000 the longest pause is a middle
-    collection's ≈ 0.25 s (bench/RESULTS.md section 2, session 16)."""
+    is now: ``GC_LIVE_THRESHOLD`` once the watermark follows the wall clock and the cases
+    stay objects, else ``GC_BACKLOG_THRESHOLD``. A young collection scans what was
+    allocated since the last one, so its pause grows with the threshold: catching up,
+    throughput counts and the batches in flight are large (the high threshold); live, a
+    deadline may be waiting and the batches are small. Measured at a steady 10,000
+    events/s without recovery, where the cases stay objects and the state grows by a
+    million containers in half a minute: at 1,000,000 one collection of 0.6-0.8 s a run
+    doubled the computed p99 (0.30-0.43 -> 0.68-1.17 s); at 50,000 the longest pause is
+    a middle collection's ≈ 0.25 s. With recovery (``packed``) every snapshot packs the
+    cases touched since the one before into bytes, freeing their objects, and the freed
+    containers count down what sets a young collection off: the state no longer grows
+    in objects, and 1,000,000 cost 38-83 ms of collector time a run where 50,000 cost
+    1.8-2.2 s; visible p99 median 940 against 1,064 ms over 15 interleaved pairs
+    (bench/RESULTS.md section 2, session 16)."""
+    tight = live and not packed
     mode = _gc_mode[0]
-    if mode is None or mode is live:
+    if mode is None or mode is tight:
         return
-    _gc_mode[0] = live
+    _gc_mode[0] = tight
     rest = gc.get_threshold()[1:]
-    gc.set_threshold(GC_LIVE_THRESHOLD if live else GC_BACKLOG_THRESHOLD, *rest)
+    gc.set_threshold(GC_LIVE_THRESHOLD if tight else GC_BACKLOG_THRESHOLD, *rest)
 
 
 @contextmanager
@@ -614,8 +622,9 @@ def engine_gc() -> Iterator[None]:
     1,000,000 only the state's own growth sets it off: catching up, `run -w 1` +9-15%
     without recovery, +2-13% with (interleaved, in two hours; bench/RESULTS.md section
     1, session 16). The price is a long pause when it does run (a million containers
-    scanned at once: 0.3-0.8 s), which a live engine cannot afford: once the watermark
-    follows the wall clock the shards set 50,000 again (:func:`collector_follows`).
+    scanned at once: 0.3-0.8 s), which a live engine cannot afford while its cases stay
+    objects: once the watermark follows the wall clock the shards set 50,000 again
+    unless recovery packs the cases (:func:`collector_follows`).
     Objects already alive (imports, settings) are frozen out of collection; thresholds
     are restored afterwards."""
     before = gc.get_threshold()

@@ -101,3 +101,20 @@ def test_live_input_lowers_the_threshold_and_a_backlog_raises_it_again() -> None
     assert gc.get_threshold() == before
     logic.on_batch([Watermark(6_000)])  # after it: left alone again
     assert gc.get_threshold() == before
+
+
+def test_live_input_with_recovery_keeps_the_high_threshold() -> None:
+    """With recovery every snapshot packs the cases touched since the one before, so a
+    live engine's objects do not pile up toward the high threshold: live or not, it
+    stays (and a shard's own notification during a close does not lower it)."""
+    now = [1_800_000_000_000]
+    logic = _ShardLogic.builder(
+        lambda: CaseShard(4, Sla(), VersionClock(), lambda: now[0], own_time=False),
+        recovery=True, wall_ms=lambda: now[0])(None)
+    with engine_gc():
+        logic.on_batch([Watermark(3_000, wall=now[0])])
+        assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
+        now[0] += 1_000
+        logic.on_notify()
+        assert logic.shard.external_wm == 4_000
+        assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
