@@ -399,6 +399,53 @@ class Outbox:
                 out[r["anomaly_id"]] = Notification.from_row(r).held()
         return out
 
+    def prunable(self, cutoff_ms: int, limit: int) -> tuple[list[str], bool]:
+        """Notifications nothing will read or send again, every one written before
+        ``cutoff_ms``: all of an anomaly's once its last transition closed it (resolved,
+        withdrawn), all of a group's once every member is back; and in either case every
+        delivery of them delivered (a failed or dead one keeps its notification, for the
+        retries and the administrator). Whole keys, so that no older version of a row
+        can come back the way a TTL on these ReplacingMergeTree tables would let it.
+        At most ``limit`` anomalies and ``limit`` groups; the flag: more may be left."""
+        params = {"cut": cutoff_ms, "lim": limit}
+        waiting = ("(SELECT groupArray(DISTINCT notification_id) FROM webhook_delivery FINAL"
+                   " WHERE status != 'delivered')")
+        closed = [r["ids"] for r in self.store.query(
+            "SELECT groupArray(notification_id) AS ids FROM alert_notification FINAL"
+            " WHERE kind IN ('opened', 'updated', 'resolved', 'withdrawn')"
+            " GROUP BY anomaly_id"
+            " HAVING argMax(kind, seq) IN ('resolved', 'withdrawn')"
+            " AND max(created_at) < fromUnixTimestamp64Milli({cut:Int64}, 'UTC')"
+            " AND countIf(state NOT IN ('done', 'grouped')) = 0"
+            f" AND NOT hasAny(ids, {waiting})"
+            " ORDER BY min(seq) LIMIT {lim:UInt32}", params)]
+        groups = [r["ids"] for r in self.store.query(
+            "SELECT arrayConcat([g.notification_id], r.ids) AS ids FROM"
+            " (SELECT notification_id, seq, members FROM alert_notification FINAL"
+            "  WHERE kind = 'group_opened' AND state IN ('done', 'grouped')"
+            "  AND created_at < fromUnixTimestamp64Milli({cut:Int64}, 'UTC')) AS g"
+            " INNER JOIN"
+            " (SELECT group_id, groupArray(notification_id) AS ids,"
+            "  groupArrayArray(members) AS back, max(created_at) AS last,"
+            "  countIf(state NOT IN ('done', 'grouped')) AS open"
+            "  FROM alert_notification FINAL WHERE kind = 'group_resolved'"
+            "  GROUP BY group_id) AS r ON r.group_id = g.notification_id"
+            " WHERE hasAll(r.back, g.members) AND r.open = 0"
+            " AND r.last < fromUnixTimestamp64Milli({cut:Int64}, 'UTC')"
+            f" AND NOT hasAny(ids, {waiting})"
+            " ORDER BY g.seq LIMIT {lim:UInt32}", params)]
+        return ([i for ids in (*closed, *groups) for i in ids],
+                len(closed) == limit or len(groups) == limit)
+
+    def delete(self, ids: Sequence[str]) -> None:
+        """Delete these notifications and their deliveries, deliveries first: a deliverer
+        stopped in between leaves notifications without deliveries, which the next pass
+        finds again."""
+        for part in _chunks(sorted(set(ids))):
+            for table in ("webhook_delivery", "alert_notification"):
+                self.store.command(f"DELETE FROM {table} WHERE notification_id IN"
+                                   " {ids:Array(String)}", {"ids": part})
+
     def group_events(self, after: int, where: str, params: Mapping[str, Any],
                      limit: int = 500) -> list[dict[str, Any]]:
         """Group notifications after ``after`` (seq) for the live feed."""
@@ -609,6 +656,10 @@ class NotifySettings:
     batch: int = 500
     settle_ms: int = 10_000
     group: GroupRule = field(default_factory=GroupRule)
+    # the outbox's notifications done with this long ago are deleted (0: kept forever),
+    # checked at start and every prune_every_ms
+    retention_ms: int = 30 * 86_400_000
+    prune_every_ms: int = 3_600_000
 
     def backoff(self, attempts: int, rnd: float, retry_after_ms: int | None = None) -> int:
         """Delay after the ``attempts``-th failure; ``rnd`` uniform in [0, 1)."""
@@ -620,7 +671,7 @@ class NotifySettings:
 
 
 COUNT_KEYS = ("read", "notifications", "grouped", "groups", "fannedOut", "due", "delivered",
-              "failed", "dead", "deferred", "conflict")
+              "failed", "dead", "deferred", "conflict", "pruned")
 
 
 class Deliverer:
@@ -638,6 +689,7 @@ class Deliverer:
         self.outbox = Outbox(store)
         self.deliveries = Deliveries(store)
         self.webhooks = Webhooks(store, clock)
+        self._next_prune = 0  # the clock's ms: at the first cycle
 
     # -- cursor ----------------------------------------------------------------
     def cursor(self, hooks: Sequence[Webhook] = ()) -> int:
@@ -851,7 +903,33 @@ class Deliverer:
         counts["grouped"], counts["groups"] = self.group()
         counts["fannedOut"] = self.fan_out(hooks)
         self.deliver(hooks, counts)
+        counts["pruned"] = self.prune()
         return counts
+
+    # -- 5. retention -----------------------------------------------------------
+    def prune(self) -> int:
+        """Delete what the outbox will never use again (see :meth:`Outbox.prunable`), at
+        most every ``prune_every_ms``; the number of notifications deleted. Without it
+        ``alert_notification`` and ``webhook_delivery`` grow with every transition a
+        subscription matches. A transition read again after its notification is gone
+        would be sent again: the feed is read again only ``settle_ms`` back, and an
+        engine's at-least-once output repeats minutes, not the retention."""
+        s = self.settings
+        now = self.clock()
+        if s.retention_ms <= 0 or now < self._next_prune:
+            return 0
+        self._next_prune = now + s.prune_every_ms
+        done: set[str] = set()
+        more = True
+        while more:
+            ids, more = self.outbox.prunable(now - s.retention_ms, s.batch)
+            if not done.isdisjoint(ids):  # deleted, and still there: not again this hour
+                log.warning("outbox retention: %d deleted notifications still read back",
+                            len(done.intersection(ids)))
+                break
+            self.outbox.delete(ids)
+            done.update(ids)
+        return len(done)
 
     def refresh_gauges(self) -> None:
         from archwatch import metrics
@@ -923,6 +1001,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lease", type=_ms, default="PT1M",
                    help="a POST whose answer was not recorded (the deliverer stopped) is "
                         "sent again after this")
+    g.add_argument("--outbox-retention", dest="outbox_retention", type=_ms, default="P30D",
+                   help="delete notifications (and their deliveries) done with this long "
+                        "ago: anomaly closed or group back, every delivery delivered "
+                        "(PT0S: keep them)")
 
 
 def settings_from(args: argparse.Namespace) -> NotifySettings:
@@ -936,6 +1018,7 @@ def settings_from(args: argparse.Namespace) -> NotifySettings:
     return NotifySettings(base_delay_ms=args.retry_base, max_delay_ms=args.retry_max,
                           max_attempts=args.max_attempts, lease_ms=args.lease,
                           timeout_s=args.http_timeout,
+                          retention_ms=args.outbox_retention,
                           group=GroupRule(window_ms=args.group_window,
                                           min_size=args.group_min))
 

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -455,6 +456,74 @@ def test_grouped_region_through_the_store(store: Any, receiver: Callable[..., Re
         assert [e["id"] for e in rest] == ids[6:]
         only = sse(base, token, 0, 6, "&code=RECEIVER_DOWN&class=link")
         assert [e["event"] for e in only] == ["opened"] * 5 + ["group_opened"]
+
+
+def test_retention_deletes_what_the_outbox_is_done_with_and_nothing_else(
+        store: Any, receiver: Callable[..., Receiver]) -> None:
+    """After the retention: closed anomalies and fully resolved groups go, with their
+    deliveries; an open anomaly, dead deliveries and a group with a receiver still down
+    stay, and the deliverer still resolves that group afterwards."""
+    migrate(store)
+    rx, broken = receiver(), receiver(fail=lambda _n, _r: 500)
+    Webhooks(store).put("ops", rx.url, codes=["MISSING_ARCHIVE", "RECEIVER_DOWN"])
+    Webhooks(store).put("broken", broken.url, codes=["DUPLICATE_RECEIPT"])
+    clock = FakeClock()
+    day = 86_400_000
+    s = NotifySettings(settle_ms=0, max_attempts=1, retention_ms=day,
+                       prune_every_ms=3 * day,
+                       group=GroupRule(window_ms=3000, min_size=3, settle_ms=1000))
+    d = Deliverer(store, s, clock=clock)
+    t0 = clock() - 1000
+    closed, still_open = case_anomaly(1), case_anomaly(2)
+    dead = case_anomaly(3, code="DUPLICATE_RECEIPT")
+    whole = [down(i, "330106", t0 + i * 100) for i in range(3)]  # all come back
+    part = [down(i, "330107", t0 + i * 100) for i in range(3)]  # one stays down
+    write_feed(store, [closed, still_open, dead, *whole, *part])
+    assert d.cycle()["pruned"] == 0  # the first cycle looks: nothing is old enough
+    clock.sleep(3100)
+    d.cycle()  # the windows close: two groups
+    back = clock() - 500
+    write_feed(store, [replace(a, resolved_at=back) for a in (closed, dead)], kind="resolved")
+    write_feed(store, [replace(a, resolved_at=back) for a in (*whole, *part[:2])],
+               kind="resolved")
+    d.cycle()
+    clock.sleep(5000)
+    d.cycle()
+    types = Counter(r["body"]["type"] for r in rx.requests)
+    assert types == Counter({"anomaly.opened": 2, "anomaly.resolved": 1, "group.opened": 2,
+                             "group.resolved": 2})
+    assert [r.status for r in Deliveries(store).list("broken", limit=10)[0]] == [DEAD, DEAD]
+
+    def kept() -> Counter[tuple[str, str]]:
+        rows = store.query("SELECT kind, anomaly_id FROM alert_notification FINAL")
+        return Counter((r["kind"], r["anomaly_id"] if r["anomaly_id"].startswith("case")
+                        else r["anomaly_id"].rsplit("-", 1)[0]) for r in rows)
+
+    before = kept()
+    clock.sleep(day)
+    assert d.outbox.prunable(clock() - day, 100)[0]  # old enough now, but ...
+    assert d.cycle()["pruned"] == 0  # ... the last pass was less than prune_every_ms ago
+    clock.sleep(2 * day)
+    pruned = d.cycle()["pruned"]
+    after = kept()
+    assert after == Counter({
+        ("opened", "case-a2"): 1,  # still open
+        ("opened", "case-a3"): 1, ("resolved", "case-a3"): 1,  # its deliveries are dead
+        ("opened", "down-330107"): 1,  # still down, and its group with what it resolved
+        ("group_opened", ""): 1, ("group_resolved", ""): 1,
+    }), after
+    assert pruned == sum(before.values()) - sum(after.values()) == 2 + 8 + 4
+    ops, _ = Deliveries(store).list("ops", limit=100)
+    assert [r.status for r in ops] == [DELIVERED] * 3  # a2's, and 330107's group's
+    assert Deliveries(store).list("broken", limit=10)[1] == 2
+    # what stayed is all the deliverer needs: the last receiver back closes its group
+    write_feed(store, [replace(part[2], resolved_at=clock() - 500)], kind="resolved")
+    d.cycle()
+    clock.sleep(5000)
+    d.cycle()
+    res = [r["body"] for r in rx.requests if r["body"]["type"] == "group.resolved"]
+    assert len(res) == 3 and res[-1]["group"]["allResolved"]
+    assert res[-1]["group"]["stillDown"] == []
 
 
 @contextlib.contextmanager
