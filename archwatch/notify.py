@@ -40,6 +40,7 @@ import hmac
 import json
 import logging
 import random
+import re
 import secrets
 import threading
 import time
@@ -332,11 +333,16 @@ def _group_payload(kind: str, gid: str, qym: str, start: int, members: Sequence[
     return out
 
 
+# a Distributed table's engine: Distributed(cluster, database, local table, sharding key)
+_DISTRIBUTED = re.compile(r"^Distributed\(\s*'?([\w.-]+)'?\s*,\s*'?(\w+)'?\s*,\s*'?(\w+)'?")
+
+
 class Outbox:
     """The ``alert_notification`` and ``webhook_delivery`` tables."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._targets: dict[str, str] = {}  # see _delete_target
 
     def put(self, rows: Sequence[Notification]) -> list[Notification]:
         out = [replace(n, version=_clock.next()) for n in rows]
@@ -443,8 +449,20 @@ class Outbox:
         finds again."""
         for part in _chunks(sorted(set(ids))):
             for table in ("webhook_delivery", "alert_notification"):
-                self.store.command(f"DELETE FROM {table} WHERE notification_id IN"
-                                   " {ids:Array(String)}", {"ids": part})
+                self.store.command(f"DELETE FROM {self._delete_target(table)} WHERE"
+                                   " notification_id IN {ids:Array(String)}", {"ids": part})
+
+    def _delete_target(self, table: str) -> str:
+        """What ``DELETE FROM`` names for ``table``: itself on one server; on a cluster
+        (docs/cluster.md) the Distributed table's local tables, ON CLUSTER, since a
+        Distributed table takes no DELETE (each node deletes the rows it holds)."""
+        if table not in self._targets:
+            rows = self.store.query(
+                "SELECT engine_full FROM system.tables WHERE database = currentDatabase()"
+                " AND name = {t:String}", {"t": table})
+            m = _DISTRIBUTED.match(rows[0]["engine_full"]) if rows else None
+            self._targets[table] = (f"{m[2]}.{m[3]} ON CLUSTER {m[1]}" if m else table)
+        return self._targets[table]
 
     def group_events(self, after: int, where: str, params: Mapping[str, Any],
                      limit: int = 500) -> list[dict[str, Any]]:

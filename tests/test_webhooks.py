@@ -38,6 +38,7 @@ from archwatch.notify import (
     Deliveries,
     HttpPoster,
     NotifySettings,
+    Outbox,
     Webhooks,
     sign,
     verify,
@@ -524,6 +525,31 @@ def test_retention_deletes_what_the_outbox_is_done_with_and_nothing_else(
     res = [r["body"] for r in rx.requests if r["body"]["type"] == "group.resolved"]
     assert len(res) == 3 and res[-1]["group"]["allResolved"]
     assert res[-1]["group"]["stillDown"] == []
+
+
+def test_retention_deletes_through_the_local_tables_on_a_cluster() -> None:
+    """A Distributed table takes no DELETE: on a cluster (docs/cluster.md) the rows go
+    from its local tables, ON CLUSTER, as the table's engine names them."""
+
+    class ClusterStore:
+        def __init__(self) -> None:
+            self.commands: list[str] = []
+
+        def query(self, sql: str, params: dict[str, Any]) -> list[dict[str, str]]:
+            assert "system.tables" in sql
+            return [{"engine_full": f"Distributed('aw', 'arch', '{params['t']}_local',"
+                                    " cityHash64(notification_id))"}]
+
+        def command(self, sql: str, params: dict[str, Any]) -> None:
+            self.commands.append(sql.split(" WHERE")[0])
+
+    store = ClusterStore()
+    outbox = Outbox(store)  # type: ignore[arg-type]
+    outbox.delete(["n1", "n2"])
+    outbox.delete(["n3"])
+    assert store.commands == [
+        "DELETE FROM arch.webhook_delivery_local ON CLUSTER aw",
+        "DELETE FROM arch.alert_notification_local ON CLUSTER aw"] * 2
 
 
 @contextlib.contextmanager
