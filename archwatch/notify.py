@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 from archwatch import grouping
 from archwatch.engine import VersionClock
 from archwatch.grouping import GroupRule, Held
-from archwatch.store import Store
+from archwatch.store import Store, StoreError
 from archwatch.timeutil import ch_time, now_ms, parse_duration, to_iso_utc
 
 log = logging.getLogger("archwatch.notify")
@@ -939,14 +939,17 @@ class Deliverer:
         self._next_prune = now + s.prune_every_ms
         done: set[str] = set()
         more = True
-        while more:
-            ids, more = self.outbox.prunable(now - s.retention_ms, s.batch)
-            if not done.isdisjoint(ids):  # deleted, and still there: not again this hour
-                log.warning("outbox retention: %d deleted notifications still read back",
-                            len(done.intersection(ids)))
-                break
-            self.outbox.delete(ids)
-            done.update(ids)
+        try:
+            while more:
+                ids, more = self.outbox.prunable(now - s.retention_ms, s.batch)
+                if not done.isdisjoint(ids):  # deleted, and still read: not again this hour
+                    log.warning("outbox retention: %d deleted notifications still read back",
+                                len(done.intersection(ids)))
+                    break
+                self.outbox.delete(ids)
+                done.update(ids)
+        except StoreError as exc:  # delivery goes on; the next pass tries again
+            log.warning("outbox retention failed after %d deletions: %s", len(done), exc)
         return len(done)
 
     def refresh_gauges(self) -> None:
@@ -1074,7 +1077,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     from archwatch.cli import CliError
     from archwatch.distribution import _stop_on_sigterm
     from archwatch.migrate import migrate
-    from archwatch.store import StoreError, open_store
+    from archwatch.store import open_store
 
     if args.db is None and args.url is None:
         raise CliError("one of --db or --url is required")

@@ -44,6 +44,7 @@ from archwatch.notify import (
     verify,
 )
 from archwatch.rules import Anomaly
+from archwatch.store import StoreError
 from archwatch.timeutil import now_ms
 from tests.kafka_helpers import ROOT, Archwatch, free_port, poll, prefix_for, serve_app
 from tests.test_alerts import read_events
@@ -550,6 +551,24 @@ def test_retention_deletes_through_the_local_tables_on_a_cluster() -> None:
     assert store.commands == [
         "DELETE FROM arch.webhook_delivery_local ON CLUSTER aw",
         "DELETE FROM arch.alert_notification_local ON CLUSTER aw"] * 2
+
+
+def test_a_failing_retention_pass_does_not_stop_delivery(
+        store: Any, receiver: Callable[..., Receiver], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    migrate(store)
+    rx = receiver()
+    Webhooks(store).put("ops", rx.url)
+    write_feed(store, [case_anomaly(50)])
+
+    def refused(*_a: Any) -> Any:
+        raise StoreError("DELETE refused")
+
+    monkeypatch.setattr(Outbox, "prunable", lambda *_a: (["x"], False))
+    monkeypatch.setattr(Outbox, "delete", refused)
+    out = Deliverer(store, NotifySettings(settle_ms=0)).cycle()
+    assert out["delivered"] == 1 and out["pruned"] == 0
+    assert [r["body"]["alert"]["caseNo"] for r in rx.requests] == ["CASE0050"]
 
 
 @contextlib.contextmanager
