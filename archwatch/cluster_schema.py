@@ -78,9 +78,10 @@ SHARDING_KEYS: dict[str, str] = {
 
 # Small tables replicated whole to every node instead of sharded: bookkeeping, and the
 # accounts every API node reads at each login, the knowledge articles, the webhook
-# subscriptions and the deliverer's feed cursor (no fan-out across shards for those).
+# subscriptions, the deliverer's feed cursor and the workers' leases (no fan-out across shards).
 NOT_DISTRIBUTED: frozenset[str] = frozenset({"schema_migrations", "account", "article",
-                                              "webhook", "notifier_cursor"})
+                                              "webhook", "notifier_cursor",
+                                              "worker_lease"})
 
 # The cluster form of the bookkeeping table that archwatch.migrate creates on one node:
 # one replicated copy shared by the whole cluster (no {shard} in its Keeper path).

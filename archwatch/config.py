@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from archwatch.timeutil import TimeFormatError, parse_duration
 
 DURATIONS = ("archive_sla", "push_sla", "check_sla", "backup_sla", "distribution_sla",
-             "orphan_grace", "lateness", "group_window")
+             "orphan_grace", "lateness", "group_window", "takeover", "outbox_retention")
 
 
 class ConfigError(ValueError):
@@ -61,6 +61,9 @@ class FileConfig(BaseModel):
     group_window: str | None = None
     group_min: int | None = Field(default=None, ge=1, le=10_000)
     notify_interval: float | None = Field(default=None, gt=0, le=3600)
+    takeover: str | None = None
+    deliverer_id: str | None = Field(default=None, min_length=1, max_length=200)
+    outbox_retention: str | None = None
 
     @field_validator(*DURATIONS)
     @classmethod

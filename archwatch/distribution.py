@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 
 from archwatch.casedoc import current
 from archwatch.engine import VersionClock
+from archwatch.lease import Lease
 from archwatch.lookups import RECEIVER_DOWN, anomaly_current
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.store import Store
@@ -563,6 +564,8 @@ class DistributorSettings:
     lease_ms: int = 120_000  # a sent row without a recorded answer is sent again after this
     timeout_s: float = 10.0
     batch: int = 500
+    # a standby distributor takes over once the active one has not renewed for this long
+    takeover_ms: int = 30_000
 
     def backoff(self, attempts: int) -> int:
         """Delay after the ``attempts``-th failure: base * 2^(attempts-1), capped."""
@@ -572,22 +575,37 @@ class DistributorSettings:
 # due: rows worked on this cycle; receiverDown, noEndpoint, noReceiver: rows that would be
 # due but wait for their receiver; deferred: rows left for the next cycle because their
 # receiver failed (connection error, 5xx) earlier in this one; conflict: a reset won.
+LEASE = "distribution"  # the distributor's row in worker_lease (archwatch/lease.py)
 COUNT_KEYS = ("due", "sent", "acked", "failed", "gaveUp", "receiverDown", "noReceiver",
               "noEndpoint", "deferred", "conflict", "events")
 
 
 class Distributor:
-    """Sends due rows to their receivers; one instance per store at a time."""
+    """Sends due rows to their receivers; one instance per store sends at a time (the
+    lease ``distribution``, :class:`~archwatch.lease.Lease`), others stand by."""
 
     def __init__(self, store: Store, emitter: Emitter,
                  settings: DistributorSettings | None = None,
-                 clock: Callable[[], int] = now_ms, post: Post = http_post) -> None:
+                 clock: Callable[[], int] = now_ms, post: Post = http_post,
+                 holder: str | None = None) -> None:
         self.store = store
         self.emitter = emitter
         self.settings = settings or DistributorSettings()
         self.clock = clock
         self.post = post
         self.queue = DistributionQueue(store, clock)
+        self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock)
+        self.active: bool | None = None  # as the last check found (None: not yet)
+
+    def holding(self) -> bool:
+        """Whether this distributor may send now (see :class:`~archwatch.lease.Lease`)."""
+        active = self.lease.check()
+        if active is not self.active:
+            holder = None if active else self.lease.holder_alive()
+            log.info("distributor %r %s", self.lease.holder, "active" if active else
+                     f"standing by ({holder!r} holds the lease)" if holder else "standing by")
+            self.active = active
+        return active
 
     def drain(self) -> int:
         """Publish every transition written but not yet published; returns how many."""
@@ -603,8 +621,11 @@ class Distributor:
                 return total
 
     def cycle(self) -> dict[str, int]:
+        """Publish, send what is due, publish again; nothing while standing by."""
         s = self.settings
         counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
+        if not self.holding():
+            return dict(counts)
         counts["events"] += self.drain()
         now = self.clock()
         regs = Registry(self.store).all()
@@ -638,6 +659,8 @@ class Distributor:
             if rid in broken:
                 counts["deferred"] += 1
                 continue
+            if not self.holding():  # slow sends outlived the lease, and a standby took over
+                break
             claimed = self.queue.swap(row, replace(
                 row, receiver_id=rid, status=SENT, attempts=row.attempts + 1,
                 next_attempt_at=now + s.lease_ms, updated_at=now, sent_at=now))
@@ -678,12 +701,13 @@ class Distributor:
             out: dict[str, Any] = {}
             try:
                 mono = time.monotonic()
-                if rebuild_every_s is not None and (
-                        last_rebuild is None
-                        or (rebuild_every_s > 0 and mono - last_rebuild >= rebuild_every_s)):
-                    out["rebuild"] = self.queue.rebuild(undistributed)
-                    last_rebuild = mono
-                out.update(self.cycle())
+                if self.holding():  # a standby rebuilds, sends and reports nothing
+                    if rebuild_every_s is not None and (
+                            last_rebuild is None
+                            or (rebuild_every_s > 0 and mono - last_rebuild >= rebuild_every_s)):
+                        out["rebuild"] = self.queue.rebuild(undistributed)
+                        last_rebuild = mono
+                    out.update(self.cycle())
             except Exception:
                 if once:
                     raise
@@ -691,6 +715,10 @@ class Distributor:
             if report is not None and out:
                 report(out)
             if once or stop.wait(interval_s):
+                try:
+                    self.lease.release()
+                except Exception:  # noqa: BLE001 - the lease then expires by itself
+                    log.warning("could not release the distributor's lease", exc_info=True)
                 return
 
 
@@ -884,6 +912,12 @@ def add_parser(sub: Any) -> None:
                    help="a package sent without a recorded answer is sent again after this")
     d.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout, seconds")
     d.add_argument("--batch", type=int, default=500, help="packages per cycle at most")
+    d.add_argument("--takeover", type=_duration_ms, default="PT30S",
+                   help="a standby distributor (another host, same store) takes over once "
+                        "the active one has not renewed its lease for this long")
+    d.add_argument("--distributor-id", dest="distributor_id", default=None,
+                   help="this distributor's name in the lease (default: the host name; one "
+                        "restarted under its name takes the lease back at once)")
     d.set_defaults(func=cmd_distribute)
 
 
@@ -896,6 +930,9 @@ def cmd_distribute(args: argparse.Namespace) -> int:
         raise CliError("one of --db or --url is required")
     if args.max_attempts < 1 or args.batch < 1 or args.interval < 0 or args.timeout <= 0:
         raise CliError("--max-attempts and --batch: at least 1; --interval, --timeout: positive")
+    if args.takeover <= 2000 * max(args.interval, args.timeout):
+        raise CliError("--takeover must exceed twice --interval and --timeout (the active "
+                       "distributor renews its lease between cycles and sends)")
     endpoints = []
     for item in args.endpoint:
         rid, sep, url = item.partition("=")
@@ -934,8 +971,8 @@ def cmd_distribute(args: argparse.Namespace) -> int:
                 raise CliError(f"--endpoint: no registered receiver {rid!r}")
             set_endpoint(store, rid, url)
         settings = DistributorSettings(args.base_delay, args.max_delay, args.max_attempts,
-                                       args.lease, args.timeout, args.batch)
-        dist = Distributor(store, emitter, settings)
+                                       args.lease, args.timeout, args.batch, args.takeover)
+        dist = Distributor(store, emitter, settings, holder=args.distributor_id)
         stop = threading.Event()
 
         def report(out: dict[str, Any]) -> None:

@@ -44,6 +44,9 @@ WEBHOOK_ATTEMPTS = PCounter("archwatch_webhook_attempts_total",
                             "Webhook POSTs by outcome (delivered, failed)", ["outcome"])
 WEBHOOK_DEAD = PCounter("archwatch_webhook_dead_total",
                         "Webhook deliveries that gave up after the attempt cap")
+WEBHOOK_ACTIVE = Gauge("archwatch_webhook_deliverer_active",
+                       "1 while this process's webhook deliverer holds the lease (one "
+                       "active per store), 0 while it stands by")
 WEBHOOK_QUEUE = Gauge("archwatch_webhook_deliveries",
                       "Webhook deliveries by status (pending, sending, delivered, failed: "
                       "retrying, dead)", ["status"])

@@ -53,6 +53,7 @@ from urllib.parse import urlsplit
 from archwatch import grouping
 from archwatch.engine import VersionClock
 from archwatch.grouping import GroupRule, Held
+from archwatch.lease import Lease
 from archwatch.store import Store, StoreError
 from archwatch.timeutil import ch_time, now_ms, parse_duration, to_iso_utc
 
@@ -678,6 +679,8 @@ class NotifySettings:
     # checked at start and every prune_every_ms
     retention_ms: int = 30 * 86_400_000
     prune_every_ms: int = 3_600_000
+    # a standby deliverer takes over once the active one has not renewed for this long
+    takeover_ms: int = 30_000
 
     def backoff(self, attempts: int, rnd: float, retry_after_ms: int | None = None) -> int:
         """Delay after the ``attempts``-th failure; ``rnd`` uniform in [0, 1)."""
@@ -686,6 +689,9 @@ class NotifySettings:
         if retry_after_ms is not None:
             delay = max(delay, min(retry_after_ms, self.max_delay_ms))
         return max(delay, 1)
+
+
+LEASE = "webhooks"  # the deliverer's row in worker_lease (archwatch/lease.py)
 
 
 COUNT_KEYS = ("read", "notifications", "grouped", "groups", "fannedOut", "due", "delivered",
@@ -697,9 +703,11 @@ class Deliverer:
 
     def __init__(self, store: Store, settings: NotifySettings | None = None,
                  clock: Callable[[], int] = now_ms, post: Post | None = None,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random, holder: str | None = None) -> None:
         self.store = store
         self.settings = settings or NotifySettings()
+        self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock)
+        self.active: bool | None = None  # as the last cycle found (None: not yet)
         self.clock = clock
         self._own_post = post is None
         self.post: Post = post or HttpPoster()
@@ -870,6 +878,8 @@ class Deliverer:
             if not w.enabled or d.webhook_id in broken:
                 counts["deferred"] += 1
                 continue
+            if not self.lease.check():  # slow POSTs outlived it, and a standby took over
+                return
             claimed = self.deliveries.swap(d, replace(
                 d, status=SENDING, attempts=d.attempts + 1, updated_at=now,
                 next_attempt_at=now + s.lease_ms))
@@ -915,7 +925,11 @@ class Deliverer:
                     metrics.WEBHOOK_DEAD.inc()
 
     def cycle(self) -> dict[str, int]:
+        """One pass of intake, grouping, fan-out, delivery and retention; nothing while
+        another deliverer holds the lease (see :class:`~archwatch.lease.Lease`)."""
         counts = {k: 0 for k in COUNT_KEYS}
+        if not self._holding():
+            return counts
         hooks = self.webhooks.all()
         counts["read"], counts["notifications"] = self.intake(hooks)
         counts["grouped"], counts["groups"] = self.group()
@@ -952,6 +966,18 @@ class Deliverer:
             log.warning("outbox retention failed after %d deletions: %s", len(done), exc)
         return len(done)
 
+    def _holding(self) -> bool:
+        from archwatch import metrics
+
+        active = self.lease.check()
+        if active is not self.active:
+            cur = None if active else self.lease.read()
+            log.info("webhook deliverer %r %s", self.lease.holder, "active" if active else
+                     f"standing by ({cur[0]!r} holds the lease)" if cur else "standing by")
+            metrics.WEBHOOK_ACTIVE.set(1 if active else 0)
+            self.active = active
+        return active
+
     def refresh_gauges(self) -> None:
         from archwatch import metrics
 
@@ -985,6 +1011,10 @@ class Deliverer:
                 if once or stop.wait(interval_s):
                     return
         finally:
+            try:
+                self.lease.release()
+            except Exception:  # noqa: BLE001 - the lease then expires by itself
+                log.warning("could not release the deliverer's lease", exc_info=True)
             if self._own_post and isinstance(self.post, HttpPoster):
                 self.post.close()
 
@@ -1022,6 +1052,12 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lease", type=_ms, default="PT1M",
                    help="a POST whose answer was not recorded (the deliverer stopped) is "
                         "sent again after this")
+    g.add_argument("--takeover", type=_ms, default="PT30S",
+                   help="a standby deliverer (another host, same store) takes over once "
+                        "the active one has not renewed its lease for this long")
+    g.add_argument("--deliverer-id", dest="deliverer_id", default=None,
+                   help="this deliverer's name in the lease (default: the host name; a "
+                        "deliverer restarted under its name takes the lease back at once)")
     g.add_argument("--outbox-retention", dest="outbox_retention", type=_ms, default="P30D",
                    help="delete notifications (and their deliveries) done with this long "
                         "ago: anomaly closed or group back, every delivery delivered "
@@ -1033,6 +1069,9 @@ def settings_from(args: argparse.Namespace) -> NotifySettings:
         raise ValueError("--group-min and --max-attempts: at least 1")
     if args.http_timeout <= 0 or args.notify_interval <= 0:
         raise ValueError("--http-timeout and --notify-interval must be positive")
+    if args.takeover <= 2000 * max(args.http_timeout, args.notify_interval):
+        raise ValueError("--takeover must exceed twice --http-timeout and --notify-interval "
+                         "(the active deliverer renews its lease between POSTs and cycles)")
     if args.lease <= args.http_timeout * 1000:
         raise ValueError("--lease must exceed --http-timeout (a POST still running must "
                          "not be sent again)")
@@ -1040,6 +1079,7 @@ def settings_from(args: argparse.Namespace) -> NotifySettings:
                           max_attempts=args.max_attempts, lease_ms=args.lease,
                           timeout_s=args.http_timeout,
                           retention_ms=args.outbox_retention,
+                          takeover_ms=args.takeover,
                           group=GroupRule(window_ms=args.group_window,
                                           min_size=args.group_min))
 
@@ -1051,7 +1091,7 @@ def start_thread(store: Store, args: argparse.Namespace) -> tuple[threading.Thre
     if args.webhooks is not None:
         apply_webhook_file(store, args.webhooks)
     stop = threading.Event()
-    deliverer = Deliverer(store, settings)
+    deliverer = Deliverer(store, settings, holder=args.deliverer_id)
     t = threading.Thread(target=deliverer.run, kwargs={"interval_s": args.notify_interval,
                                                        "stop": stop},
                          name="notify", daemon=True)
@@ -1106,8 +1146,8 @@ def cmd_notify(args: argparse.Namespace) -> int:
 
         with _stop_on_sigterm(stop):
             try:
-                Deliverer(store, settings).run(args.notify_interval, stop, once=args.once,
-                                               report=report)
+                Deliverer(store, settings, holder=args.deliverer_id).run(
+                    args.notify_interval, stop, once=args.once, report=report)
             except StoreError as exc:
                 raise CliError(str(exc)) from None
             except KeyboardInterrupt:

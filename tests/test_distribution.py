@@ -700,6 +700,8 @@ def test_cli_refuses_bad_arguments(world: Any) -> None:
         dist.cmd_distribute(_args("--url", "http://127.0.0.1:9/db", "--once"))
     with pytest.raises(SystemExit):
         _args("--db", "x", "--base-delay", "soon")
+    with pytest.raises(CliError, match="--takeover must exceed"):
+        dist.cmd_distribute(_args("--db", "x", "--takeover", "PT15S"))  # --interval 10 s
 
 
 @pytest.mark.kafka

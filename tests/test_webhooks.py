@@ -30,6 +30,7 @@ from archwatch.engine import VersionClock, feed_row
 from archwatch.grouping import GroupRule, Held
 from archwatch.migrate import migrate
 from archwatch.notify import (
+    COUNT_KEYS,
     DEAD,
     DELIVERED,
     FAILED,
@@ -326,6 +327,7 @@ def test_gives_up_visibly_and_an_administrator_can_retry(
         assert page["total"] == 1 and page["items"][0]["lastStatus"] == 500
         status = client.get("/api/v1/admin/notifier", headers=h).json()
         assert status["deliveries"] == {"dead": 1} and status["cursor"] > 0
+        assert status["activeDeliverer"] == d.lease.holder
         broken["on"] = False
         r = client.post(f"/api/v1/admin/webhooks/ops/deliveries/{row.notification_id}/retry",
                         headers=h)
@@ -571,6 +573,66 @@ def test_a_failing_retention_pass_does_not_stop_delivery(
     assert [r["body"]["alert"]["caseNo"] for r in rx.requests] == ["CASE0050"]
 
 
+def test_one_deliverer_sends_while_another_stands_by_and_takes_over(
+        store: Any, receiver: Callable[..., Receiver]) -> None:
+    """Two deliverers on one store (two hosts): one sends, the other stands by until the
+    first stops renewing its lease (or releases it), and nothing is sent twice."""
+    migrate(store)
+    rx = receiver()
+    Webhooks(store).put("ops", rx.url)
+    clock = FakeClock()
+    s = NotifySettings(settle_ms=0, takeover_ms=30_000)
+    a = Deliverer(store, s, clock=clock, holder="host-a")
+    b = Deliverer(store, s, clock=clock, holder="host-b")
+    write_feed(store, [case_anomaly(i) for i in range(60, 63)])
+    assert a.cycle()["delivered"] == 3
+    assert b.cycle() == dict.fromkeys(COUNT_KEYS, 0) and b.active is False
+    write_feed(store, [case_anomaly(63)])
+    clock.sleep(29_000)
+    assert b.cycle()["delivered"] == 0  # host-a renewed within its lease
+    assert a.cycle()["delivered"] == 1
+    assert b.lease.read() == ("host-a", clock() + 30_000)
+    # host-a stops without a word: after the takeover time host-b sends what came since
+    write_feed(store, [case_anomaly(64)])
+    clock.sleep(29_999)
+    assert b.cycle()["delivered"] == 0
+    clock.sleep(1)
+    assert b.cycle()["delivered"] == 1 and b.active is True
+    assert metrics.WEBHOOK_ACTIVE._value.get() == 1
+    write_feed(store, [case_anomaly(65)])
+    assert a.cycle()["delivered"] == 0 and a.active is False  # back, and standing by
+    b.run(once=True)  # a clean stop releases the lease: host-a takes over at once
+    assert a.cycle()["delivered"] == 0 and a.active is True  # host-b had sent 65
+    write_feed(store, [case_anomaly(66)])
+    assert a.cycle()["delivered"] == 1
+    assert sorted(r["body"]["alert"]["caseNo"] for r in rx.requests) == \
+        [f"CASE{i:04d}" for i in range(60, 67)]
+
+
+def test_a_deliverer_whose_lease_went_during_slow_posts_stops_sending(
+        store: Any, receiver: Callable[..., Receiver]) -> None:
+    migrate(store)
+    rx = receiver()
+    Webhooks(store).put("ops", rx.url)
+    clock = FakeClock()
+    s = NotifySettings(settle_ms=0, takeover_ms=30_000)
+    poster = HttpPoster()
+    b = Deliverer(store, s, clock=clock, holder="host-b")
+
+    def slow(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Any:
+        clock.sleep(31_000)  # this POST outlives host-a's lease: host-b takes over
+        b.cycle()
+        return poster(url, body, headers, timeout)
+
+    a = Deliverer(store, s, clock=clock, post=slow, holder="host-a")
+    write_feed(store, [case_anomaly(i) for i in range(70, 75)])
+    out = a.cycle()
+    assert out["delivered"] == 1 and a.lease.read()[0] == "host-b"  # type: ignore[index]
+    keys = rx.keys()
+    assert len(keys) == 5 and set(keys.values()) == {1}  # host-b sent the other four
+    poster.close()
+
+
 @contextlib.contextmanager
 def serve(store: Any) -> Iterator[str]:
     with serve_app(create_app(Settings(), store=store)) as base:
@@ -725,3 +787,5 @@ def test_settings_are_validated_before_anything_starts(tmp_path: Path) -> None:
     assert r.returncode == 2 and "archwatch notify:" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("notify", "--once")
     assert r.returncode == 2 and "--db or --url" in r.stderr
+    r = run_cli("notify", "--db", str(tmp_path / "db"), "--once", "--takeover", "PT15S")
+    assert r.returncode == 2 and "--takeover must exceed" in r.stderr

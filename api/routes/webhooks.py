@@ -16,11 +16,13 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from archwatch.accounts import Accounts
+from archwatch.lease import Lease
 from archwatch.notify import (
     CURSOR,
     DEAD,
     DELIVERY_STATUSES,
     FAILED,
+    LEASE,
     PENDING,
     Deliveries,
     Delivery,
@@ -91,6 +93,9 @@ class NotifierOut(BaseModel):
     cursor: int = Field(description="anomaly_feed seq the deliverer has read up to")
     notifications: dict[str, int] = Field(description="outbox rows by state")
     deliveries: dict[str, int] = Field(description="deliveries by status, all webhooks")
+    activeDeliverer: str | None = Field(
+        description="the deliverer holding the lease (one sends at a time; others stand "
+                    "by), null when no lease is alive")
 
 
 def _out(w: Webhook, counts: dict[str, int] | None = None,
@@ -136,7 +141,8 @@ def notifier_status(store: StoreDep, admin: AdminDep) -> NotifierOut:
         for st, n in by_status.items():
             totals[st] = totals.get(st, 0) + n
     return NotifierOut(cursor=cur[0]["seq"] if cur else 0, notifications=states,
-                       deliveries=totals)
+                       deliveries=totals,
+                       activeDeliverer=Lease(store, LEASE, None, 0).holder_alive())
 
 
 @router.get("/{webhookId}")

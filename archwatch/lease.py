@@ -1,0 +1,84 @@
+"""One active instance per store of a worker that sends to the outside world.
+
+The webhook deliverer (``archwatch notify``, or a thread of ``archwatch up``) and the
+distributor (``archwatch distribute``) may run more than once against one store: a standby
+on another host for failover. Two active ones would both send everything (their rows'
+compare-and-set is a read, then a write: not atomic across processes). So the active
+instance holds a lease, a row of ``worker_lease`` (migration 0019) naming it and when it
+expires.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from archwatch.engine import VersionClock
+from archwatch.store import Store
+from archwatch.timeutil import ch_time, now_ms
+
+_clock = VersionClock()
+
+
+class Lease:
+    """The lease ``name`` (one per kind of worker), held or waited for by ``holder``.
+
+    The holder renews it once a third of ``ttl_ms`` has passed, at the checks it makes
+    before every cycle and every send, and releases it when it stops cleanly. Another
+    instance stands by while the row is someone else's and unexpired, and claims it after.
+    ClickHouse has no compare-and-set, so a claim is written and read back: of claims
+    written together the highest version wins for every reader, and two claims close
+    enough that each reads back its own (a few ms) both send for at most one cycle (the
+    receivers' Idempotency-Key dedupe closes that). The holder defaults to the host name,
+    so an instance restarted on its host takes its lease back at once."""
+
+    def __init__(self, store: Store, name: str, holder: str | None, ttl_ms: int,
+                 clock: Callable[[], int] = now_ms) -> None:
+        self.store = store
+        self.name = name
+        self.holder = holder or socket.gethostname()
+        self.ttl_ms = ttl_ms
+        self.clock = clock
+        self.renew_at: int | None = None  # held until then without asking (None: not held)
+
+    def read(self) -> tuple[str, int] | None:
+        """(holder, expires at ms) of the lease, if any was ever written."""
+        rows = self.store.query(
+            "SELECT holder, toUnixTimestamp64Milli(expires_at) AS expires FROM"
+            " worker_lease FINAL WHERE name = {n:String}", {"n": self.name})
+        return (rows[0]["holder"], int(rows[0]["expires"])) if rows else None
+
+    def _write(self, expires_ms: int) -> None:
+        self.store.insert("worker_lease", [{"name": self.name, "holder": self.holder,
+                                            "expires_at": ch_time(expires_ms),
+                                            "version": _clock.next()}])
+
+    def check(self) -> bool:
+        """Whether this instance may send now (claiming or renewing the lease as due)."""
+        now = self.clock()
+        if self.renew_at is not None and now < self.renew_at:
+            return True
+        cur = self.read()
+        if cur is not None and cur[0] != self.holder and cur[1] > now:
+            self.renew_at = None
+            return False  # someone else's, and alive
+        self._write(now + self.ttl_ms)
+        cur = self.read()
+        if cur is None or cur[0] != self.holder:
+            self.renew_at = None
+            return False  # a claim written with ours won
+        self.renew_at = now + max(self.ttl_ms // 3, 1)
+        return True
+
+    def release(self) -> None:
+        """Let a standby take over at once (a clean stop)."""
+        if self.renew_at is not None:
+            cur = self.read()
+            if cur is not None and cur[0] == self.holder:
+                self._write(self.clock())  # expired for the others from now
+            self.renew_at = None
+
+    def holder_alive(self) -> str | None:
+        """Who holds the lease now, if anyone."""
+        cur = self.read()
+        return cur[0] if cur is not None and cur[1] > self.clock() else None
