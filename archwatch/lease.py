@@ -11,6 +11,7 @@ expires.
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Callable
 
 from archwatch.engine import VersionClock
@@ -40,6 +41,7 @@ class Lease:
         self.ttl_ms = ttl_ms
         self.clock = clock
         self.renew_at: int | None = None  # held until then without asking (None: not held)
+        self._lock = threading.Lock()  # a worker's sending threads check it too
 
     def read(self) -> tuple[str, int] | None:
         """(holder, expires at ms) of the lease, if any was ever written."""
@@ -55,6 +57,10 @@ class Lease:
 
     def check(self) -> bool:
         """Whether this instance may send now (claiming or renewing the lease as due)."""
+        with self._lock:
+            return self._check()
+
+    def _check(self) -> bool:
         now = self.clock()
         if self.renew_at is not None and now < self.renew_at:
             return True

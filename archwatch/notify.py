@@ -44,7 +44,9 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -681,6 +683,7 @@ class NotifySettings:
     prune_every_ms: int = 3_600_000
     # a standby deliverer takes over once the active one has not renewed for this long
     takeover_ms: int = 30_000
+    threads: int = 4  # webhooks delivered to at once
 
     def backoff(self, attempts: int, rnd: float, retry_after_ms: int | None = None) -> int:
         """Delay after the ``attempts``-th failure; ``rnd`` uniform in [0, 1)."""
@@ -708,6 +711,7 @@ class Deliverer:
         self.settings = settings or NotifySettings()
         self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock)
         self.active: bool | None = None  # as the last cycle found (None: not yet)
+        self._pool: ThreadPoolExecutor | None = None  # see deliver
         self.clock = clock
         self._own_post = post is None
         self.post: Post = post or HttpPoster()
@@ -854,6 +858,8 @@ class Deliverer:
 
     # -- 4. delivery ------------------------------------------------------------
     def deliver(self, hooks: Sequence[Webhook], counts: dict[str, int]) -> None:
+        """Send what is due: each webhook's deliveries in order, up to ``threads`` webhooks
+        at once, so a receiver that hangs until the timeout holds up only its own."""
         from archwatch import metrics
 
         s = self.settings
@@ -862,7 +868,7 @@ class Deliverer:
         due = self.deliveries.due(now, s.batch)
         counts["due"] += len(due)
         notes = self.outbox.find([d.notification_id for d in due])
-        broken: set[str] = set()
+        per_hook: dict[str, list[Delivery]] = {}
         for d in due:
             w = by_id.get(d.webhook_id)
             note = notes.get(d.notification_id)
@@ -875,11 +881,37 @@ class Deliverer:
                     counts["dead"] += 1
                     metrics.WEBHOOK_DEAD.inc()
                 continue
-            if not w.enabled or d.webhook_id in broken:
+            if not w.enabled:
                 counts["deferred"] += 1
                 continue
+            per_hook.setdefault(d.webhook_id, []).append(d)
+        jobs = [(by_id[k], ds) for k, ds in per_hook.items()]
+
+        def run(job: tuple[Webhook, list[Delivery]]) -> Counter[str]:
+            return self._deliver_to(job[0], job[1], notes, now)
+
+        if len(jobs) > 1 and s.threads > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(s.threads, thread_name_prefix="notify-post")
+            results = list(self._pool.map(run, jobs))
+        else:
+            results = [run(j) for j in jobs]
+        for c in results:
+            for k, v in c.items():
+                counts[k] += v
+
+    def _deliver_to(self, w: Webhook, due: list[Delivery], notes: dict[str, Notification],
+                    now: int) -> Counter[str]:
+        """One webhook's due deliveries, in order; the rest of them wait for the next cycle
+        once the receiver fails as a whole (connection error, 5xx, 429)."""
+        from archwatch import metrics
+
+        s = self.settings
+        counts: Counter[str] = Counter()
+        for i, d in enumerate(due):
+            note = notes[d.notification_id]
             if not self.lease.check():  # slow POSTs outlived it, and a standby took over
-                return
+                break
             claimed = self.deliveries.swap(d, replace(
                 d, status=SENDING, attempts=d.attempts + 1, updated_at=now,
                 next_attempt_at=now + s.lease_ms))
@@ -909,12 +941,9 @@ class Deliverer:
                               last_status=answer.status, updated_at=at,
                               next_attempt_at=at + s.backoff(claimed.attempts, self.rng(),
                                                              answer.retry_after_ms))
-                if answer.endpoint_fault:
-                    broken.add(d.webhook_id)
             if self.deliveries.swap(claimed, new) is None:
                 counts["conflict"] += 1
-                continue
-            if answer.ok:
+            elif answer.ok:
                 counts["delivered"] += 1
                 metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
             else:
@@ -923,6 +952,10 @@ class Deliverer:
                 if new.status == DEAD:
                     counts["dead"] += 1
                     metrics.WEBHOOK_DEAD.inc()
+            if not answer.ok and answer.endpoint_fault:
+                counts["deferred"] += len(due) - i - 1
+                break
+        return counts
 
     def cycle(self) -> dict[str, int]:
         """One pass of intake, grouping, fan-out, delivery and retention; nothing while
@@ -1011,6 +1044,9 @@ class Deliverer:
                 if once or stop.wait(interval_s):
                     return
         finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             try:
                 self.lease.release()
             except Exception:  # noqa: BLE001 - the lease then expires by itself
@@ -1052,6 +1088,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lease", type=_ms, default="PT1M",
                    help="a POST whose answer was not recorded (the deliverer stopped) is "
                         "sent again after this")
+    g.add_argument("--delivery-threads", dest="delivery_threads", type=int, default=4,
+                   help="webhooks POSTed to at once (each one's deliveries stay in order)")
     g.add_argument("--takeover", type=_ms, default="PT30S",
                    help="a standby deliverer (another host, same store) takes over once "
                         "the active one has not renewed its lease for this long")
@@ -1065,8 +1103,9 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> NotifySettings:
-    if args.group_min < 1 or args.max_attempts < 1:
-        raise ValueError("--group-min and --max-attempts: at least 1")
+    if args.group_min < 1 or args.max_attempts < 1 or not 1 <= args.delivery_threads <= 64:
+        raise ValueError("--group-min and --max-attempts: at least 1; --delivery-threads: "
+                         "1 to 64")
     if args.http_timeout <= 0 or args.notify_interval <= 0:
         raise ValueError("--http-timeout and --notify-interval must be positive")
     if args.takeover <= 2000 * max(args.http_timeout, args.notify_interval):
@@ -1079,7 +1118,7 @@ def settings_from(args: argparse.Namespace) -> NotifySettings:
                           max_attempts=args.max_attempts, lease_ms=args.lease,
                           timeout_s=args.http_timeout,
                           retention_ms=args.outbox_retention,
-                          takeover_ms=args.takeover,
+                          takeover_ms=args.takeover, threads=args.delivery_threads,
                           group=GroupRule(window_ms=args.group_window,
                                           min_size=args.group_min))
 

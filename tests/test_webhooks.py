@@ -462,6 +462,25 @@ def test_grouped_region_through_the_store(store: Any, receiver: Callable[..., Re
         assert [e["event"] for e in only] == ["opened"] * 5 + ["group_opened"]
 
 
+def test_a_receiver_that_hangs_holds_up_only_its_own_deliveries(
+        store: Any, receiver: Callable[..., Receiver]) -> None:
+    """The slow receiver (its webhook comes first) answers only once the fast one has
+    got its POST: delivered one after the other, the slow one would time out first."""
+    migrate(store)
+    fast_got = threading.Event()
+    slow = receiver(fail=lambda _n, _r: None if fast_got.wait(8) else 504)
+    fast = receiver(fail=lambda _n, _r: fast_got.set())
+    Webhooks(store).put("a-slow", slow.url)
+    Webhooks(store).put("b-fast", fast.url)
+    write_feed(store, [case_anomaly(80)])
+    d = Deliverer(store, NotifySettings(settle_ms=0, timeout_s=4.0, threads=2))
+    out = d.cycle()
+    assert out["delivered"] == 2 and out["failed"] == 0, out
+    assert {r.webhook_id: r.status for r in Deliveries(store).list(limit=10)[0]} == \
+        {"a-slow": DELIVERED, "b-fast": DELIVERED}
+    d.run(once=True)  # stops its threads
+
+
 def test_retention_deletes_what_the_outbox_is_done_with_and_nothing_else(
         store: Any, receiver: Callable[..., Receiver]) -> None:
     """After the retention: closed anomalies and fully resolved groups go, with their
