@@ -55,6 +55,7 @@ from urllib.parse import urlsplit
 from archwatch.casedoc import current
 from archwatch.engine import VersionClock
 from archwatch.lease import Lease
+from archwatch.lease import add_flags as add_lease_flags
 from archwatch.lookups import RECEIVER_DOWN, anomaly_current
 from archwatch.registry import ReceiverEntry, Registry
 from archwatch.store import Store
@@ -594,18 +595,8 @@ class Distributor:
         self.clock = clock
         self.post = post
         self.queue = DistributionQueue(store, clock)
-        self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock)
-        self.active: bool | None = None  # as the last check found (None: not yet)
-
-    def holding(self) -> bool:
-        """Whether this distributor may send now (see :class:`~archwatch.lease.Lease`)."""
-        active = self.lease.check()
-        if active is not self.active:
-            holder = None if active else self.lease.holder_alive()
-            log.info("distributor %r %s", self.lease.holder, "active" if active else
-                     f"standing by ({holder!r} holds the lease)" if holder else "standing by")
-            self.active = active
-        return active
+        self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock,
+                           what="distributor")
 
     def drain(self) -> int:
         """Publish every transition written but not yet published; returns how many."""
@@ -624,7 +615,7 @@ class Distributor:
         """Publish, send what is due, publish again; nothing while standing by."""
         s = self.settings
         counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
-        if not self.holding():
+        if not self.lease.check():
             return dict(counts)
         counts["events"] += self.drain()
         now = self.clock()
@@ -659,7 +650,7 @@ class Distributor:
             if rid in broken:
                 counts["deferred"] += 1
                 continue
-            if not self.holding():  # slow sends outlived the lease, and a standby took over
+            if not self.lease.check():  # slow sends outlived the lease, and a standby took over
                 break
             claimed = self.queue.swap(row, replace(
                 row, receiver_id=rid, status=SENT, attempts=row.attempts + 1,
@@ -701,7 +692,7 @@ class Distributor:
             out: dict[str, Any] = {}
             try:
                 mono = time.monotonic()
-                if self.holding():  # a standby rebuilds, sends and reports nothing
+                if self.lease.check():  # a standby rebuilds, sends and reports nothing
                     if rebuild_every_s is not None and (
                             last_rebuild is None
                             or (rebuild_every_s > 0 and mono - last_rebuild >= rebuild_every_s)):
@@ -715,10 +706,7 @@ class Distributor:
             if report is not None and out:
                 report(out)
             if once or stop.wait(interval_s):
-                try:
-                    self.lease.release()
-                except Exception:  # noqa: BLE001 - the lease then expires by itself
-                    log.warning("could not release the distributor's lease", exc_info=True)
+                self.lease.release()
                 return
 
 
@@ -912,12 +900,7 @@ def add_parser(sub: Any) -> None:
                    help="a package sent without a recorded answer is sent again after this")
     d.add_argument("--timeout", type=float, default=10.0, help="HTTP timeout, seconds")
     d.add_argument("--batch", type=int, default=500, help="packages per cycle at most")
-    d.add_argument("--takeover", type=_duration_ms, default="PT30S",
-                   help="a standby distributor (another host, same store) takes over once "
-                        "the active one has not renewed its lease for this long")
-    d.add_argument("--distributor-id", dest="distributor_id", default=None,
-                   help="this distributor's name in the lease (default: the host name; one "
-                        "restarted under its name takes the lease back at once)")
+    add_lease_flags(d, "distributor", "--distributor-id", _duration_ms)
     d.set_defaults(func=cmd_distribute)
 
 

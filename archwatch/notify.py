@@ -56,6 +56,7 @@ from archwatch import grouping
 from archwatch.engine import VersionClock
 from archwatch.grouping import GroupRule, Held
 from archwatch.lease import Lease
+from archwatch.lease import add_flags as add_lease_flags
 from archwatch.store import Store, StoreError
 from archwatch.timeutil import ch_time, now_ms, parse_duration, to_iso_utc
 
@@ -697,6 +698,12 @@ class NotifySettings:
 LEASE = "webhooks"  # the deliverer's row in worker_lease (archwatch/lease.py)
 
 
+def _active_gauge(active: bool) -> None:
+    from archwatch import metrics
+
+    metrics.WEBHOOK_ACTIVE.set(1 if active else 0)
+
+
 COUNT_KEYS = ("read", "notifications", "grouped", "groups", "fannedOut", "due", "delivered",
               "failed", "dead", "deferred", "conflict", "pruned")
 
@@ -709,8 +716,8 @@ class Deliverer:
                  rng: Callable[[], float] = random.random, holder: str | None = None) -> None:
         self.store = store
         self.settings = settings or NotifySettings()
-        self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock)
-        self.active: bool | None = None  # as the last cycle found (None: not yet)
+        self.lease = Lease(store, LEASE, holder, self.settings.takeover_ms, clock,
+                           what="webhook deliverer", on_change=_active_gauge)
         self._pool: ThreadPoolExecutor | None = None  # see deliver
         self.clock = clock
         self._own_post = post is None
@@ -961,7 +968,7 @@ class Deliverer:
         """One pass of intake, grouping, fan-out, delivery and retention; nothing while
         another deliverer holds the lease (see :class:`~archwatch.lease.Lease`)."""
         counts = {k: 0 for k in COUNT_KEYS}
-        if not self._holding():
+        if not self.lease.check():
             return counts
         hooks = self.webhooks.all()
         counts["read"], counts["notifications"] = self.intake(hooks)
@@ -999,18 +1006,6 @@ class Deliverer:
             log.warning("outbox retention failed after %d deletions: %s", len(done), exc)
         return len(done)
 
-    def _holding(self) -> bool:
-        from archwatch import metrics
-
-        active = self.lease.check()
-        if active is not self.active:
-            cur = None if active else self.lease.read()
-            log.info("webhook deliverer %r %s", self.lease.holder, "active" if active else
-                     f"standing by ({cur[0]!r} holds the lease)" if cur else "standing by")
-            metrics.WEBHOOK_ACTIVE.set(1 if active else 0)
-            self.active = active
-        return active
-
     def refresh_gauges(self) -> None:
         from archwatch import metrics
 
@@ -1047,10 +1042,7 @@ class Deliverer:
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
-            try:
-                self.lease.release()
-            except Exception:  # noqa: BLE001 - the lease then expires by itself
-                log.warning("could not release the deliverer's lease", exc_info=True)
+            self.lease.release()
             if self._own_post and isinstance(self.post, HttpPoster):
                 self.post.close()
 
@@ -1090,12 +1082,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
                         "sent again after this")
     g.add_argument("--delivery-threads", dest="delivery_threads", type=int, default=4,
                    help="webhooks POSTed to at once (each one's deliveries stay in order)")
-    g.add_argument("--takeover", type=_ms, default="PT30S",
-                   help="a standby deliverer (another host, same store) takes over once "
-                        "the active one has not renewed its lease for this long")
-    g.add_argument("--deliverer-id", dest="deliverer_id", default=None,
-                   help="this deliverer's name in the lease (default: the host name; a "
-                        "deliverer restarted under its name takes the lease back at once)")
+    add_lease_flags(g, "deliverer", "--deliverer-id", _ms)
     g.add_argument("--outbox-retention", dest="outbox_retention", type=_ms, default="P30D",
                    help="delete notifications (and their deliveries) done with this long "
                         "ago: anomaly closed or group back, every delivery delivered "

@@ -85,9 +85,9 @@ def test_a_second_distributor_stands_by_while_the_first_holds_the_lease(
     idle = dict.fromkeys(dist.COUNT_KEYS, 0)
     dist.DistributionQueue(store, clock).enqueue("330199-08-00322-001-2026-D100-0000001",
                                                  "HZ00001", distribution_no="LZ001")
-    assert b.cycle()["noReceiver"] == 1 and b.active  # working: its row has nowhere to go
-    assert a.cycle() == idle and a.active is False
+    assert b.cycle()["noReceiver"] == 1 and b.lease.active  # working: its row has nowhere to go
+    assert a.cycle() == idle and a.lease.active is False
     clock.t += TTL  # host-b stopped without releasing
-    assert a.cycle()["noReceiver"] == 1 and a.active
-    assert b.cycle() == idle and b.active is False
+    assert a.cycle()["noReceiver"] == 1 and a.lease.active
+    assert b.cycle() == idle and b.lease.active is False
     emitter.close()

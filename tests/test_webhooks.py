@@ -605,7 +605,7 @@ def test_one_deliverer_sends_while_another_stands_by_and_takes_over(
     b = Deliverer(store, s, clock=clock, holder="host-b")
     write_feed(store, [case_anomaly(i) for i in range(60, 63)])
     assert a.cycle()["delivered"] == 3
-    assert b.cycle() == dict.fromkeys(COUNT_KEYS, 0) and b.active is False
+    assert b.cycle() == dict.fromkeys(COUNT_KEYS, 0) and b.lease.active is False
     write_feed(store, [case_anomaly(63)])
     clock.sleep(29_000)
     assert b.cycle()["delivered"] == 0  # host-a renewed within its lease
@@ -616,12 +616,12 @@ def test_one_deliverer_sends_while_another_stands_by_and_takes_over(
     clock.sleep(29_999)
     assert b.cycle()["delivered"] == 0
     clock.sleep(1)
-    assert b.cycle()["delivered"] == 1 and b.active is True
+    assert b.cycle()["delivered"] == 1 and b.lease.active is True
     assert metrics.WEBHOOK_ACTIVE._value.get() == 1
     write_feed(store, [case_anomaly(65)])
-    assert a.cycle()["delivered"] == 0 and a.active is False  # back, and standing by
+    assert a.cycle()["delivered"] == 0 and a.lease.active is False  # back, and standing by
     b.run(once=True)  # a clean stop releases the lease: host-a takes over at once
-    assert a.cycle()["delivered"] == 0 and a.active is True  # host-b had sent 65
+    assert a.cycle()["delivered"] == 0 and a.lease.active is True  # host-b had sent 65
     write_feed(store, [case_anomaly(66)])
     assert a.cycle()["delivered"] == 1
     assert sorted(r["body"]["alert"]["caseNo"] for r in rx.requests) == \
