@@ -573,10 +573,11 @@ class DistributorSettings:
         return min(self.max_delay_ms, self.base_delay_ms * 2 ** min(max(attempts - 1, 0), 40))
 
 
+LEASE = "distribution"  # the distributor's row in worker_lease (archwatch/lease.py)
+
 # due: rows worked on this cycle; receiverDown, noEndpoint, noReceiver: rows that would be
 # due but wait for their receiver; deferred: rows left for the next cycle because their
 # receiver failed (connection error, 5xx) earlier in this one; conflict: a reset won.
-LEASE = "distribution"  # the distributor's row in worker_lease (archwatch/lease.py)
 COUNT_KEYS = ("due", "sent", "acked", "failed", "gaveUp", "receiverDown", "noReceiver",
               "noEndpoint", "deferred", "conflict", "events")
 
