@@ -29,8 +29,11 @@ _ops = st.lists(st.one_of(
 @given(_ops, st.booleans())
 def test_the_latest_snapshot_replays_to_the_state_it_was_taken_at(ops: list[tuple[Any, ...]],
                                                                   small: bool) -> None:
-    if small:  # compactions often, by entries and by blob count
-        engine._LOG_SLACK, engine._LOG_BLOBS = 3, 4
+    before = (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
+              engine._LOG_MERGE_MAX)
+    if small:  # rewrites and merges often, by entries and by blob count
+        (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
+         engine._LOG_MERGE_MAX) = 3, 4, 6, 3
     try:
         d: dict[int, int] = {}
         q: deque[int] = deque()
@@ -63,10 +66,48 @@ def test_the_latest_snapshot_replays_to_the_state_it_was_taken_at(ops: list[tupl
                 assert list(QueueLog.replay(qblobs, dropped)) == list(q)
                 # the blobs stay within a constant of the state
                 assert entries <= 2 * len(d) + engine._LOG_SLACK
-                assert len(blobs) <= engine._LOG_BLOBS
+                assert len(blobs) <= engine._LOG_BLOBS_MAX
                 assert dropped <= len(q) + engine._LOG_SLACK
     finally:
-        engine._LOG_SLACK, engine._LOG_BLOBS = 4096, 64
+        (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
+         engine._LOG_MERGE_MAX) = before
+
+
+def test_a_growing_dict_is_never_rewritten_whole_and_merges_stay_small() -> None:
+    """A dict that only grows, snapshotted 2,000 times with 50 new keys each: no snapshot
+    after the first writes more than _LOG_MERGE_MAX entries (a log used to be rewritten
+    whole at every 64th: the whole state at once, for every shard of a step), and the
+    last replays to the dict. The same for a queue that only grows."""
+    d: dict[int, int] = {i: i for i in range(10_000)}
+    q: deque[int] = deque(range(10_000))
+    dlog, qlog = ChangeLog(), QueueLog()
+    dlog.snapshot(len(d), None, lambda: d)
+    qlog.snapshot(q, None, 0)
+    written: list[int] = []
+    blob = engine._blob
+
+    def counting(data: Any) -> bytes:
+        written.append(len(data))
+        return blob(data)
+
+    engine._blob = counting  # type: ignore[assignment]
+    try:
+        for n in range(2_000):
+            new = {10_000 + 50 * n + i: i for i in range(50)}
+            d.update(new)
+            q.extend(new)
+            dlog.snapshot(len(d), lambda: new, lambda: d)  # noqa: B023
+            qlog.snapshot(q, list(new), 0)
+    finally:
+        engine._blob = blob  # type: ignore[assignment]
+    assert max(written) <= engine._LOG_MERGE_MAX
+    # each entry written a few times (the newest blob merged again until it is full),
+    # where rewriting all at every 64th snapshot wrote each ≈ 19 times
+    assert sum(written) < 6 * 2_000 * 50 * 2
+    assert len(dlog.blobs) <= engine._LOG_BLOBS and len(qlog.blobs) <= engine._LOG_BLOBS
+    assert len(dlog.blobs) > 1  # never rewritten whole
+    assert ChangeLog.replay(dlog.blobs) == d
+    assert list(QueueLog.replay(qlog.blobs, qlog.dropped)) == list(q)
 
 
 def _env(i: int, day: int = 0) -> Any:
