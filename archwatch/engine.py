@@ -409,17 +409,25 @@ class _Snapshottable:
 
 # A log is rewritten as one blob once its blobs hold this many more entries than the
 # state: the blobs' memory and a restore's work stay within a constant of the state's.
-# At _LOG_BLOBS blobs of less than half _LOG_MERGE_MAX entries it is rewritten whole too
-# while the state is no bigger than _LOG_MERGE_MAX; beyond that, adjacent blobs holding
-# at most that many are merged into one (the run of the most blobs), so no snapshot
-# writes more; only _LOG_BLOBS_MAX blobs in all (millions of entries) rewrite it whole. (Until session
-# 17 it was rewritten whole at every 64th snapshot: on an event-id shard of 100,000 ids
-# taking 1,500 a snapshot, 131 ms at the 64th and 209 ms at the 128th against a median of
-# 1.8 ms, growing with the state, and every shard of a step at the same epoch.)
+# At _LOG_BLOBS blobs (see _log_trigger) of under half _LOG_MERGE_MAX entries, it is
+# rewritten whole too while the state is no bigger than _LOG_MERGE_MAX; beyond that,
+# adjacent blobs holding at most that many are merged into one (the run of the most
+# blobs), so no snapshot writes more; only _LOG_BLOBS_MAX blobs in all (millions of
+# entries) rewrite it whole. (Until session 17 it was rewritten whole at every 64th
+# snapshot: on an event-id shard of 100,000 ids taking 1,500 a snapshot, 131 ms at the
+# 64th and 209 ms at the 128th against a median of 1.8 ms, growing with the state, and
+# every shard of a step at the same epoch.)
 _LOG_SLACK = 4096
 _LOG_BLOBS = 64
 _LOG_BLOBS_MAX = 256
 _LOG_MERGE_MAX = 16_384
+# Each log waits for up to a quarter more blobs than _LOG_BLOBS, a different number for
+# each, so that the shards of a step, which take alike, do not all rewrite at one epoch.
+_log_offsets = itertools.count()
+
+
+def _log_trigger() -> int:
+    return _LOG_BLOBS + next(_log_offsets) % max(_LOG_BLOBS // 4, 1)
 
 
 def _blob(data: Any) -> bytes:
@@ -481,13 +489,14 @@ class ChangeLog:
     costs what changed since the last, not what is held (a shard's dict of a day's event
     ids was marshalled whole at every epoch). Values are plain data, never None."""
 
-    __slots__ = ("blobs", "entries", "sizes")
+    __slots__ = ("blobs", "entries", "sizes", "trigger")
 
     def __init__(self, blobs: list[bytes] | None = None, entries: int = 0) -> None:
         self.blobs: list[bytes] = blobs or []
         self.entries = entries  # entries written in the blobs
         # entries of each blob; None: restored from a snapshot, counted when first needed
         self.sizes: list[int] | None = None if self.blobs else []
+        self.trigger = _log_trigger()
 
     def snapshot(self, live: int, changes: Callable[[], dict[Any, Any]] | None,
                  everything: Callable[[], dict[Any, Any]]) -> tuple[list[bytes], int]:
@@ -502,7 +511,7 @@ class ChangeLog:
             self.blobs.append(_blob(delta))
             self.sizes.append(len(delta))
             self.entries += len(delta)
-            if _unmerged(self.sizes, 1) >= _LOG_BLOBS:
+            if _unmerged(self.sizes, 1) >= self.trigger:
                 gone = None if live <= _LOG_MERGE_MAX else _merge_run(
                     self.blobs, self.sizes, 1, _dict_merge)
                 # a small dict: all of it is no more than a merge; else only at the cap
@@ -530,12 +539,13 @@ class QueueLog:
     and how many of the first of them have left since. Blobs whose entries have all left
     are dropped; the newest are merged as a ChangeLog's are."""
 
-    __slots__ = ("blobs", "dropped", "sizes")
+    __slots__ = ("blobs", "dropped", "sizes", "trigger")
 
     def __init__(self, blobs: list[bytes] | None = None, dropped: int = 0) -> None:
         self.blobs: list[bytes] = blobs or []
         self.dropped = dropped
         self.sizes: list[int] | None = None if self.blobs else []
+        self.trigger = _log_trigger()
 
     def snapshot(self, q: deque[Any], appended: list[Any] | None,
                  popped: int) -> tuple[list[bytes], int]:
@@ -552,7 +562,7 @@ class QueueLog:
             if appended:
                 self.blobs.append(_blob(appended))
                 sizes.append(len(appended))
-                if _unmerged(sizes, 0) >= _LOG_BLOBS:
+                if _unmerged(sizes, 0) >= self.trigger:
                     whole = len(q) <= _LOG_MERGE_MAX or (
                         _merge_run(self.blobs, sizes, 0, _list_merge) is None
                         and len(self.blobs) >= _LOG_BLOBS_MAX)
