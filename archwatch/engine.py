@@ -412,8 +412,8 @@ class _Snapshottable:
 # At _LOG_BLOBS blobs (see _log_trigger) of under half _LOG_MERGE_MAX entries, it is
 # rewritten whole too while the state is no bigger than _LOG_MERGE_MAX; beyond that,
 # adjacent blobs holding at most that many are merged into one (the run of the most
-# blobs), so no snapshot writes more; only _LOG_BLOBS_MAX blobs in all (millions of
-# entries) rewrite it whole. (Until session 17 it was rewritten whole at every 64th
+# blobs), so no snapshot writes more; only _LOG_BLOBS_MAX blobs in all (blobs too big to
+# merge: a backlog's epochs, or millions of entries) rewrite it whole. (Until session 17 it was rewritten whole at every 64th
 # snapshot: on an event-id shard of 100,000 ids taking 1,500 a snapshot, 131 ms at the
 # 64th and 209 ms at the 128th against a median of 1.8 ms, growing with the state, and
 # every shard of a step at the same epoch.)
@@ -515,9 +515,10 @@ class ChangeLog:
                 gone = None if live <= _LOG_MERGE_MAX else _merge_run(
                     self.blobs, self.sizes, 1, _dict_merge)
                 # a small dict: all of it is no more than a merge; else only at the cap
-                whole = gone is None and (live <= _LOG_MERGE_MAX
-                                          or len(self.blobs) >= _LOG_BLOBS_MAX)
+                whole = gone is None and live <= _LOG_MERGE_MAX
                 self.entries -= gone or 0
+            # blobs too big to merge (a backlog's epochs), or too many to: all in one
+            whole = whole or len(self.blobs) >= _LOG_BLOBS_MAX
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
         return list(self.blobs), self.entries
@@ -562,10 +563,11 @@ class QueueLog:
             if appended:
                 self.blobs.append(_blob(appended))
                 sizes.append(len(appended))
-                if _unmerged(sizes, 0) >= self.trigger:
-                    whole = len(q) <= _LOG_MERGE_MAX or (
-                        _merge_run(self.blobs, sizes, 0, _list_merge) is None
-                        and len(self.blobs) >= _LOG_BLOBS_MAX)
+                if _unmerged(sizes, 0) >= self.trigger:  # (see ChangeLog.snapshot)
+                    whole = len(q) <= _LOG_MERGE_MAX
+                    if not whole:
+                        _merge_run(self.blobs, sizes, 0, _list_merge)
+            whole = whole or len(self.blobs) >= _LOG_BLOBS_MAX
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
         return list(self.blobs), self.dropped

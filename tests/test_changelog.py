@@ -164,3 +164,16 @@ def test_logs_taking_alike_do_not_all_rewrite_at_the_same_snapshot() -> None:
             assert ChangeLog.replay(blobs) == d
     firsts = {min(r) for r in rewritten}
     assert len(firsts) >= 8, firsts  # spread over a quarter of 64 snapshots
+
+
+def test_a_backlogs_big_blobs_are_rewritten_whole_at_the_cap() -> None:
+    """Blobs too big to merge (a backlog's epochs) do not pile up without end."""
+    d: dict[int, int] = {}
+    log = ChangeLog()
+    for n in range(engine._LOG_BLOBS_MAX + 5):
+        new = {n * 10_000 + k: k for k in range(10_000)}  # over half of a merge's most
+        d.update(new)
+        blobs, _ = log.snapshot(len(d), None if n == 0 else (lambda: new),  # noqa: B023
+                                lambda: d)  # noqa: B023
+        assert len(blobs) < engine._LOG_BLOBS_MAX
+    assert ChangeLog.replay(blobs) == d
