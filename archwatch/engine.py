@@ -413,10 +413,10 @@ class _Snapshottable:
 # rewritten whole too while the state is no bigger than _LOG_MERGE_MAX; beyond that,
 # adjacent blobs holding at most that many are merged into one (the run of the most
 # blobs), so no snapshot writes more; only _LOG_BLOBS_MAX blobs in all (blobs too big to
-# merge: a backlog's epochs, or millions of entries) rewrite it whole. (Until session 17 it was rewritten whole at every 64th
-# snapshot: on an event-id shard of 100,000 ids taking 1,500 a snapshot, 131 ms at the
-# 64th and 209 ms at the 128th against a median of 1.8 ms, growing with the state, and
-# every shard of a step at the same epoch.)
+# merge: a backlog's epochs, or millions of entries) rewrite it whole. (Until session 17
+# it was rewritten whole at every 64th snapshot: on an event-id shard of 100,000 ids
+# taking 1,500 a snapshot, 131 ms at the 64th and 209 ms at the 128th against a median
+# of 1.8 ms, growing with the state, and every shard of a step at the same epoch.)
 _LOG_SLACK = 4096
 _LOG_BLOBS = 64
 _LOG_BLOBS_MAX = 256
@@ -483,20 +483,48 @@ def _list_merge(older: list[Any], newer: list[Any]) -> list[Any]:
     return older
 
 
-class ChangeLog:
+class _BlobLog:
+    """What :class:`ChangeLog` and :class:`QueueLog` share: their blobs, each blob's
+    entries, and when they merge (see _LOG_BLOBS)."""
+
+    __slots__ = ("blobs", "sizes", "trigger")
+
+    def __init__(self, blobs: list[bytes] | None) -> None:
+        self.blobs: list[bytes] = blobs or []
+        # entries of each blob; None: restored from a snapshot, counted when first needed
+        self.sizes: list[int] | None = None if self.blobs else []
+        self.trigger = _log_trigger()
+
+    def _sizes(self) -> list[int]:
+        if self.sizes is None:
+            self.sizes = [len(_unblob(b)) for b in self.blobs]
+        return self.sizes
+
+    def _compact(self, keep: int, live: int, merge: Callable[[Any, Any], Any]) -> int | None:
+        """After a blob was appended: None when the log is to be rewritten whole (a small
+        state once the trigger is reached, or _LOG_BLOBS_MAX blobs), else the entries a
+        merge took away (0 without one)."""
+        sizes = self._sizes()
+        gone = 0
+        if _unmerged(sizes, keep) >= self.trigger:
+            if live <= _LOG_MERGE_MAX:  # all of it is no more than a merge
+                return None
+            gone = _merge_run(self.blobs, sizes, keep, merge) or 0
+        # blobs too big to merge (a backlog's epochs), or too many to: all in one
+        return None if len(self.blobs) >= _LOG_BLOBS_MAX else gone
+
+
+class ChangeLog(_BlobLog):
     """A dict's recovery snapshots as blobs of its changes: the first blob holds it all,
     each later one the entries set (or deleted: None) since the one before, so a snapshot
     costs what changed since the last, not what is held (a shard's dict of a day's event
     ids was marshalled whole at every epoch). Values are plain data, never None."""
 
-    __slots__ = ("blobs", "entries", "sizes", "trigger")
+    __slots__ = ("entries",)
 
     def __init__(self, blobs: list[bytes] | None = None, entries: int = 0) -> None:
-        self.blobs: list[bytes] = blobs or []
+        super().__init__(blobs)
         self.entries = entries  # entries written in the blobs
-        # entries of each blob; None: restored from a snapshot, counted when first needed
-        self.sizes: list[int] | None = None if self.blobs else []
-        self.trigger = _log_trigger()
 
     def snapshot(self, live: int, changes: Callable[[], dict[Any, Any]] | None,
                  everything: Callable[[], dict[Any, Any]]) -> tuple[list[bytes], int]:
@@ -506,19 +534,12 @@ class ChangeLog:
         whole = (delta is None or len(delta) >= live
                  or self.entries + len(delta) > 2 * live + _LOG_SLACK)  # (all is no more)
         if not whole and delta:
-            if self.sizes is None:
-                self.sizes = [len(_unblob(b)) for b in self.blobs]
+            self._sizes().append(len(delta))
             self.blobs.append(_blob(delta))
-            self.sizes.append(len(delta))
             self.entries += len(delta)
-            if _unmerged(self.sizes, 1) >= self.trigger:
-                gone = None if live <= _LOG_MERGE_MAX else _merge_run(
-                    self.blobs, self.sizes, 1, _dict_merge)
-                # a small dict: all of it is no more than a merge; else only at the cap
-                whole = gone is None and live <= _LOG_MERGE_MAX
-                self.entries -= gone or 0
-            # blobs too big to merge (a backlog's epochs), or too many to: all in one
-            whole = whole or len(self.blobs) >= _LOG_BLOBS_MAX
+            gone = self._compact(1, live, _dict_merge)
+            whole = gone is None
+            self.entries -= gone or 0
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
         return list(self.blobs), self.entries
@@ -535,39 +556,31 @@ class ChangeLog:
         return out
 
 
-class QueueLog:
+class QueueLog(_BlobLog):
     """A FIFO's recovery snapshots (see :class:`ChangeLog`): blobs of the entries appended,
     and how many of the first of them have left since. Blobs whose entries have all left
     are dropped; the newest are merged as a ChangeLog's are."""
 
-    __slots__ = ("blobs", "dropped", "sizes", "trigger")
+    __slots__ = ("dropped",)
 
     def __init__(self, blobs: list[bytes] | None = None, dropped: int = 0) -> None:
-        self.blobs: list[bytes] = blobs or []
+        super().__init__(blobs)
         self.dropped = dropped
-        self.sizes: list[int] | None = None if self.blobs else []
-        self.trigger = _log_trigger()
 
     def snapshot(self, q: deque[Any], appended: list[Any] | None,
                  popped: int) -> tuple[list[bytes], int]:
         whole = (appended is None or len(appended) >= len(q)
                  or self.dropped + popped > len(q) + _LOG_SLACK)
         if not whole:
-            sizes = self.sizes
-            if sizes is None:
-                sizes = self.sizes = [len(_unblob(b)) for b in self.blobs]
+            sizes = self._sizes()
             self.dropped += popped
             while sizes and self.dropped >= sizes[0]:  # every entry of the oldest has left
                 self.dropped -= sizes.pop(0)
                 del self.blobs[0]
             if appended:
-                self.blobs.append(_blob(appended))
                 sizes.append(len(appended))
-                if _unmerged(sizes, 0) >= self.trigger:  # (see ChangeLog.snapshot)
-                    whole = len(q) <= _LOG_MERGE_MAX
-                    if not whole:
-                        _merge_run(self.blobs, sizes, 0, _list_merge)
-            whole = whole or len(self.blobs) >= _LOG_BLOBS_MAX
+                self.blobs.append(_blob(appended))
+                whole = self._compact(0, len(q), _list_merge) is None
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
         return list(self.blobs), self.dropped
