@@ -108,10 +108,10 @@ def _sum(m: dict[str, float], name: str) -> int:
 
 
 def _until_written(procs: list[subprocess.Popen[Any]], logs: list[Path], ports: list[int],
-                   total: int, timeout: float, what: str) -> dict[str, Any]:
+                   total: int, timeout: float, what: str, t_spawn: float) -> dict[str, Any]:
     """Poll the processes' /metrics until every record is read and its outcome written
-    (summed over the processes); then stop them. Their outcomes, and when the first record
-    was read and the last outcome written (perf_counter)."""
+    (summed over the processes); then stop them. Their outcomes, the steady time (first
+    record read to last outcome written) and the time since ``t_spawn`` (perf_counter)."""
     t_first = None
     ms: list[dict[str, float]] = []
     try:
@@ -140,7 +140,8 @@ def _until_written(procs: list[subprocess.Popen[Any]], logs: list[Path], ports: 
         for k, v in m.items():
             if k.startswith("archwatch_events_total{"):
                 outcomes[k.split('"')[1]] = outcomes.get(k.split('"')[1], 0) + int(v)
-    return {"outcomes": outcomes, "first": t_first, "done": t_done}
+    return {"outcomes": outcomes, "steady_s": t_done - (t_first or t_spawn),
+            "total_s": t_done - t_spawn}
 
 
 def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: Path,
@@ -160,11 +161,10 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
             *(["--epoch-interval", str(epoch_interval)] if epoch_interval else [])]
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-    got = _until_written([proc], [log], [port], total, timeout, f"archwatch run -w {workers}")
+    got = _until_written([proc], [log], [port], total, timeout, f"archwatch run -w {workers}",
+                         t_spawn)
     return {"workers": workers, "recovery": recovery, "epoch_interval": epoch_interval,
-            "events": total, "outcomes": got["outcomes"],
-            "steady_s": got["done"] - (got["first"] or t_spawn),
-            "total_s": got["done"] - t_spawn}
+            "events": total, **got}
 
 
 def _store_server(tmp: Path, name: str, password: str) -> tuple[subprocess.Popen[Any], str]:
@@ -210,15 +210,13 @@ def archwatch_cluster(tmp: Path, prefix: str, processes: int, total: int, receiv
                  str(receivers)],
                 stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT))
         got = _until_written(procs, logs, ports, total, timeout,
-                             f"a cluster of {processes}")
+                             f"a cluster of {processes}", t_spawn)
     finally:
         for proc in procs:  # (stopped already unless starting one failed)
             stop_process(proc, 60)
         stop_process(server, 60)
     return {"workers": processes, "processes": processes, "recovery": False,
-            "epoch_interval": None, "events": total, "outcomes": got["outcomes"],
-            "steady_s": got["done"] - (got["first"] or t_spawn),
-            "total_s": got["done"] - t_spawn}
+            "epoch_interval": None, "events": total, **got}
 
 
 # --------------------------------------------------------------------------- (c)
