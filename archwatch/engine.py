@@ -1088,6 +1088,8 @@ class CaseShard(_Deadlines, _Snapshottable):
         # what was unpacked or added since the last cool() (None: not tracked, see there)
         self.hot: set[str] | None = None
         self.hot_kpi: set[KpiKey] | None = None
+        # cases packed by precool() since the last snapshot: its change log takes them too
+        self._cooled: list[str] = []
         self.heap: list[tuple[int, str]] = []
         self.kpi: dict[KpiKey, KpiAcc | bytes] = {}  # packed like cases: see cool()
         self.counts = AnomalyCounts()
@@ -1132,6 +1134,8 @@ class CaseShard(_Deadlines, _Snapshottable):
         (and stay packed: see :meth:`cool`); the cases' log gets those and the evicted."""
         tracked = self.hot is not None and self._evicted_changed is not None
         packed = self.cool()
+        if self._cooled:
+            packed, self._cooled = [*self._cooled, *packed], []
         gone = self._evicted_changed or ()  # evicted or reloaded since the last
         state = super().__getstate__()
         cases = self.cases
@@ -1140,7 +1144,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         blobs, entries = self._cases_log.snapshot(len(cases), changes, lambda: cases)
         state["cases"] = (_CASES_LOG, marshal.dumps(
             (self.refs.packed(), list(self.kpi.values()))), blobs, entries)
-        for name in ("heap", "kpi", "refs", "hot", "hot_kpi", "_cases_log"):
+        for name in ("heap", "kpi", "refs", "hot", "hot_kpi", "_cases_log", "_cooled"):
             del state[name]
         return state
 
@@ -1173,6 +1177,7 @@ class CaseShard(_Deadlines, _Snapshottable):
                 state["cases"], state["heap"], state["kpi"] = unpack_shard(packed[1])
             state.update(refs=_Refs(), hot=None, hot_kpi=None)
         state["_cases_log"] = log
+        state["_cooled"] = []
         super().__setstate__(state)
 
     def cool(self) -> list[str]:
@@ -1205,6 +1210,18 @@ class CaseShard(_Deadlines, _Snapshottable):
         for key in hot_kpi:
             kpi[key] = acc_packed(key, kpi[key], ref)  # type: ignore[arg-type]
         return hot
+
+    def precool(self) -> int:
+        """Pack the cases touched so far, between snapshots (live, with recovery): the next
+        snapshot then packs only what was touched after this, so an epoch's close, which
+        holds up the dataflow thread and any deadline due meanwhile, is shorter; the
+        packing is spread over the epoch instead. Does nothing before the first snapshot
+        (what is touched is not tracked yet). Returns the cases packed."""
+        if self.hot is None:
+            return 0
+        packed = self.cool()
+        self._cooled.extend(packed)
+        return len(packed)
 
     def next_deadline(self) -> int | None:
         """The earliest deadline waiting (perhaps one that moved on since: it then fires

@@ -1,17 +1,21 @@
 """The dataflow's collector settings (`engine_gc`): a batch in flight does not set a
 young collection off while a backlog is read, the threshold comes down once the input
-is live (short pauses), and the interpreter's own settings come back afterwards."""
+is live (short pauses), and the interpreter's own settings come back afterwards. Also what
+else the shards' adapter does once the input is live: with recovery, pack the cases
+between epoch closes."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from archwatch.dataflows.reconcile import (
     GC_BACKLOG_THRESHOLD,
     GC_LIVE_THRESHOLD,
+    PRECOOL_MS,
     _ShardLogic,
     engine_gc,
 )
@@ -118,3 +122,45 @@ def test_live_input_with_recovery_keeps_the_high_threshold() -> None:
         logic.on_notify()
         assert logic.shard.external_wm == 4_000
         assert gc.get_threshold()[0] == GC_BACKLOG_THRESHOLD
+
+
+class _Packing:
+    """A shard that counts its precool calls (the scheduling, not the packing, is tested
+    here; tests/test_snapshot.py tests what precool packs)."""
+
+    def __init__(self) -> None:
+        self.precools = 0
+
+    def on_batch(self, values: list[Any]) -> list[Any]:
+        return []
+
+    def next_deadline(self) -> int | None:
+        return None
+
+    def precool(self) -> int:
+        self.precools += 1
+        return 0
+
+
+def test_live_with_recovery_packs_between_closes_every_precool_ms() -> None:
+    now = [1_800_000_000_000]
+    logic = _ShardLogic(_Packing(), recovery=True, wall_ms=lambda: now[0])
+    logic.on_batch([Watermark(1_000)])  # a backlog: left to the snapshots
+    assert logic.shard.precools == 0
+    logic.on_batch([Watermark(2_000, wall=now[0])])  # live: the first packs at once
+    assert logic.shard.precools == 1
+    now[0] += PRECOOL_MS - 1
+    logic.on_batch([Watermark(3_000, wall=now[0])])
+    assert logic.shard.precools == 1
+    now[0] += 1
+    logic.on_batch([Watermark(4_000, wall=now[0])])
+    assert logic.shard.precools == 2
+
+
+def test_without_recovery_nothing_is_packed_between_closes() -> None:
+    now = [1_800_000_000_000]
+    logic = _ShardLogic(_Packing(), recovery=False, wall_ms=lambda: now[0])
+    for _ in range(3):
+        now[0] += PRECOOL_MS
+        logic.on_batch([Watermark(now[0], wall=now[0])])
+    assert logic.shard.precools == 0

@@ -156,6 +156,44 @@ def test_packing_at_every_snapshot_changes_nothing(tmp_path: Path,
             sum(sh.evictions for sh in a.cases.values()) > 0
 
 
+@pytest.mark.parametrize("evict_after_ms", [None, 3_600_000])
+def test_packing_between_snapshots_changes_nothing(tmp_path: Path,
+                                                   evict_after_ms: int | None) -> None:
+    """Live with recovery, a case shard packs what was touched between snapshots too
+    (precool): each snapshot still restores the shard as it is — the cases packed since
+    the last one, by precool or by the snapshot itself, are in its change log — and the
+    tables are those of a run that never packs."""
+    a, b, lines = _engines(tmp_path, evict_after_ms)
+    precooled = 0
+    for n, i in enumerate(range(0, len(lines), 100)):
+        a.feed(lines[i:i + 100])
+        b.feed(lines[i:i + 100])
+        for sh in b.cases.values():
+            precooled += sh.precool()
+            if n % 3 == 2:  # an epoch: three batches, each followed by a precool
+                restored = pickle.loads(pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
+                assert _contents(restored) == _contents(sh)
+                assert restored.evicted == sh.evicted
+                assert sh._cooled == []  # taken by the snapshot's log
+    assert precooled > 0
+    assert [_contents(sh) for sh in b.cases.values()] == \
+        [_contents(sh) for sh in a.cases.values()]
+    for eng in (a, b):
+        eng.finish()
+    for table in ("anomaly", "case_state", "receiver_status"):
+        assert b.tables.final(table) == a.tables.final(table), table
+    assert b.tables.kpi_totals() == a.tables.kpi_totals()
+
+
+def test_precool_waits_for_the_first_snapshot(tmp_path: Path) -> None:
+    """Before a shard's first snapshot what is touched is not tracked (no recovery, or
+    not yet): precool packs nothing then."""
+    a, _, lines = _engines(tmp_path, None)
+    a.feed(lines[:1000])
+    assert all(sh.precool() == 0 for sh in a.cases.values())
+    assert all(type(v) is not bytes for sh in a.cases.values() for v in sh.cases.values())
+
+
 def test_the_shared_tuple_table_round_trips_across_many_snapshots() -> None:
     """The table is packed a chunk per snapshot that numbered new tuples; past 64 chunks it
     starts again as one. Restored, every number names an equal tuple."""
