@@ -1089,7 +1089,8 @@ class CaseShard(_Deadlines, _Snapshottable):
         self.hot: set[str] | None = None
         self.hot_kpi: set[KpiKey] | None = None
         # cases packed by precool() since the last snapshot: its change log takes them too
-        self._cooled: list[str] = []
+        # (a set: an idle shard's snapshot is reused while deadlines peek at cases)
+        self._cooled: set[str] = set()
         self.heap: list[tuple[int, str]] = []
         self.kpi: dict[KpiKey, KpiAcc | bytes] = {}  # packed like cases: see cool()
         self.counts = AnomalyCounts()
@@ -1135,7 +1136,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         tracked = self.hot is not None and self._evicted_changed is not None
         packed = self.cool()
         if self._cooled:
-            packed, self._cooled = [*self._cooled, *packed], []
+            packed, self._cooled = [*self._cooled, *packed], set()
         gone = self._evicted_changed or ()  # evicted or reloaded since the last
         state = super().__getstate__()
         cases = self.cases
@@ -1177,7 +1178,7 @@ class CaseShard(_Deadlines, _Snapshottable):
                 state["cases"], state["heap"], state["kpi"] = unpack_shard(packed[1])
             state.update(refs=_Refs(), hot=None, hot_kpi=None)
         state["_cases_log"] = log
-        state["_cooled"] = []
+        state["_cooled"] = set()
         super().__setstate__(state)
 
     def cool(self) -> list[str]:
@@ -1220,7 +1221,7 @@ class CaseShard(_Deadlines, _Snapshottable):
         if self.hot is None:
             return 0
         packed = self.cool()
-        self._cooled.extend(packed)
+        self._cooled.update(packed)
         return len(packed)
 
     def next_deadline(self) -> int | None:

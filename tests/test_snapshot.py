@@ -174,7 +174,7 @@ def test_packing_between_snapshots_changes_nothing(tmp_path: Path,
                 restored = pickle.loads(pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
                 assert _contents(restored) == _contents(sh)
                 assert restored.evicted == sh.evicted
-                assert sh._cooled == []  # taken by the snapshot's log
+                assert not sh._cooled  # taken by the snapshot's log
     assert precooled > 0
     assert [_contents(sh) for sh in b.cases.values()] == \
         [_contents(sh) for sh in a.cases.values()]
