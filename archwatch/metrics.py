@@ -27,6 +27,12 @@ WATERMARK_WRITTEN = Gauge(
     "The watermark (epoch seconds) that every shard holding rows has applied, the rows it "
     "emitted with it written: the stored answer describes this moment (contract §3)")
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
+# Live with recovery, the case shards pack what was touched between epoch closes
+# (dataflows/reconcile.py:PRECOOL_MS); the close packs the rest. Zero while a backlog is
+# read, or without recovery.
+CASES_PACKED_BETWEEN = PCounter(
+    "archwatch_cases_packed_between_closes_total",
+    "Cases packed for recovery snapshots between epoch closes (live input, recovery on)")
 # Where a row's way to the store goes (freshness): each INSERT's duration, and for each
 # write the time from its oldest row entering the sink's buffer to the write's end (the
 # flush delay, the queue before the writer thread, the inserts).

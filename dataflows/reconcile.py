@@ -60,6 +60,7 @@ from archwatch.engine import (
     passes_at,
 )
 from archwatch.eventlog import RECEIVER_TYPES
+from archwatch.metrics import CASES_PACKED_BETWEEN
 from archwatch.models import Envelope, Reject, parse_record
 from archwatch.rules import ReceiptFact
 from archwatch.settings import EngineSettings, all_shards, shard_of
@@ -173,7 +174,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         now = self._wall_ms()
         if now - self._precooled >= PRECOOL_MS:
             self._precooled = now
-            self._precool()
+            CASES_PACKED_BETWEEN.inc(self._precool())
 
     def notify_at(self) -> datetime | None:
         """Live, when the next deadline is due by the wall clock (plus NOTIFY_GRACE_MS).

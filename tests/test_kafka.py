@@ -173,6 +173,42 @@ def test_sigkill_mid_stream_and_restart_gives_identical_tables(broker: str, work
     assert_same(live_tables(tmp_path / "db"), replay_tables(out, tmp_path))
 
 
+def test_sigkill_while_live_with_packing_between_closes_gives_identical_tables(
+        broker: str, workload: Any, tmp_path: Path) -> None:
+    """Live with recovery the case shards pack touched cases between epoch closes (their
+    snapshots' change logs take them at the next close): killed while events come in
+    live, a restart still gives the batch answer."""
+    out, truth = workload
+    prefix = prefix_for("livecrash")
+    lines = [x for x in (out / "events.jsonl").read_text().splitlines() if x.strip()]
+    first = len(lines) // 3
+    ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
+    create_topics(ks, 3)
+    produce_lines(lines[:first], ks)
+    # 3 s epochs: precool (every second) runs between closes
+    flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "3")
+    aw = Archwatch(tmp_path, prefix, *flags).start()
+    aw.wait_consumed(first)
+    aw.wait_watermark(now_ms() - LATENESS_MS)  # caught up: the watermark follows the clock
+    rest = lines[first:]
+    chunks = [rest[i::8] for i in range(8)]  # interleaved: cases stay open across chunks
+    for chunk in chunks[:5]:
+        produce_lines(chunk, ks)
+        time.sleep(0.4)  # paced: the input stays live (not a check of anything)
+    poll(lambda: aw.metrics().get("archwatch_cases_packed_between_closes_total", 0) > 0,
+         60, what="cases packed between closes")
+    aw.kill()  # mid-stream, between closes
+    for chunk in chunks[5:]:
+        produce_lines(chunk, ks)
+    aw2 = Archwatch(tmp_path, prefix, *flags, name="-2").start()
+    try:
+        aw2.wait_consumed(len(lines))
+        aw2.wait_watermark(now_ms() - LATENESS_MS)
+    finally:
+        assert aw2.stop() == 0, aw2.log.read_text()[-2000:]
+    assert_same(live_tables(tmp_path / "db"), replay_tables(out, tmp_path))
+
+
 def test_missing_archive_fires_on_the_wall_clock_while_idle(broker: str,
                                                             tmp_path: Path) -> None:
     """`archwatch up`: no event after the case, yet MISSING_ARCHIVE shows in the API within
