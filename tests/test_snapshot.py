@@ -122,6 +122,18 @@ def test_snapshots_of_form_2_still_restore(tmp_path: Path, evict_after_ms: int |
         assert again.evicted == sh.evicted and list(again.settled) == list(sh.settled)
 
 
+def assert_same_engines(a: Engine, b: Engine) -> None:
+    """Two engines fed alike hold the same cases, and once finished write the same
+    tables (whatever either packed, and when)."""
+    assert [_contents(sh) for sh in b.cases.values()] == \
+        [_contents(sh) for sh in a.cases.values()]
+    for eng in (a, b):
+        eng.finish()
+    for table in ("anomaly", "case_state", "receiver_status"):
+        assert b.tables.final(table) == a.tables.final(table), table
+    assert b.tables.kpi_totals() == a.tables.kpi_totals()
+
+
 @pytest.mark.parametrize("evict_after_ms", [None, 3_600_000])
 def test_packing_at_every_snapshot_changes_nothing(tmp_path: Path,
                                                    evict_after_ms: int | None) -> None:
@@ -144,13 +156,7 @@ def test_packing_at_every_snapshot_changes_nothing(tmp_path: Path,
             assert _contents(restored) == _contents(sh)  # the cases' log, the heap rebuilt
             packed_seen = packed_seen or bool(sh.cases)
     assert packed_seen
-    assert [_contents(sh) for sh in b.cases.values()] == \
-        [_contents(sh) for sh in a.cases.values()]
-    for eng in (a, b):
-        eng.finish()
-    for table in ("anomaly", "case_state", "receiver_status"):
-        assert b.tables.final(table) == a.tables.final(table), table
-    assert b.tables.kpi_totals() == a.tables.kpi_totals()
+    assert_same_engines(a, b)
     if evict_after_ms is not None:
         assert sum(sh.evictions for sh in b.cases.values()) == \
             sum(sh.evictions for sh in a.cases.values()) > 0
@@ -176,13 +182,7 @@ def test_packing_between_snapshots_changes_nothing(tmp_path: Path,
                 assert restored.evicted == sh.evicted
                 assert not sh._cooled  # taken by the snapshot's log
     assert precooled > 0
-    assert [_contents(sh) for sh in b.cases.values()] == \
-        [_contents(sh) for sh in a.cases.values()]
-    for eng in (a, b):
-        eng.finish()
-    for table in ("anomaly", "case_state", "receiver_status"):
-        assert b.tables.final(table) == a.tables.final(table), table
-    assert b.tables.kpi_totals() == a.tables.kpi_totals()
+    assert_same_engines(a, b)
 
 
 def test_precool_waits_for_the_first_snapshot(tmp_path: Path) -> None:
