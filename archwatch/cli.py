@@ -259,12 +259,15 @@ def _live_opts(args: argparse.Namespace):
                            f"{len(addresses)} --addresses")
     elif process_id:
         raise CliError("--process-id needs --addresses (every process's host:port)")
+    if args.snapshot_file_bytes < 0:
+        raise CliError("--snapshot-file-bytes must be 0 (none) or more")
     return LiveOptions(kafka=_kafka(args), workers=args.workers, recovery_dir=recovery,
                        epoch_interval=timedelta(seconds=args.epoch_interval or (
                            EPOCH_WITHOUT_RECOVERY if recovery is None else EPOCH_WITH_RECOVERY)),
                        backup_interval=(timedelta(seconds=args.backup_interval)
                                         if args.backup_interval else None),
-                       addresses=addresses, process_id=process_id)
+                       addresses=addresses, process_id=process_id,
+                       snapshot_file_bytes=args.snapshot_file_bytes)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -486,6 +489,11 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("--backup-interval", dest="backup_interval", type=float, default=0.0,
                         help="seconds a superseded snapshot is kept, so that a copy of the "
                         "recovery partitions taken while running can be restored")
+        rp.add_argument("--snapshot-file-bytes", dest="snapshot_file_bytes", type=int,
+                        default=16 * 1024,
+                        help="recovery snapshot blobs this large or larger are written once "
+                        "as files in RECOVERY_DIR/blobs instead of into every epoch's "
+                        "snapshot (0: none; a cluster's processes must share the directory)")
         rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
                         help="serve Prometheus /metrics on this port")
         rp.add_argument("--metrics-host", dest="metrics_host", default="127.0.0.1",

@@ -40,6 +40,7 @@ class FileConfig(BaseModel):
     recovery_dir: Path | None = None
     epoch_interval: float | None = Field(default=None, gt=0, le=3600)
     backup_interval: float | None = Field(default=None, ge=0, le=30 * 86400)
+    snapshot_file_bytes: int | None = Field(default=None, ge=0, le=2**31 - 1)
     receivers: Path | None = None
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65_535)

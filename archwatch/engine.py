@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import marshal
+import secrets
 import time
 import zlib
 from array import array
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, NamedTuple
 
+from archwatch import blobstore
 from archwatch.kpi import KpiAcc
 from archwatch.models import Envelope, ReceiverHeartbeat
 from archwatch.receivers import ReceiverFacts, Registration, alert_after, gap_ids, scan
@@ -439,7 +441,12 @@ def _blob(data: Any) -> bytes:
 
 
 def _unblob(blob: bytes) -> Any:
-    return marshal.loads(blob[1:] if blob[:1] == b"m" else zlib.decompress(blob[1:]))
+    tag = blob[:1]
+    if tag == b"m":
+        return marshal.loads(blob[1:])
+    if tag == b"z":
+        return marshal.loads(zlib.decompress(blob[1:]))
+    raise ValueError(f"not a log blob (a snapshot's file ref, unread?): {blob[:40]!r}")
 
 
 def _unmerged(sizes: list[int], keep: int) -> int:
@@ -485,15 +492,82 @@ def _list_merge(older: list[Any], newer: list[Any]) -> list[Any]:
 
 class _BlobLog:
     """What :class:`ChangeLog` and :class:`QueueLog` share: their blobs, each blob's
-    entries, and when they merge (see _LOG_BLOBS)."""
+    entries, when they merge (see _LOG_BLOBS), and, with a blob store configured
+    (archwatch.blobstore: live with recovery), which of them a snapshot names as files
+    instead of holding: blobs never change once made, so each is written once, not at
+    every epoch until a merge takes it."""
 
-    __slots__ = ("blobs", "sizes", "trigger")
+    __slots__ = ("blobs", "sizes", "trigger", "logid", "sealed", "unref", "snaps")
 
     def __init__(self, blobs: list[bytes] | None) -> None:
-        self.blobs: list[bytes] = blobs or []
+        self.logid: str | None = None  # the log's directory in the blob store
+        # id(blob) -> (blob, ref) of the blobs written as files (the blob is held there
+        # too, so that its id is not reused while the entry stands)
+        self.sealed: dict[int, tuple[bytes, bytes]] = {}
+        # files no longer named -> (snapshots taken, clock) when they stopped being named
+        self.unref: dict[str, tuple[int, float]] = {}
+        self.snaps = 0  # snapshots taken since this log was made or restored
+        self.blobs: list[bytes] = self._restored(blobs) if blobs else []
         # entries of each blob; None: restored from a snapshot, counted when first needed
         self.sizes: list[int] | None = None if self.blobs else []
         self.trigger = _log_trigger()
+
+    def _restored(self, blobs: list[bytes]) -> list[bytes]:
+        """A snapshot's blobs with the files it names read back; the files of the log's
+        directory that it does not name are taken for deletion (see archwatch.blobstore)."""
+        out: list[bytes] = []
+        named: set[str] = set()
+        for b in blobs:
+            tag = b[:1]
+            if tag == blobstore.LOG_ID:
+                self.logid = b[1:].decode()
+            elif tag == blobstore.REF:
+                blob = blobstore.required().get(b)
+                self.sealed[id(blob)] = (blob, b)
+                named.add(blobstore.name_of(b))
+                out.append(blob)
+            else:
+                out.append(b)
+        store = blobstore.current()
+        if store is not None and self.logid is not None:
+            now = store.clock()
+            self.unref = dict.fromkeys(store.names(self.logid) - named, (0, now))
+        return out
+
+    def _outgoing(self) -> list[bytes]:
+        """The blobs as a snapshot holds them: large ones as refs to files (written now if
+        new), the log's directory first; files no longer named are deleted once old
+        enough (see archwatch.blobstore)."""
+        store = blobstore.current()
+        if store is None:
+            return list(self.blobs)
+        if self.logid is None:
+            self.logid = secrets.token_hex(8)
+        out = [blobstore.LOG_ID + self.logid.encode()]
+        old, sealed = self.sealed, {}
+        for b in self.blobs:
+            if len(b) < store.min_bytes:
+                out.append(b)
+                continue
+            hit = old.get(id(b))
+            ref = hit[1] if hit is not None else store.put(self.logid, b)
+            sealed[id(b)] = (b, ref)
+            out.append(ref)
+        self.sealed = sealed
+        self.snaps += 1
+        if len(old) != len(sealed) or old.keys() != sealed.keys() or self.unref:
+            now = store.clock()
+            named = {blobstore.name_of(r) for _b, r in sealed.values()}
+            for _b, r in old.values():
+                if (name := blobstore.name_of(r)) not in named:
+                    self.unref.setdefault(name, (self.snaps, now))
+            for name in named:
+                self.unref.pop(name, None)  # the same content made again
+            for name, (n, t) in list(self.unref.items()):
+                if self.snaps - n >= store.keep_snapshots and now - t >= store.keep_s:
+                    store.delete(self.logid, name)
+                    del self.unref[name]
+        return out
 
     def _sizes(self) -> list[int]:
         if self.sizes is None:
@@ -542,7 +616,7 @@ class ChangeLog(_BlobLog):
             self.entries -= gone or 0
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
-        return list(self.blobs), self.entries
+        return self._outgoing(), self.entries
 
     @staticmethod
     def replay(blobs: list[bytes]) -> dict[Any, Any]:
@@ -583,7 +657,7 @@ class QueueLog(_BlobLog):
                 whole = self._compact(0, len(q), _list_merge) is None
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
-        return list(self.blobs), self.dropped
+        return self._outgoing(), self.dropped
 
     @staticmethod
     def replay(blobs: list[bytes], dropped: int) -> deque[Any]:
@@ -637,9 +711,9 @@ class DedupShard(_Snapshottable):
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
         (seen_blobs, entries), (queue_blobs, dropped) = values
-        return {"seen": ChangeLog.replay(seen_blobs), "_seen_log": ChangeLog(seen_blobs, entries),
-                "queue": QueueLog.replay(queue_blobs, dropped),
-                "_queue_log": QueueLog(queue_blobs, dropped),
+        seen_log, queue_log = ChangeLog(seen_blobs, entries), QueueLog(queue_blobs, dropped)
+        return {"seen": ChangeLog.replay(seen_log.blobs), "_seen_log": seen_log,
+                "queue": QueueLog.replay(queue_log.blobs, dropped), "_queue_log": queue_log,
                 "_new": [], "_gone": [], "_queued": [], "_popped": 0}
 
     def _untracked(self) -> None:
@@ -1117,10 +1191,10 @@ class CaseShard(_Deadlines, _Snapshottable):
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
         (ev_blobs, entries), (settled_blobs, dropped) = values
-        return {"evicted": set(ChangeLog.replay(ev_blobs)),
-                "_evicted_log": ChangeLog(ev_blobs, entries),
-                "settled": QueueLog.replay(settled_blobs, dropped),
-                "_settled_log": QueueLog(settled_blobs, dropped),
+        ev_log, settled_log = ChangeLog(ev_blobs, entries), QueueLog(settled_blobs, dropped)
+        return {"evicted": set(ChangeLog.replay(ev_log.blobs)), "_evicted_log": ev_log,
+                "settled": QueueLog.replay(settled_log.blobs, dropped),
+                "_settled_log": settled_log,
                 "_evicted_changed": [], "_settled_in": [], "_settled_out": 0}
 
     def _untracked(self) -> None:
@@ -1155,8 +1229,8 @@ class CaseShard(_Deadlines, _Snapshottable):
         form = packed[0] if type(packed) is tuple else None
         if form == _CASES_LOG:
             table, accs = marshal.loads(packed[1])
-            cases = ChangeLog.replay(packed[2])
             log = ChangeLog(packed[2], packed[3])
+            cases = ChangeLog.replay(log.blobs)
             heap = [(nd, c) for c, blob in cases.items()
                     if (nd := packed_deadline_settled(blob)[0]) is not None]
             heapq.heapify(heap)
@@ -1523,13 +1597,13 @@ class ArchiveNoShard(_Snapshottable):
         return [self._log.snapshot(len(facts), changes, lambda: {a: value(a) for a in facts})]
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
-        blobs, entries = values[0]
-        plain = ChangeLog.replay(blobs)
+        log = ChangeLog(*values[0])
+        plain = ChangeLog.replay(log.blobs)
         return {
             "facts": {a: {t[0]: ReceiptFact(a, *t) for t in v[0]} for a, v in plain.items()},
             "anomalies": {a: {t[0]: Anomaly(*t) for t in v[1]}
                           for a, v in plain.items() if v[1]},
-            "_log": ChangeLog(blobs, entries), "_touched": set(),
+            "_log": log, "_touched": set(),
         }
 
     def _untracked(self) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
-from archwatch import rollup
+from archwatch import blobstore, rollup
+from archwatch.blobstore import BlobStore
 from archwatch.connectors.kafka import DeadLetters, KafkaRecords, KafkaSettings
 from archwatch.connectors.store_sink import AlertSink, EpochStoreSink, StoreSink, Tally
 from archwatch.dataflows.reconcile import build_flow, engine_gc
@@ -47,6 +48,13 @@ class LiveOptions:
     backup_interval: timedelta | None = None  # keep superseded snapshots this long
     addresses: tuple[str, ...] = ()  # a cluster: every process's host:port (empty: alone)
     process_id: int = 0
+    # snapshot blobs this large or larger go to files in <recovery dir>/blobs (0: none)
+    snapshot_file_bytes: int = 16 * 1024
+
+
+# How long a snapshot's file no snapshot names any more is kept, beyond --backup-interval
+# (and at least BlobStore.keep_snapshots snapshots of its log): see archwatch.blobstore.
+BLOB_KEEP_S = 300.0
 
 
 # How often a live sink sums the kpi_task rows it wrote into kpi_item (the KPI reads' table):
@@ -130,6 +138,16 @@ def prepare_recovery(path: Path, workers: int,
     return RecoveryConfig(path, backup_interval=backup_interval)
 
 
+def recovery_blobs(opts: LiveOptions) -> BlobStore | None:
+    """Where the snapshots' large blobs go: ``blobs/`` in the recovery directory, which the
+    processes of a cluster share (see archwatch.blobstore)."""
+    if opts.recovery_dir is None or not opts.snapshot_file_bytes:
+        return None
+    backup = opts.backup_interval.total_seconds() if opts.backup_interval else 0.0
+    return BlobStore(opts.recovery_dir / "blobs", min_bytes=opts.snapshot_file_bytes,
+                     keep_s=BLOB_KEEP_S + backup)
+
+
 def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally:
     """Run until interrupted (SIGINT/SIGTERM): the dataflow consumes and writes forever."""
     migrate(store)
@@ -142,7 +160,7 @@ def run_live(store: Store, settings: EngineSettings, opts: LiveOptions) -> Tally
     total_workers = opts.workers * max(len(opts.addresses), 1)
     recovery = (prepare_recovery(opts.recovery_dir, total_workers, opts.backup_interval)
                 if opts.recovery_dir else None)
-    with engine_gc():
+    with engine_gc(), blobstore.using(recovery_blobs(opts)):
         cluster_main(flow, list(opts.addresses), opts.process_id,
                      epoch_interval=opts.epoch_interval, recovery_config=recovery,
                      worker_count_per_proc=opts.workers)

@@ -157,13 +157,17 @@ def test_sigkill_mid_stream_and_restart_gives_identical_tables(broker: str, work
     out, truth = workload
     prefix = prefix_for("crash")
     lines, half, ks = produce_first_half(broker, out, prefix, 3)
-    flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "0.5")
+    # every snapshot blob written as a file (archwatch.blobstore): the restart reads them
+    flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "0.5",
+             "--snapshot-file-bytes", "1")
     aw = Archwatch(tmp_path, prefix, *flags).start()
     poll(lambda: aw.metrics().get('archwatch_events_total{outcome="applied"}', 0) > half // 3,
          120, what="some events applied")
     produce_lines(lines[half:], ks)  # more arrive while it runs ...
     time.sleep(0.3)
     aw.kill()  # ... and it dies mid-stream, without a chance to flush or snapshot
+    blobs = tmp_path / "db" / "recovery" / "blobs"
+    assert any(p.is_file() for p in blobs.rglob("*"))
     aw2 = Archwatch(tmp_path, prefix, *flags).start()
     try:
         aw2.wait_consumed(len([x for x in lines if x.strip()]))

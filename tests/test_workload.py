@@ -16,7 +16,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import cluster_main
 
-from archwatch import report
+from archwatch import blobstore, report
+from archwatch.blobstore import BlobStore
 from archwatch.engine import TABLE_KEYS, Write
 from archwatch.generate import GenerateOptions, generate
 from archwatch.migrate import migrate
@@ -118,8 +119,12 @@ def test_two_workers_give_the_same_tables(workload, tmp_path: Path, epoch_sink: 
         init_db_dir(tmp_path / "recovery", 2)
         recovery = RecoveryConfig(tmp_path / "recovery")
     flow = build_flow(JsonlFiles([out / "events.jsonl"]), sink, settings, alerts=alerts)
-    cluster_main(flow, [], 0, worker_count_per_proc=2, recovery_config=recovery,
-                 epoch_interval=timedelta(milliseconds=20))
+    # with recovery, every snapshot blob as a file (two worker threads writing them)
+    files = BlobStore(tmp_path / "recovery" / "blobs", min_bytes=1) if recovery else None
+    with blobstore.using(files):
+        cluster_main(flow, [], 0, worker_count_per_proc=2, recovery_config=recovery,
+                     epoch_interval=timedelta(milliseconds=20))
+    assert files is None or any((tmp_path / "recovery" / "blobs").iterdir())
     counts = dict(tally.counts)
     assert counts["applied"] == truth["counts"]["applied"]
     assert len(rejects) == truth["counts"]["rejected"]

@@ -1,0 +1,137 @@
+"""The large blobs of recovery snapshots, kept as files beside Bytewax's partitions.
+
+Why: Bytewax writes the whole snapshot of every key an epoch touched, and every shard is
+touched every epoch, so what recovery writes an epoch followed the state, not the change:
+≈ 184 MB a close at 300,000 live cases, written into SQLite on the dataflow thread
+(bench/RESULTS.md, sections 2 and 5, session 18). The bulk of a shard's snapshot is the
+blobs of its change logs (engine.ChangeLog, QueueLog), and a blob never changes once
+made: a merge makes a new one. So a blob of ``min_bytes`` or more is written once, as a
+file named by its digest under a directory of its log, and the snapshot holds only that
+name (a *ref*); a restore reads the file back and checks the digest.
+
+When a file may go: Bytewax resumes each key from its newest snapshot before the resume
+epoch, and the resume epoch only grows; every epoch's rows are written before it commits,
+so a shard is never more than an epoch or two of snapshots ahead of the last committed
+one. A file no snapshot of its log refers to any more is deleted once the log has taken
+``keep_snapshots`` snapshots since and ``keep_s`` seconds have passed (the second covers
+``--backup-interval``: Bytewax keeps a superseded snapshot that long for a copy of the
+partitions taken meanwhile). A restored log takes the files of its directory that its
+snapshot does not name (written after it, by a run that died before committing them)
+for deletion by the same rule.
+
+Thread-safe as it is used: each log has a directory of its own and belongs to one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REF = b"f"  # a blob's first byte when it stands for a file: b"f<log>/<digest>"
+LOG_ID = b"i"  # the first item of a log's snapshot: b"i<log>" (its directory)
+
+
+class BlobMissing(RuntimeError):
+    """A snapshot names a file that is not there (or not what was written)."""
+
+
+@dataclass
+class BlobStore:
+    root: Path
+    # blobs smaller stay inside the snapshot (a file costs ≈ 0.5 ms to write and sync;
+    # a blob that stays inline is written again every epoch until a merge takes it)
+    min_bytes: int = 16 * 1024
+    keep_s: float = 300.0
+    keep_snapshots: int = 3
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+    def put(self, log: str, blob: bytes) -> bytes:
+        """Write ``blob`` (once: an existing file of that name holds it) and return its
+        ref. Synced before it returns: Bytewax's SQLite commit, which will name it, syncs
+        too."""
+        name = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        folder = self.root / log
+        path = folder / name
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            with tmp.open("wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fdatasync(f.fileno())
+            os.replace(tmp, path)
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the new name survives a power cut too
+            finally:
+                os.close(fd)
+        return REF + f"{log}/{name}".encode()
+
+    def get(self, ref: bytes) -> bytes:
+        """The blob a ref names, checked against its digest."""
+        rel = ref[1:].decode()
+        try:
+            blob = (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            raise BlobMissing(
+                f"recovery snapshot names {self.root / rel}, which is missing: the "
+                f"recovery directory was copied without its blobs/ folder, or with a "
+                f"different one (see docs/operations.md, backups)") from None
+        if hashlib.blake2b(blob, digest_size=16).hexdigest() != rel.rsplit("/", 1)[-1]:
+            raise BlobMissing(f"{self.root / rel} does not hold what was written")
+        return blob
+
+    def names(self, log: str) -> set[str]:
+        """The files of a log's directory (half-written ones too: a crash may leave one)."""
+        try:
+            return set(os.listdir(self.root / log))
+        except FileNotFoundError:
+            return set()
+
+    def delete(self, log: str, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.root / log / name)
+
+
+def name_of(ref: bytes) -> str:
+    """The file name (digest) a ref names."""
+    return ref[ref.rindex(b"/") + 1:].decode()
+
+
+_current: BlobStore | None = None
+
+
+def configure(store: BlobStore | None) -> None:
+    """Set the store every change log of this process writes its snapshots' large blobs
+    to (``archwatch run`` with recovery: ``<recovery dir>/blobs``); None: blobs stay in
+    the snapshots, as without recovery, in tests and in a replay."""
+    global _current
+    _current = store
+
+
+@contextlib.contextmanager
+def using(store: BlobStore | None) -> Iterator[None]:
+    """:func:`configure` for a block (a run, a test), then the store before it again."""
+    before = _current
+    configure(store)
+    try:
+        yield
+    finally:
+        configure(before)
+
+
+def current() -> BlobStore | None:
+    return _current
+
+
+def required() -> BlobStore:
+    """The store, for reading a snapshot that names files."""
+    if _current is None:
+        raise BlobMissing("a recovery snapshot names blob files, but no blob store is "
+                          "configured in this process (archwatch.blobstore.configure)")
+    return _current

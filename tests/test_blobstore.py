@@ -1,0 +1,181 @@
+"""Recovery snapshots' large blobs as files (archwatch.blobstore, issue #10): a snapshot
+names them instead of holding them, restores the same state, and a file goes only once
+no snapshot a resume could load names it."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from archwatch import blobstore
+from archwatch.blobstore import BlobMissing, BlobStore
+from archwatch.engine import ArchiveNoShard, CaseShard, ChangeLog, DedupShard
+from tests.test_snapshot import _contents, _engines, _plain_attrs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def _snap(sh: Any) -> bytes:
+    return pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_every_shard_kind_restores_from_its_files_and_carries_on(tmp_path: Path) -> None:
+    """Every blob out of the snapshots (min_bytes=1): each snapshot restores every kind of
+    shard exactly, holds a fraction of the bytes, and a run whose shards are replaced by
+    their restored selves at every third batch writes the tables of one never
+    snapshotted."""
+    a, b, lines = _engines(tmp_path, 3_600_000)
+    c, _, _ = _engines(tmp_path / "c", 3_600_000)
+    store = BlobStore(tmp_path / "blobs", min_bytes=1, keep_s=0, keep_snapshots=1)
+    inline = with_files = 0
+    with blobstore.using(store):
+        for n, i in enumerate(range(0, len(lines), 300)):
+            for eng in (a, b, c):
+                eng.feed(lines[i:i + 300])
+            for shards in (b.dedup, b.archive_nos, b.cases):
+                for sh in shards.values():
+                    want = _plain_attrs(sh)
+                    blob = _snap(sh)
+                    with_files += len(blob)
+                    restored = pickle.loads(blob)
+                    assert _plain_attrs(restored) == want
+                    if isinstance(sh, CaseShard):
+                        assert _contents(restored) == _contents(sh)
+                    with blobstore.using(None):  # the same snapshot, every blob inside
+                        inline += len(_snap(restored))
+            for shards in (c.dedup, c.archive_nos, c.cases):
+                for key, sh in shards.items():
+                    blob = _snap(sh)
+                    if n % 3 == 2:
+                        restored = pickle.loads(blob)
+                        restored.adopt(sh)
+                        shards[key] = restored
+        for sh in b.cases.values():  # the cases' log: its directory, then files only
+            blobs = sh.__getstate__()["cases"][2]
+            assert blobs[0][:1] == blobstore.LOG_ID
+            assert all(x[:1] == blobstore.REF for x in blobs[1:]) and len(blobs) > 1
+    assert len(_files(tmp_path / "blobs")) > 0
+    # (less by far in a long run: here every blob is small, and the KPI accumulators and
+    # shared tuples stay inline)
+    assert with_files < inline * 0.6
+    for eng in (a, c):
+        eng.finish()
+    for table in ("anomaly", "case_state", "receiver_status"):
+        assert c.tables.final(table) == a.tables.final(table), table
+    assert c.tables.kpi_totals() == a.tables.kpi_totals()
+
+
+def _drive(log: ChangeLog, state: dict[int, int], rounds: int, start: int = 0
+           ) -> list[tuple[list[bytes], int, dict[int, int]]]:
+    """Snapshots of a dict changing one key a round (merged, and rewritten whole, as the
+    log's thresholds say), with what each stands for."""
+    out = []
+    for r in range(start, start + rounds):
+        state[r % 50] = r
+        changed = {r % 50: r}
+        blobs, entries = log.snapshot(len(state), (lambda c=changed: c) if log.blobs else None,
+                                      lambda: state)  # (a new log writes everything)
+        out.append((blobs, entries, dict(state)))
+    return out
+
+
+@pytest.mark.parametrize("keep_snapshots", [1, 3])
+def test_a_file_goes_only_after_the_snapshots_and_time_that_may_still_need_it(
+        tmp_path: Path, keep_snapshots: int) -> None:
+    clock = Clock()
+    store = BlobStore(tmp_path / "b", min_bytes=1, keep_s=60, keep_snapshots=keep_snapshots,
+                      clock=clock)
+    state = {k: 0 for k in range(50)}
+    with blobstore.using(store):
+        log = ChangeLog()
+        snaps = _drive(log, state, 1)
+        for r in range(1, 400):
+            clock.t += 5  # an epoch
+            snaps += _drive(log, state, 1, start=r)
+            # the newest keep_snapshots + 1 snapshots always restore (a resume loads one
+            # of them); files are only those they name, or dropped within keep_s
+            for blobs, _entries, want in snaps[-keep_snapshots - 1:]:
+                assert ChangeLog.replay(ChangeLog(blobs).blobs) == want
+        # without time passing nothing goes, however many snapshots
+        before = _files(tmp_path / "b")
+        snaps += _drive(log, state, 200, start=400)
+        assert before <= _files(tmp_path / "b")
+        # once keep_s has passed and keep_snapshots were taken, only what the newest
+        # snapshot names is left
+        clock.t += 61
+        for _ in range(keep_snapshots):
+            blobs, _entries = log.snapshot(len(state), dict, lambda: state)
+        assert {p.name for p in _files(tmp_path / "b")} == {
+            blobstore.name_of(b) for b in blobs if b[:1] == blobstore.REF}
+        # an old snapshot whose files went says so, naming the folder to restore
+        old = next(blobs for blobs, _e, _w in snaps
+                   if not all((tmp_path / "b" / b[1:].decode()).exists()
+                              for b in blobs if b[:1] == blobstore.REF))
+        with pytest.raises(BlobMissing, match="blobs/"):
+            ChangeLog(old)
+
+
+def test_a_restore_takes_the_files_of_a_lost_future_for_deletion(tmp_path: Path) -> None:
+    """Snapshots taken after the one a resume loads (a run that died before Bytewax
+    committed them) named files no snapshot of the restored lineage will: they go by the
+    same rule; the restored snapshot's own files stay."""
+    clock = Clock()
+    store = BlobStore(tmp_path / "b", min_bytes=1, keep_s=10, keep_snapshots=2, clock=clock)
+    state = {k: 0 for k in range(50)}
+    with blobstore.using(store):
+        log = ChangeLog()
+        resumed, entries, want = _drive(log, state, 5)[-1]
+        kept = _files(tmp_path / "b")
+        _drive(log, dict(state), 90, start=1000)  # the lost future: rewritten, merged
+        lost = _files(tmp_path / "b") - kept
+        assert lost
+        again = ChangeLog(resumed, entries)
+        assert ChangeLog.replay(again.blobs) == want
+        assert {p.name for p in lost} <= set(again.unref)
+        clock.t += 11
+        _drive(again, dict(want), 3, start=5)
+        assert not lost & _files(tmp_path / "b")
+        assert kept <= _files(tmp_path / "b")  # still named by the restored lineage
+
+
+def test_a_damaged_or_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "b", min_bytes=1)
+    with blobstore.using(store):
+        blobs, entries = ChangeLog().snapshot(3, None, lambda: {1: 1, 2: 2, 3: 3})
+        ref = next(b for b in blobs if b[:1] == blobstore.REF)
+        path = tmp_path / "b" / ref[1:].decode()
+        path.write_bytes(path.read_bytes() + b"x")
+        with pytest.raises(BlobMissing, match="does not hold what was written"):
+            ChangeLog(blobs, entries)
+        path.unlink()
+        with pytest.raises(BlobMissing, match="missing"):
+            ChangeLog(blobs, entries)
+    with pytest.raises(BlobMissing, match="no blob store is configured"):
+        ChangeLog(blobs, entries)
+
+
+def test_small_blobs_stay_in_the_snapshot_and_no_store_means_no_files(tmp_path: Path) -> None:
+    a, _, lines = _engines(tmp_path, None)
+    a.feed(lines[:2000])
+    shards = [*a.dedup.values(), *a.archive_nos.values(), *a.cases.values()]
+    plain = [_snap(sh) for sh in shards]  # no store: as before (tests, replays)
+    with blobstore.using(BlobStore(tmp_path / "b", min_bytes=10**9)):
+        for sh, before in zip(shards, plain, strict=True):
+            blob = _snap(sh)
+            assert len(blob) < len(before) + 200  # a log id per log, nothing else
+            assert _plain_attrs(pickle.loads(blob)) == _plain_attrs(sh)
+    assert not (tmp_path / "b").exists()
+    assert {type(sh) for sh in shards} == {DedupShard, ArchiveNoShard, CaseShard}
