@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,9 +44,12 @@ class BlobMissing(RuntimeError):
 @dataclass
 class BlobStore:
     root: Path
-    # blobs smaller stay inside the snapshot (a file costs ≈ 0.5 ms to write and sync;
-    # a blob that stays inline is written again every epoch until a merge takes it)
-    min_bytes: int = 16 * 1024
+    # blobs smaller stay inside the snapshot. A file costs ≈ 0.25–0.4 ms to write and
+    # sync; a blob inside is written again at every epoch until a merge takes it, and a
+    # log merges once it has 64 or more small blobs: an epoch's changes, below this, are
+    # at most ≈ 64 × this a log (16 KiB let an event-id shard's 780 new ids an epoch
+    # stay inside, and what an epoch wrote grow as before until their merge).
+    min_bytes: int = 1024
     keep_s: float = 300.0
     keep_snapshots: int = 3
     clock: Callable[[], float] = field(default=time.monotonic)
@@ -101,6 +105,78 @@ class BlobStore:
 def name_of(ref: bytes) -> str:
     """The file name (digest) a ref names."""
     return ref[ref.rindex(b"/") + 1:].decode()
+
+
+class LogFiles:
+    """Which of one log's blobs its snapshots name as files (a change log's, or a table's
+    chunks: blobs that never change once made), and when its files go."""
+
+    __slots__ = ("logid", "sealed", "unref", "snaps")
+
+    def __init__(self) -> None:
+        self.logid: str | None = None  # the log's directory in the store
+        # id(blob) -> (blob, ref) of the blobs written as files (the blob is held there
+        # too, so that its id is not reused while the entry stands)
+        self.sealed: dict[int, tuple[bytes, bytes]] = {}
+        # files no longer named -> (snapshots taken, clock) when they stopped being named
+        self.unref: dict[str, tuple[int, float]] = {}
+        self.snaps = 0  # snapshots taken since this log was made or restored
+
+    def restored(self, blobs: list[bytes]) -> list[bytes]:
+        """A snapshot's blobs with the files it names read back; the files of the log's
+        directory that it does not name are taken for deletion (a lost future's)."""
+        out: list[bytes] = []
+        named: set[str] = set()
+        for b in blobs:
+            tag = b[:1]
+            if tag == LOG_ID:
+                self.logid = b[1:].decode()
+            elif tag == REF:
+                blob = required().get(b)
+                self.sealed[id(blob)] = (blob, b)
+                named.add(name_of(b))
+                out.append(blob)
+            else:
+                out.append(b)
+        store = current()
+        if store is not None and self.logid is not None:
+            self.unref = dict.fromkeys(store.names(self.logid) - named, (0, store.clock()))
+        return out
+
+    def outgoing(self, blobs: list[bytes]) -> list[bytes]:
+        """The blobs as a snapshot holds them: large ones as refs to files (written now if
+        new), the log's directory first; files no longer named are deleted once old
+        enough. Without a store, the blobs themselves."""
+        store = current()
+        if store is None:
+            return list(blobs)
+        if self.logid is None:
+            self.logid = secrets.token_hex(8)
+        out = [LOG_ID + self.logid.encode()]
+        old, sealed = self.sealed, {}
+        for b in blobs:
+            if len(b) < store.min_bytes:
+                out.append(b)
+                continue
+            hit = old.get(id(b))
+            ref = hit[1] if hit is not None else store.put(self.logid, b)
+            sealed[id(b)] = (b, ref)
+            out.append(ref)
+        self.sealed = sealed
+        self.snaps += 1
+        if old.keys() != sealed.keys() or self.unref:
+            now = store.clock()
+            named = {name_of(r) for _b, r in sealed.values()}
+            for _b, r in old.values():
+                if (name := name_of(r)) not in named:
+                    self.unref.setdefault(name, (self.snaps, now))
+            for name in named:
+                self.unref.pop(name, None)  # the same content made again
+            for name, (n, t) in list(self.unref.items()):
+                if self.snaps - n >= store.keep_snapshots and now - t >= store.keep_s:
+                    store.delete(self.logid, name)
+                    del self.unref[name]
+        return out
 
 
 _current: BlobStore | None = None

@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import marshal
-import secrets
 import time
 import zlib
 from array import array
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, NamedTuple
 
-from archwatch import blobstore
+from archwatch.blobstore import LogFiles
 from archwatch.kpi import KpiAcc
 from archwatch.models import Envelope, ReceiverHeartbeat
 from archwatch.receivers import ReceiverFacts, Registration, alert_after, gap_ids, scan
@@ -492,82 +491,17 @@ def _list_merge(older: list[Any], newer: list[Any]) -> list[Any]:
 
 class _BlobLog:
     """What :class:`ChangeLog` and :class:`QueueLog` share: their blobs, each blob's
-    entries, when they merge (see _LOG_BLOBS), and, with a blob store configured
-    (archwatch.blobstore: live with recovery), which of them a snapshot names as files
-    instead of holding: blobs never change once made, so each is written once, not at
-    every epoch until a merge takes it."""
+    entries, when they merge (see _LOG_BLOBS), and which of them a snapshot names as files
+    (``files``: with a blob store configured, live with recovery; see archwatch.blobstore)."""
 
-    __slots__ = ("blobs", "sizes", "trigger", "logid", "sealed", "unref", "snaps")
+    __slots__ = ("blobs", "sizes", "trigger", "files")
 
     def __init__(self, blobs: list[bytes] | None) -> None:
-        self.logid: str | None = None  # the log's directory in the blob store
-        # id(blob) -> (blob, ref) of the blobs written as files (the blob is held there
-        # too, so that its id is not reused while the entry stands)
-        self.sealed: dict[int, tuple[bytes, bytes]] = {}
-        # files no longer named -> (snapshots taken, clock) when they stopped being named
-        self.unref: dict[str, tuple[int, float]] = {}
-        self.snaps = 0  # snapshots taken since this log was made or restored
-        self.blobs: list[bytes] = self._restored(blobs) if blobs else []
+        self.files = LogFiles()
+        self.blobs: list[bytes] = self.files.restored(blobs) if blobs else []
         # entries of each blob; None: restored from a snapshot, counted when first needed
         self.sizes: list[int] | None = None if self.blobs else []
         self.trigger = _log_trigger()
-
-    def _restored(self, blobs: list[bytes]) -> list[bytes]:
-        """A snapshot's blobs with the files it names read back; the files of the log's
-        directory that it does not name are taken for deletion (see archwatch.blobstore)."""
-        out: list[bytes] = []
-        named: set[str] = set()
-        for b in blobs:
-            tag = b[:1]
-            if tag == blobstore.LOG_ID:
-                self.logid = b[1:].decode()
-            elif tag == blobstore.REF:
-                blob = blobstore.required().get(b)
-                self.sealed[id(blob)] = (blob, b)
-                named.add(blobstore.name_of(b))
-                out.append(blob)
-            else:
-                out.append(b)
-        store = blobstore.current()
-        if store is not None and self.logid is not None:
-            now = store.clock()
-            self.unref = dict.fromkeys(store.names(self.logid) - named, (0, now))
-        return out
-
-    def _outgoing(self) -> list[bytes]:
-        """The blobs as a snapshot holds them: large ones as refs to files (written now if
-        new), the log's directory first; files no longer named are deleted once old
-        enough (see archwatch.blobstore)."""
-        store = blobstore.current()
-        if store is None:
-            return list(self.blobs)
-        if self.logid is None:
-            self.logid = secrets.token_hex(8)
-        out = [blobstore.LOG_ID + self.logid.encode()]
-        old, sealed = self.sealed, {}
-        for b in self.blobs:
-            if len(b) < store.min_bytes:
-                out.append(b)
-                continue
-            hit = old.get(id(b))
-            ref = hit[1] if hit is not None else store.put(self.logid, b)
-            sealed[id(b)] = (b, ref)
-            out.append(ref)
-        self.sealed = sealed
-        self.snaps += 1
-        if len(old) != len(sealed) or old.keys() != sealed.keys() or self.unref:
-            now = store.clock()
-            named = {blobstore.name_of(r) for _b, r in sealed.values()}
-            for _b, r in old.values():
-                if (name := blobstore.name_of(r)) not in named:
-                    self.unref.setdefault(name, (self.snaps, now))
-            for name in named:
-                self.unref.pop(name, None)  # the same content made again
-            for name, (n, t) in list(self.unref.items()):
-                if self.snaps - n >= store.keep_snapshots and now - t >= store.keep_s:
-                    store.delete(self.logid, name)
-                    del self.unref[name]
-        return out
 
     def _sizes(self) -> list[int]:
         if self.sizes is None:
@@ -605,7 +539,7 @@ class ChangeLog(_BlobLog):
         """The blobs standing for the dict now (``live`` entries), given its changes since
         the last call (None: not known, everything is written)."""
         delta = None if changes is None else changes()
-        whole = (delta is None or len(delta) >= live
+        whole = (delta is None or len(delta) >= live or not self.blobs  # (a new log)
                  or self.entries + len(delta) > 2 * live + _LOG_SLACK)  # (all is no more)
         if not whole and delta:
             self._sizes().append(len(delta))
@@ -616,7 +550,7 @@ class ChangeLog(_BlobLog):
             self.entries -= gone or 0
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
-        return self._outgoing(), self.entries
+        return self.files.outgoing(self.blobs), self.entries
 
     @staticmethod
     def replay(blobs: list[bytes]) -> dict[Any, Any]:
@@ -657,7 +591,7 @@ class QueueLog(_BlobLog):
                 whole = self._compact(0, len(q), _list_merge) is None
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
-        return self._outgoing(), self.dropped
+        return self.files.outgoing(self.blobs), self.dropped
 
     @staticmethod
     def replay(blobs: list[bytes], dropped: int) -> deque[Any]:
@@ -904,11 +838,16 @@ class Eviction:
 # the snapshots before, and one of the cases packed or evicted since), and the deadline
 # heap not at all (a restore rebuilds it from the cases' next deadlines: the entries
 # that are not stale). Both were marshalled whole at every epoch, ≈ 0.5 µs a case.
-# Forms 2, 1 (_PACKED: every case packed at each snapshot) and pickled objects still
-# restore.
+# Form 4 (_CASES_KPI_LOG) writes the KPI accumulators as a ChangeLog too (keyed by their
+# group key's number in the shared-tuple table), so that, with a blob store (live with
+# recovery: archwatch.blobstore), they and the table's chunks go to files once like the
+# cases' blobs: items times shards, they were two thirds of what an epoch's snapshots
+# wrote (bench/snapshot_bytes.py). Forms 3, 2, 1 (_PACKED: every case packed at each
+# snapshot) and pickled objects still restore.
 _PACKED = "shard-marshal-1"
 _PACKED_CASES = "shard-marshal-2"
 _CASES_LOG = "shard-marshal-3"
+_CASES_KPI_LOG = "shard-marshal-4"
 _ANOMALY_FIELDS = tuple(f.name for f in dataclass_fields(Anomaly))
 # KpiAcc's fields, in the order pack_shard writes them
 assert tuple(f.name for f in dataclass_fields(KpiAcc)) == (
@@ -1000,6 +939,7 @@ class _Refs:
         # process-wide number -> place in items + 1 (0: not in it); None: to be built
         # from items (a restore may replace its tuples by the shared ones)
         self.local: array[int] | None = None
+        self.files = LogFiles()  # the chunks a snapshot names as files
 
     def _local(self) -> array[int]:
         if self.local is None:
@@ -1058,13 +998,19 @@ class _Refs:
             self.done = len(self.items)
         return self.blobs
 
+    def outgoing(self) -> list[bytes]:
+        """:meth:`packed` as a snapshot holds it (chunks as files, with a blob store)."""
+        return self.files.outgoing(self.packed())
+
     @classmethod
     def unpacked(cls, blobs: list[bytes]) -> _Refs:
-        """:meth:`packed` reversed; item tuples become the ones new events of the same
-        items share (rules._shared_item)."""
+        """:meth:`packed` (or :meth:`outgoing`) reversed; item tuples become the ones new
+        events of the same items share (rules._shared_item)."""
+        files = LogFiles()
+        blobs = files.restored(blobs)
         refs = cls([_shared_item(t) if all(type(x) is str for x in t) else t
                     for blob in blobs for t in marshal.loads(zlib.decompress(blob))])
-        refs.blobs, refs.done = list(blobs), len(refs.items)
+        refs.blobs, refs.done, refs.files = blobs, len(refs.items), files
         return refs
 
 
@@ -1167,6 +1113,9 @@ class CaseShard(_Deadlines, _Snapshottable):
         self._cooled: set[str] = set()
         self.heap: list[tuple[int, str]] = []
         self.kpi: dict[KpiKey, KpiAcc | bytes] = {}  # packed like cases: see cool()
+        self._kpi_log = ChangeLog()  # their snapshots (see _CASES_KPI_LOG)
+        # accumulators packed (or deleted: None) since the last snapshot, by key number
+        self._kpi_changes: dict[int, bytes | None] = {}
         self.counts = AnomalyCounts()
         self.max_seen = MIN_TIME
         self.external_wm = MIN_TIME
@@ -1205,9 +1154,11 @@ class CaseShard(_Deadlines, _Snapshottable):
         self._settled_out = 0
 
     def __getstate__(self) -> dict[str, Any]:
-        """Form 3: the cases and KPI accumulators changed since the last snapshot are packed
-        (and stay packed: see :meth:`cool`); the cases' log gets those and the evicted."""
+        """Form 4: the cases and KPI accumulators changed since the last snapshot are packed
+        (and stay packed: see :meth:`cool`); the cases' log gets those and the evicted, the
+        accumulators' log those."""
         tracked = self.hot is not None and self._evicted_changed is not None
+        kpi_tracked = self.hot_kpi is not None
         packed = self.cool()
         if self._cooled:
             packed, self._cooled = [*self._cooled, *packed], set()
@@ -1217,18 +1168,29 @@ class CaseShard(_Deadlines, _Snapshottable):
         changes = None if not tracked else (
             lambda: {c: cases.get(c) for c in itertools.chain(packed, gone)})
         blobs, entries = self._cases_log.snapshot(len(cases), changes, lambda: cases)
-        state["cases"] = (_CASES_LOG, marshal.dumps(
-            (self.refs.packed(), list(self.kpi.values()))), blobs, entries)
-        for name in ("heap", "kpi", "refs", "hot", "hot_kpi", "_cases_log", "_cooled"):
+        kpi, kpi_changes, self._kpi_changes = self.kpi, self._kpi_changes, {}
+        number = self.refs.numberer()
+        kpi_blobs, kpi_entries = self._kpi_log.snapshot(
+            len(kpi), (lambda: kpi_changes) if kpi_tracked else None,
+            lambda: {number(k): a for k, a in kpi.items()})  # (every one packed: cool())
+        state["cases"] = (_CASES_KPI_LOG, marshal.dumps(
+            (self.refs.outgoing(), kpi_blobs, kpi_entries)), blobs, entries)
+        for name in ("heap", "kpi", "refs", "hot", "hot_kpi", "_cases_log", "_cooled",
+                     "_kpi_log", "_kpi_changes"):
             del state[name]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         packed = state.get("cases")
-        log = ChangeLog()
+        log, kpi_log = ChangeLog(), ChangeLog()
         form = packed[0] if type(packed) is tuple else None
-        if form == _CASES_LOG:
-            table, accs = marshal.loads(packed[1])
+        if form in (_CASES_LOG, _CASES_KPI_LOG):
+            if form == _CASES_KPI_LOG:
+                table, kpi_blobs, kpi_entries = marshal.loads(packed[1])
+                kpi_log = ChangeLog(kpi_blobs, kpi_entries)
+                accs = list(ChangeLog.replay(kpi_log.blobs).values())
+            else:
+                table, accs = marshal.loads(packed[1])
             log = ChangeLog(packed[2], packed[3])
             cases = ChangeLog.replay(log.blobs)
             heap = [(nd, c) for c, blob in cases.items()
@@ -1236,7 +1198,7 @@ class CaseShard(_Deadlines, _Snapshottable):
             heapq.heapify(heap)
         elif form == _PACKED_CASES:
             table, cases, heap, accs = marshal.loads(packed[1])
-        if form in (_CASES_LOG, _PACKED_CASES):
+        if form in (_CASES_KPI_LOG, _CASES_LOG, _PACKED_CASES):
             refs = _Refs.unpacked(table)
             kpi: dict[KpiKey, KpiAcc | bytes] = {}
             for b in accs:  # the key, named by its number, as the KpiKey the engine uses
@@ -1251,7 +1213,7 @@ class CaseShard(_Deadlines, _Snapshottable):
             if form == _PACKED:  # else pickled objects
                 state["cases"], state["heap"], state["kpi"] = unpack_shard(packed[1])
             state.update(refs=_Refs(), hot=None, hot_kpi=None)
-        state["_cases_log"] = log
+        state["_cases_log"], state["_kpi_log"], state["_kpi_changes"] = log, kpi_log, {}
         state["_cooled"] = set()
         super().__setstate__(state)
 
@@ -1269,21 +1231,26 @@ class CaseShard(_Deadlines, _Snapshottable):
         # What was touched is tracked from the first call on (before it, or after a
         # restore from an older form, it is found by type): without recovery nothing is
         # ever packed, and a set of every case number would cost memory for nothing.
+        gone_kpi: list[KpiKey] = []  # accumulators emptied and deleted since
         if self.hot is None or self.hot_kpi is None:
             hot = [c for c, st in cases.items() if type(st) is CaseState]
             hot_kpi = [k for k, a in kpi.items() if type(a) is KpiAcc]
         else:
             hot = [c for c in self.hot if type(cases.get(c)) is CaseState]
             hot_kpi = [k for k in self.hot_kpi if type(kpi.get(k)) is KpiAcc]
+            gone_kpi = [k for k in self.hot_kpi if k not in kpi]
         self.hot, self.hot_kpi = set(), set()
-        if not hot and not hot_kpi:
+        if not hot and not hot_kpi and not gone_kpi:
             return hot
         ref = self.refs.numberer()
         dumps = marshal.dumps
         for case_no in hot:
             cases[case_no] = dumps(case_row_packed(cases[case_no], ref))  # type: ignore[arg-type]
+        changes = self._kpi_changes  # for the accumulators' log (see __getstate__)
         for key in hot_kpi:
-            kpi[key] = acc_packed(key, kpi[key], ref)  # type: ignore[arg-type]
+            changes[ref(key)] = kpi[key] = acc_packed(key, kpi[key], ref)  # type: ignore[arg-type]
+        for key in gone_kpi:
+            changes[ref(key)] = None
         return hot
 
     def precool(self) -> int:

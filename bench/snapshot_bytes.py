@@ -16,13 +16,20 @@ shared-tuple chunks no earlier epoch's snapshot held). Also timed: writing the e
 an SQLite file the way Bytewax's recovery does (WAL, one transaction, then the previous
 epoch deleted), to put a cost on the bytes.
 
+With ``--files``, as ``archwatch run`` does with recovery (``--snapshot-file-bytes``,
+archwatch.blobstore): the logs' blobs of 1 KiB or more are written once as files and
+the snapshots name them; the files written in an epoch count as written, and their
+writing (synced) is timed.
+
     .venv/bin/python bench/snapshot_bytes.py                  # 200k open cases
+    .venv/bin/python bench/snapshot_bytes.py --files          # blobs to files
     .venv/bin/python bench/snapshot_bytes.py --cases 1000000  # a city's scale (≈ 20 min)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import pickle
 import sqlite3
 import sys
@@ -34,6 +41,9 @@ from typing import Any
 
 from _common import TMP, table, write_results
 from memory import completion_lines
+
+from archwatch import blobstore
+from archwatch.blobstore import BlobStore
 
 MB = 1_000_000
 
@@ -81,11 +91,29 @@ class BytewaxLikeWriter:
         return time.perf_counter() - t0
 
 
+class CountingStore(BlobStore):
+    """A blob store that counts the bytes it writes and the time that takes."""
+
+    written = 0
+    seconds = 0.0
+
+    def put(self, log: str, blob: bytes) -> bytes:
+        t0 = time.perf_counter()
+        name = hashlib.blake2b(blob, digest_size=16).hexdigest()
+        if not (self.root / log / name).exists():
+            self.written += len(blob)
+        ref = super().put(log, blob)
+        self.seconds += time.perf_counter() - t0
+        return ref
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=200_000, help="open cases at the end")
     ap.add_argument("--batch", type=int, default=25_000,
                     help="new cases an epoch (25,000: 5 s epochs at 5,000 events/s)")
+    ap.add_argument("--files", action="store_true",
+                    help="large log blobs to files, as `archwatch run` with recovery")
     ap.add_argument("--report-every", dest="every", type=int, default=2,
                     help="print every Nth epoch")
     args = ap.parse_args()
@@ -103,16 +131,22 @@ def main() -> int:
     rows: list[list[Any]] = []
     results: list[dict[str, Any]] = []
     held: dict[int, tuple[str, bytes]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-snapbytes-", dir=TMP) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-snapbytes-", dir=TMP) as tmp, \
+            blobstore.using(files := CountingStore(Path(tmp) / "blobs") if args.files
+                            else None):
         writer = BytewaxLikeWriter(Path(tmp) / "part-0.sqlite3")
         for epoch, first in enumerate(range(0, args.cases, args.batch), start=1):
             eng.feed(completion_lines(catalog, first, min(args.batch, args.cases - first)))
+            if files is not None:
+                files.written, files.seconds = 0, 0.0
             t0 = time.perf_counter()
             snaps = [(f"{step}/{key}", pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
                      for step, group in (("cases", eng.cases), ("dedup", eng.dedup))
                      for key, sh in group.items()]
             pickle_s = time.perf_counter() - t0
-            written = sum(len(s) for _k, s in snaps)
+            to_files = files.written if files is not None else 0
+            files_s = files.seconds if files is not None else 0.0
+            written = sum(len(s) for _k, s in snaps) + to_files
             # the baseline: the pieces no earlier epoch's snapshot held (what a writer
             # of the changes only would write)
             now = {id(b): (part, b) for part, b in pieces(eng)}
@@ -127,20 +161,24 @@ def main() -> int:
             open_cases = sum(len(sh.cases) for sh in eng.cases.values())
             r = {"epoch": epoch, "open_cases": open_cases, "written_bytes": written,
                  "new_bytes": new, "ratio": written / max(new, 1), "pickle_s": pickle_s,
-                 "sqlite_s": write_s}
+                 "sqlite_s": write_s, "file_bytes": to_files, "files_s": files_s}
             results.append(r)
             r.update(r_parts)
             if epoch % args.every == 0 or first + args.batch >= args.cases:
                 rows.append([open_cases, written / MB, new / MB, r["ratio"],
-                             *(r[p] / MB for p in PARTS), pickle_s * 1000, write_s * 1000])
+                             *(r[p] / MB for p in PARTS), to_files / MB, pickle_s * 1000,
+                             files_s * 1000, write_s * 1000])
             print(f"  epoch {epoch}: {open_cases:,} open cases, {written / MB:,.1f} MB "
                   f"written", file=sys.stderr)
         writer.con.close()
     table(["open cases", "MB written", "MB new (baseline)", "x baseline",
-           *(f"MB {p}" for p in PARTS), "pickle ms", "SQLite ms"], rows,
-          f"recovery's writes an epoch ({args.batch:,} new open cases each)")
-    write_results("snapshot_bytes", {"cases": args.cases, "batch": args.batch,
-                                     "epochs": results})
+           *(f"MB {p}" for p in PARTS), "MB to files", "pickle ms", "files ms",
+           "SQLite ms"], rows,
+          f"recovery's writes an epoch ({args.batch:,} new open cases each"
+          f"{'; large log blobs to files' if args.files else ''})")
+    write_results("snapshot_bytes" + ("_files" if args.files else ""),
+                  {"cases": args.cases, "batch": args.batch, "files": args.files,
+                   "epochs": results})
     return 0
 
 

@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from archwatch.engine import ArchiveNoShard, CaseShard, DedupShard, _Snapshottable, pack_shard
+from archwatch.engine import (
+    ArchiveNoShard,
+    CaseShard,
+    ChangeLog,
+    DedupShard,
+    _Snapshottable,
+    pack_shard,
+)
 from archwatch.generate import GenerateOptions, generate
 from archwatch.harness import Engine
 from archwatch.receivers import load_registrations
@@ -28,7 +35,8 @@ def _contents(sh: CaseShard) -> object:
     states = dict(sorted(zip(sh.cases, sh.states(), strict=True)))  # in any order
     live = sorted({(d, c) for d, c in sh.heap
                    if c in states and states[c].next_deadline == d})
-    return marshal.loads(pack_shard(states, live, dict(sh.accs()))[1])
+    # (the KPI accumulators in key order too: a restore orders them as their log does)
+    return marshal.loads(pack_shard(states, live, dict(sorted(sh.accs())))[1])
 
 
 def _engines(tmp_path: Path, evict_after_ms: int | None) -> tuple[Engine, Engine, list[str]]:
@@ -265,3 +273,38 @@ def test_shared_tuples_keep_their_place_without_an_index_of_the_table() -> None:
     ref = restored.numberer()
     assert [ref(t) for t in [*items, *keys]] == list(range(150))
     assert len(restored.items) == 150
+
+
+def _as_form_3(sh: CaseShard) -> CaseShard:
+    """``sh`` restored from a form 3 snapshot (sessions 13–18: the KPI accumulators as one
+    list, marshalled whole at every snapshot)."""
+    state = sh.__getstate__()
+    table, kpi_blobs, _entries = marshal.loads(state["cases"][1])
+    accs = list(ChangeLog.replay(ChangeLog(kpi_blobs).blobs).values())
+    state["cases"] = ("shard-marshal-3", marshal.dumps((table, accs)), *state["cases"][2:])
+    restored = CaseShard.__new__(CaseShard)
+    restored.__setstate__(pickle.loads(pickle.dumps(state)))
+    return restored
+
+
+def test_the_kpi_accumulators_log_and_snapshots_of_form_3(tmp_path: Path) -> None:
+    """Form 4 logs the KPI accumulators' changes: one emptied and deleted between two
+    snapshots is gone from the next one's restore, one changed is changed. A form 3
+    snapshot restores, and its next snapshot writes every accumulator again."""
+    a, _, lines = _engines(tmp_path, None)
+    a.feed(lines[:3000])
+    sh = max(a.cases.values(), key=lambda x: len(x.kpi))
+    pickle.dumps(sh)  # the first snapshot: every accumulator packed and logged
+    gone, changed = list(sh.kpi)[:2]
+    assert sh.acc(gone) is not None
+    del sh.kpi[gone]  # as _kpi_rows deletes an emptied one
+    sh.acc(changed).kpi += 5  # type: ignore[union-attr]
+    restored = pickle.loads(pickle.dumps(sh))
+    assert gone not in restored.kpi and restored.acc(changed).kpi == sh.acc(changed).kpi
+    assert dict(sorted(restored.accs())) == dict(sorted(sh.accs()))
+    assert _contents(restored) == _contents(sh)
+    former = _as_form_3(sh)
+    assert _contents(former) == _contents(sh)
+    again = pickle.loads(pickle.dumps(former))
+    assert former._kpi_log.entries == len(sh.kpi)  # written whole: its log was new
+    assert _contents(again) == _contents(sh)
