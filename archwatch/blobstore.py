@@ -6,8 +6,11 @@ touched every epoch, so what recovery writes an epoch followed the state, not th
 (bench/RESULTS.md, sections 2 and 5, session 18). The bulk of a shard's snapshot is the
 blobs of its change logs (engine.ChangeLog, QueueLog), and a blob never changes once
 made: a merge makes a new one. So a blob of ``min_bytes`` or more is written once, as a
-file named by its digest under a directory of its log, and the snapshot holds only that
-name (a *ref*); a restore reads the file back and checks the digest.
+file under a directory of its log, and the snapshot holds only its name and length (a
+*ref*); a restore reads the file back and checks its length (a compressed blob's own
+checksum checks the rest). Names are unique to the process that wrote them (a random
+prefix, then a count), not digests: hashing a blob gives the GIL up (see
+_durable_write).
 
 When a file may go: Bytewax resumes each key from its newest snapshot before the resume
 epoch, and the resume epoch only grows; every epoch's rows are written before it commits,
@@ -25,7 +28,8 @@ Thread-safe as it is used: each log has a directory of its own and belongs to on
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import ctypes
+import itertools
 import os
 import secrets
 import time
@@ -33,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REF = b"f"  # a blob's first byte when it stands for a file: b"f<log>/<digest>"
+REF = b"f"  # a blob's first byte when it stands for a file: b"f<log>/<name>:<length>"
 LOG_ID = b"i"  # the first item of a log's snapshot: b"i<log>" (its directory)
 
 
@@ -44,41 +48,33 @@ class BlobMissing(RuntimeError):
 @dataclass
 class BlobStore:
     root: Path
-    # blobs smaller stay inside the snapshot. A file costs ≈ 0.25–0.4 ms to write and
-    # sync; a blob inside is written again at every epoch until a merge takes it, and a
-    # log merges once it has 64 or more small blobs: an epoch's changes, below this, are
-    # at most ≈ 64 × this a log (16 KiB let an event-id shard's 780 new ids an epoch
-    # stay inside, and what an epoch wrote grow as before until their merge).
-    min_bytes: int = 1024
+    # Blobs smaller stay inside the snapshot, until a log's newest small ones hold this
+    # much together and become one file (engine._BlobLog._fold): so at most about this
+    # much a log is written again at every epoch, and a file is written per this much of
+    # changes. A file costs 1–2 ms of the dataflow thread in a loaded `archwatch up`
+    # (≈ 0.3 ms alone), what stays inside ≈ 8 ms a MB (pickled, then written by
+    # Bytewax into SQLite): one file per log at every epoch (1 KiB) was ≈ 230 files an
+    # epoch's close at 10,000 events/s.
+    min_bytes: int = 64 * 1024
     keep_s: float = 300.0
     keep_snapshots: int = 3
     clock: Callable[[], float] = field(default=time.monotonic)
+    _dirs: set[str] = field(default_factory=set, init=False, repr=False)  # folders made
 
     def put(self, log: str, blob: bytes) -> bytes:
-        """Write ``blob`` (once: an existing file of that name holds it) and return its
-        ref. Synced before it returns: Bytewax's SQLite commit, which will name it, syncs
-        too."""
-        name = hashlib.blake2b(blob, digest_size=16).hexdigest()
-        folder = self.root / log
-        path = folder / name
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            with tmp.open("wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fdatasync(f.fileno())
-            os.replace(tmp, path)
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)  # the new name survives a power cut too
-            finally:
-                os.close(fd)
-        return REF + f"{log}/{name}".encode()
+        """Write ``blob`` and return its ref. Synced before it returns: Bytewax's SQLite
+        commit, which will name it, syncs too (and a restored shard's reconcile step
+        relies on its snapshot being what was committed)."""
+        name = f"{_PREFIX}{next(_names):x}"
+        if log not in self._dirs:
+            (self.root / log).mkdir(parents=True, exist_ok=True)
+            self._dirs.add(log)
+        _durable_write(os.fsencode(self.root / log), name.encode(), blob)
+        return REF + f"{log}/{name}:{len(blob)}".encode()
 
     def get(self, ref: bytes) -> bytes:
-        """The blob a ref names, checked against its digest."""
-        rel = ref[1:].decode()
+        """The blob a ref names, checked against its length."""
+        rel, length = ref[1:].decode().rsplit(":", 1)
         try:
             blob = (self.root / rel).read_bytes()
         except FileNotFoundError:
@@ -86,8 +82,9 @@ class BlobStore:
                 f"recovery snapshot names {self.root / rel}, which is missing: the "
                 f"recovery directory was copied without its blobs/ folder, or with a "
                 f"different one (see docs/operations.md, backups)") from None
-        if hashlib.blake2b(blob, digest_size=16).hexdigest() != rel.rsplit("/", 1)[-1]:
-            raise BlobMissing(f"{self.root / rel} does not hold what was written")
+        if len(blob) != int(length):
+            raise BlobMissing(f"{self.root / rel} does not hold what was written "
+                              f"({len(blob)} bytes, not {length})")
         return blob
 
     def names(self, log: str) -> set[str]:
@@ -102,9 +99,79 @@ class BlobStore:
             os.unlink(self.root / log / name)
 
 
+# The write, sync and rename of a file, with the GIL held. Each blocking call of ``os``
+# gives the GIL up, and the dataflow thread then waits for it behind whichever thread
+# takes it (up to the 5 ms switch interval): in `archwatch up` a put cost 2–3 ms of the
+# dataflow thread for ≈ 0.1 ms of I/O, ≈ 230 puts an epoch's close at 10,000 events/s;
+# against a thread running Python, 17–30 ms a put with ``os``, 0.45–1.0 ms through libc
+# called from ``ctypes.PyDLL`` (which keeps the GIL; bench/RESULTS.md section 2, session
+# 19). The other threads wait for the I/O instead — the API and the store writer, which
+# hold the GIL ≈ 11% of the time.
+try:
+    _libc: ctypes.CDLL | None = ctypes.PyDLL(None, use_errno=True)
+    for _f in ("open", "openat", "close", "fdatasync", "fsync", "renameat"):
+        getattr(_libc, _f)
+    _libc.openat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    _libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+    _libc.write.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    _libc.write.restype = ctypes.c_ssize_t
+    _libc.renameat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+except (AttributeError, OSError):  # not glibc-like: os, giving the GIL up
+    _libc = None
+
+
+def _check(ret: int) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ret
+
+
+def _durable_write(folder: bytes, name: bytes, blob: bytes) -> None:
+    """``folder/name`` holds ``blob``, synced with its directory entry: written as a
+    temporary file, synced, renamed, the folder synced."""
+    tmp = b"." + name + b".tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    libc = _libc
+    if libc is None:
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return
+    dfd = _check(libc.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0))
+    try:
+        fd = _check(libc.openat(dfd, tmp, flags, 0o644))
+        try:
+            done = 0
+            while done < len(blob):
+                done += _check(libc.write(fd, blob[done:] if done else blob, len(blob) - done))
+            _check(libc.fdatasync(fd))
+        finally:
+            libc.close(fd)
+        _check(libc.renameat(dfd, tmp, dfd, name))
+        _check(libc.fsync(dfd))
+    finally:
+        libc.close(dfd)
+
+
 def name_of(ref: bytes) -> str:
-    """The file name (digest) a ref names."""
-    return ref[ref.rindex(b"/") + 1:].decode()
+    """The file name a ref names."""
+    return ref[ref.rindex(b"/") + 1:ref.rindex(b":")].decode()
+
+
+_PREFIX = secrets.token_hex(6)  # this process's file names: then a count
+_names = itertools.count()
 
 
 class LogFiles:
@@ -171,7 +238,7 @@ class LogFiles:
                 if (name := name_of(r)) not in named:
                     self.unref.setdefault(name, (self.snaps, now))
             for name in named:
-                self.unref.pop(name, None)  # the same content made again
+                self.unref.pop(name, None)  # (a restored log's: named again)
             for name, (n, t) in list(self.unref.items()):
                 if self.snaps - n >= store.keep_snapshots and now - t >= store.keep_s:
                     store.delete(self.logid, name)

@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds a superseded snapshot is kept, so that a copy of the "
                         "recovery partitions taken while running can be restored")
         rp.add_argument("--snapshot-file-bytes", dest="snapshot_file_bytes", type=int,
-                        default=1024,
+                        default=64 * 1024,
                         help="recovery snapshot blobs this large or larger are written once "
                         "as files in RECOVERY_DIR/blobs instead of into every epoch's "
                         "snapshot (0: none; a cluster's processes must share the directory)")

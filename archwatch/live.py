@@ -49,7 +49,7 @@ class LiveOptions:
     addresses: tuple[str, ...] = ()  # a cluster: every process's host:port (empty: alone)
     process_id: int = 0
     # snapshot blobs this large or larger go to files in <recovery dir>/blobs (0: none)
-    snapshot_file_bytes: int = 1024
+    snapshot_file_bytes: int = 64 * 1024
 
 
 # How long a snapshot's file no snapshot names any more is kept, beyond --backup-interval

@@ -126,7 +126,7 @@ def test_a_file_goes_only_after_the_snapshots_and_time_that_may_still_need_it(
             blobstore.name_of(b) for b in blobs if b[:1] == blobstore.REF}
         # an old snapshot whose files went says so, naming the folder to restore
         old = next(blobs for blobs, _e, _w in snaps
-                   if not all((tmp_path / "b" / b[1:].decode()).exists()
+                   if not all((tmp_path / "b" / b[1:].decode().rsplit(":", 1)[0]).exists()
                               for b in blobs if b[:1] == blobstore.REF))
         with pytest.raises(BlobMissing, match="blobs/"):
             ChangeLog(old)
@@ -160,7 +160,7 @@ def test_a_damaged_or_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with blobstore.using(store):
         blobs, entries = ChangeLog().snapshot(3, None, lambda: {1: 1, 2: 2, 3: 3})
         ref = next(b for b in blobs if b[:1] == blobstore.REF)
-        path = tmp_path / "b" / ref[1:].decode()
+        path = tmp_path / "b" / ref[1:].decode().rsplit(":", 1)[0]
         path.write_bytes(path.read_bytes() + b"x")
         with pytest.raises(BlobMissing, match="does not hold what was written"):
             ChangeLog(blobs, entries)
@@ -183,3 +183,68 @@ def test_small_blobs_stay_in_the_snapshot_and_no_store_means_no_files(tmp_path: 
             assert _plain_attrs(pickle.loads(blob)) == _plain_attrs(sh)
     assert not (tmp_path / "b").exists()
     assert {type(sh) for sh in shards} == {DedupShard, ArchiveNoShard, CaseShard}
+
+
+@pytest.mark.parametrize("libc", [True, False], ids=["libc-keeping-the-gil", "os"])
+def test_a_put_writes_the_file_whole_under_a_name_of_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, libc: bool) -> None:
+    if not libc:
+        monkeypatch.setattr(blobstore, "_libc", None)
+    else:
+        assert blobstore._libc is not None  # (Linux: the path archwatch run takes)
+    store = BlobStore(tmp_path / "b")
+    blob = bytes(range(256)) * 1000
+    refs = [store.put("log1", blob) for _ in range(2)]
+    assert refs[0] != refs[1] and all(store.get(r) == blob for r in refs)
+    assert store.names("log1") == {blobstore.name_of(r) for r in refs}  # no temporary left
+    cut = tmp_path / "b" / "log1" / blobstore.name_of(refs[0])
+    cut.write_bytes(blob[:10])  # as if cut short
+    with pytest.raises(BlobMissing, match="10 bytes, not 256000"):
+        store.get(refs[0])
+    (tmp_path / "b" / "log1").rename(tmp_path / "gone")
+    with pytest.raises(OSError):
+        store.put("log1", b"x" * 2000)
+
+
+def test_small_blobs_fold_into_a_file_once_they_hold_min_bytes(tmp_path: Path) -> None:
+    """A log's newest blobs too small to be files stay inside the snapshot until together
+    they hold min_bytes; then they become one blob, written as one file. Every snapshot
+    restores its dict and queue exactly, inside it stays at most about min_bytes a log,
+    and a file is written per min_bytes of changes, not per snapshot."""
+    from collections import deque
+
+    from archwatch.engine import QueueLog
+
+    store = BlobStore(tmp_path / "b", min_bytes=4096)
+    state: dict[str, int] = {}
+    q: deque[tuple[int, str]] = deque()
+    puts = 0
+    real_put = store.put
+
+    def counting_put(log: str, blob: bytes) -> bytes:
+        nonlocal puts
+        puts += 1
+        return real_put(log, blob)
+
+    store.put = counting_put  # type: ignore[method-assign]
+    with blobstore.using(store):
+        changes, queue = ChangeLog(), QueueLog()
+        for r in range(300):
+            new = {f"event-{r}-{i}-{r * 7919 % 1000}": r * 31 + i for i in range(20)}
+            state.update(new)
+            appended = [(r, k) for k in new]
+            q.extend(appended)
+            popped = 0
+            while len(q) > 2000:
+                q.popleft()
+                popped += 1
+            c_blobs, entries = changes.snapshot(len(state), (lambda n=new: n) if r else None,
+                                                lambda: state)
+            q_blobs, dropped = queue.snapshot(q, appended if r else None, popped)
+            for blobs in (c_blobs, q_blobs):
+                inside = sum(len(b) for b in blobs if b[:1] not in (blobstore.REF,
+                                                                       blobstore.LOG_ID))
+                assert inside < 2 * 4096
+            assert ChangeLog.replay(ChangeLog(c_blobs, entries).blobs) == state
+            assert QueueLog.replay(QueueLog(q_blobs, dropped).blobs, dropped) == q
+    assert 0 < puts < 300  # both logs: far fewer files than snapshots
