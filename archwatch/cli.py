@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from archwatch.settings import EPOCH_WITH_RECOVERY, EPOCH_WITHOUT_RECOVERY
 from archwatch.timeutil import TimeFormatError, parse_duration, parse_ts
@@ -270,6 +271,22 @@ def _live_opts(args: argparse.Namespace):
                        snapshot_file_bytes=args.snapshot_file_bytes)
 
 
+def run_dataflow(run: Callable[..., Any], *args: Any) -> None:
+    """``run(*args)`` (archwatch.live.run_live), with a recovery directory that cannot be
+    resumed from said in one line, not as Bytewax's chain of tracebacks."""
+    from archwatch.blobstore import BlobMissing
+
+    try:
+        run(*args)
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, BlobMissing):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise CliError(f"cannot resume from the recovery snapshots: {cause}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import logging
 
@@ -283,7 +300,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         start_metrics(args.metrics_port, store, args.metrics_host)
     sigterm_as_interrupt()
     try:
-        run_live(store, settings, opts)
+        run_dataflow(run_live, store, settings, opts)
     except KeyboardInterrupt:
         logging.getLogger("archwatch.live").info("stopped")
     finally:
@@ -327,7 +344,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     api.start()
     sigterm_as_interrupt()
     try:
-        run_live(store, settings, opts)
+        run_dataflow(run_live, store, settings, opts)
     except KeyboardInterrupt:
         pass
     finally:

@@ -248,3 +248,21 @@ def test_small_blobs_fold_into_a_file_once_they_hold_min_bytes(tmp_path: Path) -
             assert ChangeLog.replay(ChangeLog(c_blobs, entries).blobs) == state
             assert QueueLog.replay(QueueLog(q_blobs, dropped).blobs, dropped) == q
     assert 0 < puts < 300  # both logs: far fewer files than snapshots
+
+
+def test_run_says_in_one_line_when_a_snapshot_names_a_missing_file() -> None:
+    """Bytewax re-raises a builder's error as its own, the cause chained: `archwatch run`
+    finds the missing file in the chain and says so (exit 2), anything else is raised."""
+    from archwatch.cli import CliError, run_dataflow
+
+    def fails(cause: BaseException) -> None:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise RuntimeError("(src/recovery.rs:1): error calling builder") from inner
+
+    with pytest.raises(CliError, match="cannot resume from the recovery snapshots: "
+                                       "recovery snapshot names x"):
+        run_dataflow(fails, BlobMissing("recovery snapshot names x, which is missing"))
+    with pytest.raises(RuntimeError, match="error calling builder"):
+        run_dataflow(fails, ValueError("something else"))

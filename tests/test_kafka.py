@@ -189,8 +189,10 @@ def test_sigkill_while_live_with_packing_between_closes_gives_identical_tables(
     ks = KafkaSettings(brokers=broker, topic_prefix=prefix)
     create_topics(ks, 3)
     produce_lines(lines[:first], ks)
-    # 3 s epochs: precool (every second) runs between closes
-    flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "3")
+    # 3 s epochs: precool (every second) runs between closes; blobs of 4 KiB or more,
+    # and a log's newest small ones once they hold that much, to files
+    flags = ("--receivers", str(out / "receivers.json"), "--epoch-interval", "3",
+             "--snapshot-file-bytes", "4096")
     aw = Archwatch(tmp_path, prefix, *flags).start()
     aw.wait_consumed(first)
     aw.wait_watermark(now_ms() - LATENESS_MS)  # caught up: the watermark follows the clock
