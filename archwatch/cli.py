@@ -510,7 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
                         default=64 * 1024,
                         help="recovery snapshot blobs this large or larger are written once "
                         "as files in RECOVERY_DIR/blobs instead of into every epoch's "
-                        "snapshot (0: none; a cluster's processes must share the directory)")
+                        "snapshot (0: none written; a cluster's processes must share the "
+                        "directory)")
         rp.add_argument("--metrics-port", dest="metrics_port", type=int, default=0,
                         help="serve Prometheus /metrics on this port")
         rp.add_argument("--metrics-host", dest="metrics_host", default="127.0.0.1",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -48,7 +49,8 @@ class LiveOptions:
     backup_interval: timedelta | None = None  # keep superseded snapshots this long
     addresses: tuple[str, ...] = ()  # a cluster: every process's host:port (empty: alone)
     process_id: int = 0
-    # snapshot blobs this large or larger go to files in <recovery dir>/blobs (0: none)
+    # snapshot blobs this large or larger go to files in <recovery dir>/blobs (0: none
+    # written, those of an earlier run still read)
     snapshot_file_bytes: int = 64 * 1024
 
 
@@ -140,11 +142,14 @@ def prepare_recovery(path: Path, workers: int,
 
 def recovery_blobs(opts: LiveOptions) -> BlobStore | None:
     """Where the snapshots' large blobs go: ``blobs/`` in the recovery directory, which the
-    processes of a cluster share (see archwatch.blobstore)."""
-    if opts.recovery_dir is None or not opts.snapshot_file_bytes:
+    processes of a cluster share (see archwatch.blobstore). With ``snapshot_file_bytes``
+    0 none is written, but the files an earlier run's snapshots name are still read (and
+    deleted once no snapshot names them)."""
+    if opts.recovery_dir is None:
         return None
     backup = opts.backup_interval.total_seconds() if opts.backup_interval else 0.0
-    return BlobStore(opts.recovery_dir / "blobs", min_bytes=opts.snapshot_file_bytes,
+    return BlobStore(opts.recovery_dir / "blobs",
+                     min_bytes=opts.snapshot_file_bytes or sys.maxsize,
                      keep_s=BLOB_KEEP_S + backup)
 
 

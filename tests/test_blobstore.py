@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import marshal
 import pickle
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -266,3 +267,29 @@ def test_run_says_in_one_line_when_a_snapshot_names_a_missing_file() -> None:
         run_dataflow(fails, BlobMissing("recovery snapshot names x, which is missing"))
     with pytest.raises(RuntimeError, match="error calling builder"):
         run_dataflow(fails, ValueError("something else"))
+
+
+def test_with_files_turned_off_a_run_still_reads_an_earlier_runs_files(tmp_path: Path) -> None:
+    """`--snapshot-file-bytes 0` after a run that wrote files: its snapshots restore, the
+    next snapshot holds every blob itself, and the old files go by the usual rule."""
+    from archwatch.live import LiveOptions, recovery_blobs
+
+    def opts(n: int) -> LiveOptions:
+        return LiveOptions(kafka=None, recovery_dir=tmp_path, snapshot_file_bytes=n)  # type: ignore[arg-type]
+
+    assert recovery_blobs(replace(opts(0), recovery_dir=None)) is None
+    on, off = recovery_blobs(opts(1)), recovery_blobs(opts(0))
+    assert on is not None and off is not None and on.root == off.root == tmp_path / "blobs"
+    state = {i: i for i in range(100)}
+    with blobstore.using(on):
+        blobs, entries = ChangeLog().snapshot(len(state), None, lambda: state)
+    assert any(b[:1] == blobstore.REF for b in blobs)
+    off.keep_s, clock = 0, Clock()
+    off.clock = clock
+    with blobstore.using(off):
+        log = ChangeLog(blobs, entries)
+        for _ in range(off.keep_snapshots + 1):
+            again, _ = log.snapshot(len(state), dict, lambda: state)
+    assert not any(b[:1] == blobstore.REF for b in again)
+    assert ChangeLog.replay(ChangeLog(again).blobs) == state
+    assert not _files(tmp_path / "blobs")
