@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archwatch.metrics import SNAPSHOT_FILE_BYTES, SNAPSHOT_FILE_SECONDS, SNAPSHOT_FILES
+
 REF = b"f"  # a blob's first byte when it stands for a file: b"f<log>/<name>:<length>"
 LOG_ID = b"i"  # the first item of a log's snapshot: b"i<log>" (its directory)
 
@@ -65,11 +67,15 @@ class BlobStore:
         """Write ``blob`` and return its ref. Synced before it returns: Bytewax's SQLite
         commit, which will name it, syncs too (and a restored shard's reconcile step
         relies on its snapshot being what was committed)."""
+        t0 = time.perf_counter()
         name = f"{_PREFIX}{next(_names):x}"
         if log not in self._dirs:
             (self.root / log).mkdir(parents=True, exist_ok=True)
             self._dirs.add(log)
         _durable_write(os.fsencode(self.root / log), name.encode(), blob)
+        SNAPSHOT_FILES.labels("written").inc()
+        SNAPSHOT_FILE_BYTES.inc(len(blob))
+        SNAPSHOT_FILE_SECONDS.inc(time.perf_counter() - t0)
         return REF + f"{log}/{name}:{len(blob)}".encode()
 
     def get(self, ref: bytes) -> bytes:
@@ -97,6 +103,7 @@ class BlobStore:
     def delete(self, log: str, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.root / log / name)
+            SNAPSHOT_FILES.labels("deleted").inc()
 
 
 # The write, sync and rename of a file, with the GIL held. Each blocking call of ``os``

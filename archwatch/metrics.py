@@ -33,6 +33,14 @@ LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last
 CASES_PACKED_BETWEEN = PCounter(
     "archwatch_cases_packed_between_closes_total",
     "Cases packed for recovery snapshots between epoch closes (live input, recovery on)")
+# Recovery's large blobs, written once as files beside the partitions (archwatch/blobstore.py)
+SNAPSHOT_FILES = PCounter("archwatch_snapshot_files_total",
+                          "Recovery snapshot blob files written and deleted", ["op"])
+SNAPSHOT_FILE_BYTES = PCounter("archwatch_snapshot_file_bytes_total",
+                               "Bytes of recovery snapshot blob files written")
+SNAPSHOT_FILE_SECONDS = PCounter(
+    "archwatch_snapshot_file_write_seconds_total",
+    "Time spent writing and syncing them (on the dataflow thread, GIL held)")
 # Where a row's way to the store goes (freshness): each INSERT's duration, and for each
 # write the time from its oldest row entering the sink's buffer to the write's end (the
 # flush delay, the queue before the writer thread, the inserts).

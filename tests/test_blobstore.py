@@ -26,6 +26,16 @@ class Clock:
         return self.t
 
 
+def _counted(what: str) -> float:
+    """What /metrics says of the blob files so far (the process's registry: counts only
+    grow, so a test compares with what it did at least)."""
+    from prometheus_client import REGISTRY
+
+    name, labels = (("archwatch_snapshot_file_bytes_total", {}) if what == "bytes" else
+                    ("archwatch_snapshot_files_total", {"op": what}))
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def _files(root: Path) -> set[Path]:
     return {p for p in root.rglob("*") if p.is_file()}
 
@@ -131,6 +141,7 @@ def test_a_file_goes_only_after_the_snapshots_and_time_that_may_still_need_it(
                               for b in blobs if b[:1] == blobstore.REF))
         with pytest.raises(BlobMissing, match="blobs/"):
             ChangeLog(old)
+    assert _counted("deleted") > 0
 
 
 def test_a_restore_takes_the_files_of_a_lost_future_for_deletion(tmp_path: Path) -> None:
@@ -197,6 +208,7 @@ def test_a_put_writes_the_file_whole_under_a_name_of_its_own(
     blob = bytes(range(256)) * 1000
     refs = [store.put("log1", blob) for _ in range(2)]
     assert refs[0] != refs[1] and all(store.get(r) == blob for r in refs)
+    assert _counted("written") >= 2 and _counted("bytes") >= 2 * len(blob)
     assert store.names("log1") == {blobstore.name_of(r) for r in refs}  # no temporary left
     cut = tmp_path / "b" / "log1" / blobstore.name_of(refs[0])
     cut.write_bytes(blob[:10])  # as if cut short

@@ -163,6 +163,8 @@ def test_sigkill_mid_stream_and_restart_gives_identical_tables(broker: str, work
     aw = Archwatch(tmp_path, prefix, *flags).start()
     poll(lambda: aw.metrics().get('archwatch_events_total{outcome="applied"}', 0) > half // 3,
          120, what="some events applied")
+    poll(lambda: aw.metrics().get('archwatch_snapshot_files_total{op="written"}', 0) > 0,
+         60, what="snapshot blob files written")
     produce_lines(lines[half:], ks)  # more arrive while it runs ...
     time.sleep(0.3)
     aw.kill()  # ... and it dies mid-stream, without a chance to flush or snapshot
