@@ -40,6 +40,7 @@ from typing import Any
 
 from _common import TMP, table, write_results
 from memory import completion_lines
+from prometheus_client import REGISTRY
 
 from archwatch import blobstore
 from archwatch.blobstore import BlobStore
@@ -90,18 +91,11 @@ class BytewaxLikeWriter:
         return time.perf_counter() - t0
 
 
-class CountingStore(BlobStore):
-    """A blob store that counts the bytes it writes and the time that takes."""
-
-    written = 0
-    seconds = 0.0
-
-    def put(self, log: str, blob: bytes) -> bytes:
-        t0 = time.perf_counter()
-        self.written += len(blob)
-        ref = super().put(log, blob)
-        self.seconds += time.perf_counter() - t0
-        return ref
+def files_written() -> tuple[float, float]:
+    """Bytes of blob files written so far, and the seconds taken (archwatch's /metrics
+    counters, in this process)."""
+    return (REGISTRY.get_sample_value("archwatch_snapshot_file_bytes_total") or 0.0,
+            REGISTRY.get_sample_value("archwatch_snapshot_file_write_seconds_total") or 0.0)
 
 
 def main() -> int:
@@ -129,20 +123,18 @@ def main() -> int:
     results: list[dict[str, Any]] = []
     held: dict[int, tuple[str, bytes]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-snapbytes-", dir=TMP) as tmp, \
-            blobstore.using(files := CountingStore(Path(tmp) / "blobs") if args.files
-                            else None):
+            blobstore.using(BlobStore(Path(tmp) / "blobs") if args.files else None):
         writer = BytewaxLikeWriter(Path(tmp) / "part-0.sqlite3")
         for epoch, first in enumerate(range(0, args.cases, args.batch), start=1):
             eng.feed(completion_lines(catalog, first, min(args.batch, args.cases - first)))
-            if files is not None:
-                files.written, files.seconds = 0, 0.0
+            bytes0, seconds0 = files_written()
             t0 = time.perf_counter()
             snaps = [(f"{step}/{key}", pickle.dumps(sh, protocol=pickle.HIGHEST_PROTOCOL))
                      for step, group in (("cases", eng.cases), ("dedup", eng.dedup))
                      for key, sh in group.items()]
             pickle_s = time.perf_counter() - t0
-            to_files = files.written if files is not None else 0
-            files_s = files.seconds if files is not None else 0.0
+            bytes1, seconds1 = files_written()
+            to_files, files_s = int(bytes1 - bytes0), seconds1 - seconds0
             written = sum(len(s) for _k, s in snaps) + to_files
             # the baseline: the pieces no earlier epoch's snapshot held (what a writer
             # of the changes only would write)
