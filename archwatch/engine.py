@@ -509,7 +509,7 @@ class _BlobLog:
     entries, when they merge (see _LOG_BLOBS), and which of them a snapshot names as files
     (``files``: with a blob store configured, live with recovery; see archwatch.blobstore)."""
 
-    __slots__ = ("blobs", "sizes", "trigger", "files")
+    __slots__ = ("blobs", "sizes", "trigger", "files", "staged")
 
     def __init__(self, blobs: list[bytes] | None) -> None:
         self.files = LogFiles()
@@ -517,6 +517,11 @@ class _BlobLog:
         # entries of each blob; None: restored from a snapshot, counted when first needed
         self.sizes: list[int] | None = None if self.blobs else []
         self.trigger = _log_trigger()
+        self.staged = False  # blobs appended by stage() since the last snapshot
+
+    def _append(self, entries: Any) -> None:
+        self._sizes().append(len(entries))
+        self.blobs.append(_blob(entries))
 
     def _sizes(self) -> list[int]:
         if self.sizes is None:
@@ -575,10 +580,10 @@ class ChangeLog(_BlobLog):
         delta = None if changes is None else changes()
         whole = (delta is None or len(delta) >= live or not self.blobs  # (a new log)
                  or self.entries + len(delta) > 2 * live + _LOG_SLACK)  # (all is no more)
-        if not whole and delta:
-            self._sizes().append(len(delta))
-            self.blobs.append(_blob(delta))
-            self.entries += len(delta)
+        if not whole and (delta or self.staged):
+            if delta:
+                self._append(delta)
+                self.entries += len(delta)
             gone = self._compact(1, live, _dict_merge)
             whole = gone is None
             self.entries -= gone or 0
@@ -586,7 +591,24 @@ class ChangeLog(_BlobLog):
                 self.entries -= self._fold(1, _dict_merge)
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
+        self.staged = False
         return self.files.outgoing(self.blobs), self.entries
+
+    def stage(self, live: int, delta: dict[Any, Any]) -> bool:
+        """Between snapshots (live, with recovery): the changes since the last snapshot or
+        stage as a blob now, so that the next snapshot, taken while an epoch closes and
+        the dataflow waits, has only the rest to marshal and compress (see
+        _ShardLogic._spread_packing). False, taking nothing, when the next snapshot is to
+        write the dict whole anyway (a new log, or one that would hold too much); the
+        caller then keeps the changes for it."""
+        if (not delta or not self.blobs or len(delta) >= live
+                or self.entries + len(delta) > 2 * live + _LOG_SLACK):
+            return False
+        self._append(delta)
+        self.entries += len(delta)
+        self.staged = True
+        self.entries -= self._fold(1, _dict_merge)
+        return True
 
     @staticmethod
     def replay(blobs: list[bytes]) -> dict[Any, Any]:
@@ -621,15 +643,28 @@ class QueueLog(_BlobLog):
             while sizes and self.dropped >= sizes[0]:  # every entry of the oldest has left
                 self.dropped -= sizes.pop(0)
                 del self.blobs[0]
-            if appended:
-                sizes.append(len(appended))
-                self.blobs.append(_blob(appended))
+            if appended or self.staged:
+                if appended:
+                    self._append(appended)
                 whole = self._compact(0, len(q), _list_merge) is None
                 if not whole:
                     self._fold(0, _list_merge)
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
+        self.staged = False
         return self.files.outgoing(self.blobs), self.dropped
+
+    def stage(self, appended: list[Any]) -> bool:
+        """Between snapshots: the entries appended since the last snapshot or stage as a
+        blob now (see ChangeLog.stage); the next snapshot takes the rest and the count
+        popped. (Only once the queue's changes are tracked, after its first snapshot: the
+        caller knows.)"""
+        if not appended:
+            return False
+        self._append(appended)
+        self.staged = True
+        self._fold(0, _list_merge)
+        return True
 
     @staticmethod
     def replay(blobs: list[bytes], dropped: int) -> deque[Any]:
@@ -680,6 +715,25 @@ class DedupShard(_Snapshottable):
             lambda: {i: seen.get(i) for i in itertools.chain(gone, new)})
         return [self._seen_log.snapshot(len(seen), changes, lambda: seen),
                 self._queue_log.snapshot(self.queue, queued, popped)]
+
+    def precool(self) -> int:
+        """Between snapshots (live, with recovery): the ids and queue entries added so far
+        as blobs of their logs now (ChangeLog.stage), so that an epoch's close marshals
+        and compresses only the rest (at 10,000 events/s and 5 s epochs, 50,000 ids a
+        close: 35–440 ms of it, growing with the logs' folds). Nothing before the first
+        snapshot. Returns the ids staged."""
+        new, gone = self._new, self._gone
+        if new is None or gone is None or not (new or gone):
+            staged = 0
+        else:
+            seen = self.seen
+            delta = {i: seen.get(i) for i in itertools.chain(gone, new)}
+            staged = len(delta) if self._seen_log.stage(len(seen), delta) else 0
+            if staged:
+                self._new, self._gone = [], []
+        if self._queued and self._queue_log.stage(self._queued):
+            self._queued = []
+        return staged
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
         (seen_blobs, entries), (queue_blobs, dropped) = values
@@ -1316,12 +1370,20 @@ class CaseShard(_Deadlines, _Snapshottable):
         """Pack the cases touched so far, between snapshots (live, with recovery): the next
         snapshot then packs only what was touched after this, so an epoch's close, which
         holds up the dataflow thread and any deadline due meanwhile, is shorter; the
-        packing is spread over the epoch instead. Does nothing before the first snapshot
-        (what is touched is not tracked yet). Returns the cases packed."""
+        packing is spread over the epoch instead, and so are the blobs of the cases' and
+        accumulators' change logs (ChangeLog.stage). Does nothing before the first
+        snapshot (what is touched is not tracked yet). Returns the cases packed."""
         if self.hot is None:
             return 0
         packed = self.cool()
         self._cooled.update(packed)
+        # every case touched is packed now (bytes), or gone (None: evicted)
+        if self._cooled and self._evicted_changed is not None:
+            cases = self.cases
+            if self._cases_log.stage(len(cases), {c: cases.get(c) for c in self._cooled}):
+                self._cooled = set()
+        if self._kpi_changes and self._kpi_log.stage(len(self.kpi), self._kpi_changes):
+            self._kpi_changes = {}
         return len(packed)
 
     def next_deadline(self) -> int | None:

@@ -33,6 +33,11 @@ LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last
 CASES_PACKED_BETWEEN = PCounter(
     "archwatch_cases_packed_between_closes_total",
     "Cases packed for recovery snapshots between epoch closes (live input, recovery on)")
+# ... and the event-id shards write the ids added between closes into their logs' blobs
+# (engine.DedupShard.precool), so that a close marshals and compresses only the rest.
+IDS_STAGED_BETWEEN = PCounter(
+    "archwatch_ids_staged_between_closes_total",
+    "Event ids written into recovery snapshot blobs between epoch closes (recovery on)")
 # Recovery's large blobs, written once as files beside the partitions (archwatch/blobstore.py)
 SNAPSHOT_FILES = PCounter("archwatch_snapshot_files_total",
                           "Recovery snapshot blob files written and deleted", ["op"])

@@ -60,7 +60,7 @@ from archwatch.engine import (
     passes_at,
 )
 from archwatch.eventlog import RECEIVER_TYPES
-from archwatch.metrics import CASES_PACKED_BETWEEN
+from archwatch.metrics import CASES_PACKED_BETWEEN, IDS_STAGED_BETWEEN
 from archwatch.models import Envelope, Reject, parse_record
 from archwatch.rules import ReceiptFact
 from archwatch.settings import EngineSettings, all_shards, shard_of
@@ -73,7 +73,8 @@ CLOCK_KEY = "clock"
 NOTIFY_GRACE_MS = 50
 NOTIFY_REACH_MS = 3_000
 # Live with recovery, a case shard packs the cases touched so far once this long after it
-# last did (CaseShard.precool), so that an epoch's close packs only the rest.
+# last did (CaseShard.precool), and the shards write their changes into their logs' blobs
+# (ChangeLog.stage), so that an epoch's close does only the rest.
 PRECOOL_MS = 1_000
 REJECT_KEY = "rejects"  # the dedup key that carries parse rejects (no state is kept)
 # The tables an alert sink gets (build_flow's ``alerts``): what operations staff wait for.
@@ -110,6 +111,11 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self._live: Watermark | None = None
         self._precool = getattr(shard, "precool", None) if recovery and wall_ms else None
         self._precooled = 0  # wall ms of the last precool
+        # a shard with deadlines (cases) packs between closes only while its input is
+        # live; one without (event ids: staging costs no more in all) while reading a
+        # backlog too
+        self._precool_always = self._next_deadline is None
+        self._precool_count = CASES_PACKED_BETWEEN if self._next_deadline else IDS_STAGED_BETWEEN
 
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
@@ -145,7 +151,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
                     break
         if out or any(type(v) is not Watermark for v in values):
             self._snap = None
-        if self._precool is not None and self._live is not None:
+        if self._precool is not None and (self._live is not None or self._precool_always):
             self._spread_packing()
         if wm is not None and self.shard.external_wm > wm and self.shard.src:
             # the watermark this shard now stands at, counted by the sink once the rows
@@ -161,20 +167,23 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         return out, StatefulBatchLogic.RETAIN
 
     def _spread_packing(self) -> None:
-        """Live with recovery: pack the cases touched so far every PRECOOL_MS.
+        """Live with recovery: pack the cases touched so far every PRECOOL_MS, and write
+        what changed into the change logs' blobs (the event-id shards: their ids).
 
         Why: a case shard's snapshot packs every case touched since the last one (≈ 13
         µs each), and Bytewax takes the snapshots of every shard one after the other as
         an epoch closes, reading no input meanwhile: at 10,000 events/s with 5 s epochs
         that was ≈ 0.27 s of CPU a close for the case shards, a wait for any deadline due
-        then. Packed as they go, the close packs only the last PRECOOL_MS's cases. (A case
-        touched again after it was packed is unpacked and packed once more: more CPU in
-        all, which is why a backlog, read as fast as it can be, is left as it was.)"""
+        then; marshalling and compressing the epoch's changes into blobs was as much
+        again (the event-id shards' 50,000 ids). Done as they go, the close does only the
+        last PRECOOL_MS's. (A case touched again after it was packed is unpacked and
+        packed once more: more CPU in all, which is why a case shard reading a backlog,
+        as fast as it can, leaves it to the close.)"""
         assert self._wall_ms is not None and self._precool is not None
         now = self._wall_ms()
         if now - self._precooled >= PRECOOL_MS:
             self._precooled = now
-            CASES_PACKED_BETWEEN.inc(self._precool())
+            self._precool_count.inc(self._precool())
 
     def notify_at(self) -> datetime | None:
         """Live, when the next deadline is due by the wall clock (plus NOTIFY_GRACE_MS).
@@ -278,6 +287,10 @@ class _Dedup:
                 d.logged(env)
         d.retire_due()
         return out
+
+    def precool(self) -> int:
+        """Live with recovery: the ids so far as blobs of their logs (DedupShard.precool)."""
+        return self.d.precool()
 
     def adopt(self, fresh: _Dedup) -> None:
         """After a restore: the running settings' ``--as-of``, not the snapshot's, and this
@@ -501,7 +514,8 @@ def build_flow(
     rec = settings.recovery
     as_of = settings.as_of
     deduped = op.stateful_batch(
-        "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec))
+        "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec,
+                                             wall_ms=wall_ms if settings.live else None))
     # A FixedPartitionedSink routes by key: its items keep the key of the shard that made
     # them (its partition then gets a shard's items in order); any other sink gets values.
     sink_items = _chunks_by_key if isinstance(sink, FixedPartitionedSink) else _chunk
