@@ -279,6 +279,11 @@ def sink_breakdown(m: dict[str, float]) -> dict[str, Any]:
         if hit and n:
             total = m[f'archwatch_store_write_seconds_sum{{table="{hit.group(1)}"}}']
             out["insert_mean_ms"][hit.group(1)] = total / n * 1000
+    # recovery's blob files (archwatch/blobstore.py): written on the dataflow thread
+    files = m.get('archwatch_snapshot_files_total{op="written"}', 0)
+    out["snapshot_files"] = {"written": int(files),
+                             "bytes": int(m.get("archwatch_snapshot_file_bytes_total", 0)),
+                             "seconds": m.get("archwatch_snapshot_file_write_seconds_total", 0)}
     return out
 
 
@@ -445,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the sink: {sink['writes']:,} writes, each {sink['sink_delay_mean_ms']:.0f} ms "
               f"on average from its oldest row entering the buffer to its end; mean INSERT "
               f"ms by table: {inserts}")
+    files = sink.get("snapshot_files", {})
+    if files.get("written"):
+        print(f"recovery's blob files: {files['written']:,} written, "
+              f"{files['bytes'] / 1e6:,.1f} MB, {files['seconds'] * 1000:,.0f} ms in all "
+              f"({files['seconds'] * 1000 / files['written']:.2f} ms each, dataflow thread)")
     write_results("freshness" + ("-recovery" if args.recovery else ""), {
         "rate": args.rate, "seconds": args.seconds, "archive_sla": args.archive_sla,
         "lateness": args.lateness, "workers": args.workers, "recovery": args.recovery,
