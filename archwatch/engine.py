@@ -720,7 +720,7 @@ class DedupShard(_Snapshottable):
         """Between snapshots (live, with recovery): the ids and queue entries added so far
         as blobs of their logs now (ChangeLog.stage), so that an epoch's close marshals
         and compresses only the rest (at 10,000 events/s and 5 s epochs, 50,000 ids a
-        close: 35–440 ms of it, growing with the logs' folds). Nothing before the first
+        close: 70–480 ms of it, growing with the logs' folds). Nothing before the first
         snapshot. Returns the ids staged."""
         new, gone = self._new, self._gone
         if new is None or gone is None or not (new or gone):
