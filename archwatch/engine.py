@@ -523,6 +523,14 @@ class _BlobLog:
         self._sizes().append(len(entries))
         self.blobs.append(_blob(entries))
 
+    def _stage(self, entries: Any, keep: int, merge: Callable[[Any, Any], Any]) -> int:
+        """What ChangeLog.stage and QueueLog.stage do once they take the changes: a blob
+        of them now, folded with the newest small ones; returns the entries the fold took
+        away."""
+        self._append(entries)
+        self.staged = True
+        return self._fold(keep, merge)
+
     def _sizes(self) -> list[int]:
         if self.sizes is None:
             self.sizes = [len(_unblob(b)) for b in self.blobs]
@@ -578,8 +586,7 @@ class ChangeLog(_BlobLog):
         """The blobs standing for the dict now (``live`` entries), given its changes since
         the last call (None: not known, everything is written)."""
         delta = None if changes is None else changes()
-        whole = (delta is None or len(delta) >= live or not self.blobs  # (a new log)
-                 or self.entries + len(delta) > 2 * live + _LOG_SLACK)  # (all is no more)
+        whole = delta is None or self._whole(live, len(delta))
         if not whole and (delta or self.staged):
             if delta:
                 self._append(delta)
@@ -601,14 +608,17 @@ class ChangeLog(_BlobLog):
         _ShardLogic._spread_packing). False, taking nothing, when the next snapshot is to
         write the dict whole anyway (a new log, or one that would hold too much); the
         caller then keeps the changes for it."""
-        if (not delta or not self.blobs or len(delta) >= live
-                or self.entries + len(delta) > 2 * live + _LOG_SLACK):
+        if not delta or self._whole(live, len(delta)):
             return False
-        self._append(delta)
-        self.entries += len(delta)
-        self.staged = True
-        self.entries -= self._fold(1, _dict_merge)
+        self.entries += len(delta) - self._stage(delta, 1, _dict_merge)
         return True
+
+    def _whole(self, live: int, changed: int) -> bool:
+        """Whether ``changed`` more entries make the dict's next snapshot write it whole:
+        a new log, changes as many as the state, or blobs that would hold more than twice
+        it (plus _LOG_SLACK)."""
+        return (not self.blobs or changed >= live
+                or self.entries + changed > 2 * live + _LOG_SLACK)
 
     @staticmethod
     def replay(blobs: list[bytes]) -> dict[Any, Any]:
@@ -661,9 +671,7 @@ class QueueLog(_BlobLog):
         caller knows.)"""
         if not appended:
             return False
-        self._append(appended)
-        self.staged = True
-        self._fold(0, _list_merge)
+        self._stage(appended, 0, _list_merge)
         return True
 
     @staticmethod
@@ -712,7 +720,7 @@ class DedupShard(_Snapshottable):
         queued, popped, self._queued, self._popped = self._queued, self._popped, [], 0
         seen = self.seen
         changes = None if new is None or gone is None else (
-            lambda: {i: seen.get(i) for i in itertools.chain(gone, new)})
+            lambda: self._seen_changes(new, gone))
         return [self._seen_log.snapshot(len(seen), changes, lambda: seen),
                 self._queue_log.snapshot(self.queue, queued, popped)]
 
@@ -726,14 +734,19 @@ class DedupShard(_Snapshottable):
         if new is None or gone is None or not (new or gone):
             staged = 0
         else:
-            seen = self.seen
-            delta = {i: seen.get(i) for i in itertools.chain(gone, new)}
-            staged = len(delta) if self._seen_log.stage(len(seen), delta) else 0
+            delta = self._seen_changes(new, gone)
+            staged = len(delta) if self._seen_log.stage(len(self.seen), delta) else 0
             if staged:
                 self._new, self._gone = [], []
         if self._queued and self._queue_log.stage(self._queued):
             self._queued = []
         return staged
+
+    def _seen_changes(self, new: list[str], gone: list[str]) -> dict[str, bytes | None]:
+        """The ids added and retired since the last snapshot or stage, as the log holds
+        them (a retired id: None)."""
+        seen = self.seen
+        return {i: seen.get(i) for i in itertools.chain(gone, new)}
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
         (seen_blobs, entries), (queue_blobs, dropped) = values
