@@ -15,6 +15,7 @@ watermark; that only delays firing, never changes the answer (contract §3).
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import marshal
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
 from typing import Any, NamedTuple
 
+from archwatch import zlib_held
 from archwatch.blobstore import LogFiles
 from archwatch.blobstore import current as current_blob_store
 from archwatch.kpi import KpiAcc
@@ -432,19 +434,34 @@ def _log_trigger() -> int:
     return _LOG_BLOBS + next(_log_offsets) % max(_LOG_BLOBS // 4, 1)
 
 
+# A log blob's first byte: marshal's bytes as they are; compressed (b"Z": the length,
+# then zlib's stream; b"z", written before session 21: zlib's stream alone); or a bundle
+# of blobs of the log, in order, each as it was made (see _BlobLog._fold).
+_RAW, _Z_SIZED, _Z_PLAIN, _BUNDLE = b"m", b"Z", b"z", b"b"
+
+
 def _blob(data: Any) -> bytes:
     # compressed: the blobs stay in memory between snapshots (event ids and case numbers
     # repeat their prefixes: ≈ 3x smaller, at ≈ 5 ms a megabyte), except small ones (a
-    # compressor's set-up, ≈ 0.1 ms, is most of an idle shard's snapshot)
+    # compressor's set-up, ≈ 0.1 ms, is most of an idle shard's snapshot); with the GIL
+    # held, as this is the dataflow thread (archwatch.zlib_held)
     raw = marshal.dumps(data)
-    return b"m" + raw if len(raw) < 4096 else b"z" + zlib.compress(raw, 1)
+    if len(raw) < 4096:
+        return _RAW + raw
+    return _Z_SIZED + len(raw).to_bytes(5, "little") + zlib_held.compress(raw)
 
 
 def _unblob(blob: bytes) -> Any:
     tag = blob[:1]
-    if tag == b"m":
+    if tag == _RAW:
         return marshal.loads(blob[1:])
-    if tag == b"z":
+    if tag == _Z_SIZED:
+        return marshal.loads(zlib_held.uncompress(blob[6:], int.from_bytes(blob[1:6], "little")))
+    if tag == _BUNDLE:
+        parts = [_unblob(b) for b in marshal.loads(blob[1:])]
+        merge = _dict_merge if isinstance(parts[0], dict) else _list_merge
+        return functools.reduce(merge, parts)
+    if tag == _Z_PLAIN:
         return marshal.loads(zlib.decompress(blob[1:]))
     raise ValueError(f"not a log blob (a snapshot's file ref, unread?): {blob[:40]!r}")
 
@@ -523,37 +540,36 @@ class _BlobLog:
         self._sizes().append(len(entries))
         self.blobs.append(_blob(entries))
 
-    def _stage(self, entries: Any, keep: int, merge: Callable[[Any, Any], Any]) -> int:
+    def _stage(self, entries: Any, keep: int) -> None:
         """What ChangeLog.stage and QueueLog.stage do once they take the changes: a blob
-        of them now, folded with the newest small ones; returns the entries the fold took
-        away."""
+        of them now, folded with the newest small ones."""
         self._append(entries)
         self.staged = True
-        return self._fold(keep, merge)
+        self._fold(keep)
 
     def _sizes(self) -> list[int]:
         if self.sizes is None:
             self.sizes = [len(_unblob(b)) for b in self.blobs]
         return self.sizes
 
-    def _fold(self, keep: int, merge: Callable[[Any, Any], Any]) -> int:
+    def _fold(self, keep: int) -> None:
         """With a blob store: the newest blobs too small to be files (after the first
         ``keep``) become one once they hold the store's ``min_bytes`` together, which is
         then written as a file. What stays inside the snapshot is so at most about that
         much a log, and a file is written per ``min_bytes`` of changes, not per epoch (a
         file costs 1–2 ms of the dataflow thread in `archwatch up`: one per log and epoch
-        was ≈ 230 an epoch's close at 10,000 events/s). Returns the entries the merge
-        took away."""
+        was ≈ 230 an epoch's close at 10,000 events/s).
+
+        The one blob is a bundle of them as they are (_BUNDLE), not their entries merged
+        and compressed again: that uncompressed and compressed each staged blob a second
+        time, ≈ 1 s of the dataflow thread's CPU a 30 s run at 10,000 events/s (session
+        21). A key set in two of them is so counted twice (``sizes``) until a merge
+        (_merge_run) or a rewrite takes the bundle in."""
         i = _fold_from(self.blobs, keep)
         if i is None:
-            return 0
+            return
         blobs, sizes = self.blobs, self._sizes()
-        merged = _unblob(blobs[i])
-        for blob in blobs[i + 1:]:
-            merged = merge(merged, _unblob(blob))
-        before = sum(sizes[i:])
-        blobs[i:], sizes[i:] = [_blob(merged)], [len(merged)]
-        return before - len(merged)
+        blobs[i:], sizes[i:] = [_BUNDLE + marshal.dumps(blobs[i:])], [sum(sizes[i:])]
 
     def _compact(self, keep: int, live: int, merge: Callable[[Any, Any], Any]) -> int | None:
         """After a blob was appended: None when the log is to be rewritten whole (a small
@@ -595,7 +611,7 @@ class ChangeLog(_BlobLog):
             whole = gone is None
             self.entries -= gone or 0
             if not whole:
-                self.entries -= self._fold(1, _dict_merge)
+                self._fold(1)
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
         self.staged = False
@@ -610,7 +626,8 @@ class ChangeLog(_BlobLog):
         caller then keeps the changes for it."""
         if not delta or self._whole(live, len(delta)):
             return False
-        self.entries += len(delta) - self._stage(delta, 1, _dict_merge)
+        self.entries += len(delta)
+        self._stage(delta, 1)
         return True
 
     def _whole(self, live: int, changed: int) -> bool:
@@ -658,7 +675,7 @@ class QueueLog(_BlobLog):
                     self._append(appended)
                 whole = self._compact(0, len(q), _list_merge) is None
                 if not whole:
-                    self._fold(0, _list_merge)
+                    self._fold(0)
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
         self.staged = False
@@ -671,7 +688,7 @@ class QueueLog(_BlobLog):
         caller knows.)"""
         if not appended:
             return False
-        self._stage(appended, 0, _list_merge)
+        self._stage(appended, 0)
         return True
 
     @staticmethod
@@ -1108,8 +1125,8 @@ class _Refs:
                 self.blobs, self.done = [], 0
             # compressed (≈ 2.5x, once a chunk): kept for the life of the shard, and item,
             # name and key tuples repeat each other's strings
-            self.blobs.append(zlib.compress(
-                marshal.dumps([tuple(t) for t in self.items[self.done:]]), 1))
+            self.blobs.append(zlib_held.compress(
+                marshal.dumps([tuple(t) for t in self.items[self.done:]])))
             self.done = len(self.items)
             self._fold()
         return self.blobs
@@ -1120,8 +1137,8 @@ class _Refs:
         blobs = self.blobs
         i = _fold_from(blobs, 0)
         if i is not None:  # (their tuples not read: marshal takes ≈ 1.5 µs a tuple)
-            blobs[i:] = [_FOLDED + zlib.compress(marshal.dumps(
-                [raw for b in blobs[i:] for raw in _chunk_parts(b)]), 1)]
+            blobs[i:] = [_FOLDED + zlib_held.compress(marshal.dumps(
+                [raw for b in blobs[i:] for raw in _chunk_parts(b)]))]
 
     def outgoing(self) -> list[bytes]:
         """:meth:`packed` as a snapshot holds it (chunks as files, with a blob store)."""

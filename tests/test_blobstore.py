@@ -263,6 +263,65 @@ def test_small_blobs_fold_into_a_file_once_they_hold_min_bytes(tmp_path: Path) -
     assert 0 < puts < 300  # both logs: far fewer files than snapshots
 
 
+def test_staged_blobs_fold_into_a_bundle_as_they_are(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between snapshots a log's staged blobs fold into one file once they hold min_bytes:
+    a bundle of the blobs as they were made, none of them read back (uncompressed) or
+    compressed again, which is what a fold used to cost; restored, the bundle is its
+    blobs' changes in order, deletions and keys set twice included."""
+    from archwatch import engine
+
+    store = BlobStore(tmp_path / "b", min_bytes=8192)
+    with blobstore.using(store):
+        # more than a merge takes (engine._LOG_MERGE_MAX), or the snapshot rewrites it whole
+        log, state = ChangeLog(), {f"HZ{i:012d}": f"v0-{i}" for i in range(20_000)}
+        log.snapshot(len(state), None, lambda: state)
+        read: list[bytes] = []
+        real_unblob = engine._unblob
+        monkeypatch.setattr(engine, "_unblob", lambda b: read.append(b) or real_unblob(b))
+        for r in range(1, 40):
+            delta: dict[str, str | None] = {f"HZ{(r * 7 + i) % 100:012d}": f"v{r}-{i}" * 20
+                                            for i in range(30)}
+            delta[f"HZ{r:012d}"] = None  # one gone each time
+            for k, v in delta.items():
+                if v is None:
+                    state.pop(k, None)
+                else:
+                    state[k] = v
+            assert log.stage(len(state), delta)
+        bundles = [b for b in log.blobs if b[:1] == engine._BUNDLE]
+        assert bundles and not read
+        monkeypatch.undo()
+        assert ChangeLog.replay(log.blobs) == state
+        blobs, entries = log.snapshot(len(state), lambda: {}, lambda: state)
+        refs = {b for b in blobs if b[:1] == blobstore.REF}  # the bundles as files
+        assert len(refs) >= len(bundles) + 1
+    with blobstore.using(BlobStore(tmp_path / "b", min_bytes=8192)):
+        assert ChangeLog.replay(ChangeLog(blobs, entries).blobs) == state
+
+
+def test_zlib_held_reads_and_writes_zlib_streams() -> None:
+    """The GIL-held compressor's output is zlib's own format, and it reads zlib's; a
+    damaged or mislabelled blob is an error, not a wrong state; blobs written before it
+    (b"z": no length) still read."""
+    import marshal
+    import zlib
+
+    from archwatch import engine, zlib_held
+
+    raw = marshal.dumps({f"ev-{i}": bytes([i % 256]) * 12 for i in range(2000)})
+    packed = zlib_held.compress(raw)
+    assert zlib.decompress(packed) == raw
+    assert zlib_held.uncompress(zlib.compress(raw, 6), len(raw)) == raw
+    with pytest.raises(zlib.error):
+        zlib_held.uncompress(packed, len(raw) - 1)
+    with pytest.raises(zlib.error):
+        zlib_held.uncompress(packed[:-9], len(raw))
+    data = marshal.loads(raw)
+    assert engine._unblob(engine._blob(data)) == data
+    assert engine._unblob(b"z" + zlib.compress(raw, 1)) == data
+
+
 def test_run_says_in_one_line_when_a_snapshot_names_a_missing_file() -> None:
     """Bytewax re-raises a builder's error as its own, the cause chained: `archwatch run`
     finds the missing file in the chain and says so (exit 2), anything else is raised."""

@@ -5,13 +5,16 @@ latest snapshot is exactly the state when it was taken, whatever happened betwee
 from __future__ import annotations
 
 import pickle
+import tempfile
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archwatch import engine
+from archwatch import blobstore, engine
+from archwatch.blobstore import BlobStore
 from archwatch.engine import ChangeLog, DedupShard, QueueLog, Retirement
 from archwatch.models import parse_record
 
@@ -27,56 +30,70 @@ _ops = st.lists(st.one_of(
 
 
 @settings(max_examples=200, deadline=None)
-@given(_ops, st.booleans())
+@given(_ops, st.booleans(), st.booleans())
 def test_the_latest_snapshot_replays_to_the_state_it_was_taken_at(ops: list[tuple[Any, ...]],
-                                                                  small: bool) -> None:
+                                                                  small: bool,
+                                                                  files: bool) -> None:
+    """``files``: with a blob store whose files start at 40 bytes, so that the newest
+    small blobs fold into bundles (_BlobLog._fold) every few stages and snapshots, and the
+    snapshots are restored from their files."""
     before = (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
               engine._LOG_MERGE_MAX)
     if small:  # rewrites and merges often, by entries and by blob count
         (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
          engine._LOG_MERGE_MAX) = 3, 4, 6, 3
     try:
-        d: dict[int, int] = {}
-        q: deque[int] = deque()
-        dlog, qlog = ChangeLog(), QueueLog()
-        changed: set[int] | None = None  # not tracked until the first snapshot
-        appended: list[int] | None = None
-        popped = 0
-        for op in ops:
-            if op[0] == "set":
-                d[op[1]] = op[2]
-            elif op[0] == "del":
-                d.pop(op[1], None)
-            elif op[0] == "push":
-                q.append(op[1])
-            elif op[0] == "pop" and q:
-                q.popleft()
-                popped += 1
-            if op[0] in ("set", "del") and changed is not None:
-                changed.add(op[1])
-            if op[0] == "push" and appended is not None:
-                appended.append(op[1])
-            if op[0] == "stage" and changed is not None and appended is not None:
-                if dlog.stage(len(d), {k: d.get(k) for k in changed}):
-                    changed = set()
-                if qlog.stage(appended):
-                    appended = []
-            if op[0] == "snap":
-                delta = None if changed is None else {k: d.get(k) for k in changed}
-                blobs, entries = dlog.snapshot(
-                    len(d), None if delta is None else (lambda: delta), lambda: d)  # noqa: B023
-                qblobs, dropped = qlog.snapshot(q, appended, popped)
-                changed, appended, popped = set(), [], 0
-                # what a restore gets back, from these blobs alone
-                assert ChangeLog.replay(pickle.loads(pickle.dumps(blobs))) == d
-                assert list(QueueLog.replay(qblobs, dropped)) == list(q)
-                # the blobs stay within a constant of the state
-                assert entries <= 2 * len(d) + engine._LOG_SLACK
-                assert len(blobs) <= engine._LOG_BLOBS_MAX
-                assert dropped <= len(q) + engine._LOG_SLACK
+        with tempfile.TemporaryDirectory() as tmp, blobstore.using(
+                BlobStore(Path(tmp), min_bytes=40) if files else None):
+            _check_ops(ops)
     finally:
         (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
          engine._LOG_MERGE_MAX) = before
+
+
+def _check_ops(ops: list[tuple[Any, ...]]) -> None:
+    """Applies ``ops`` to a dict and a queue and their logs; checks every snapshot."""
+    d: dict[int, int] = {}
+    q: deque[int] = deque()
+    dlog, qlog = ChangeLog(), QueueLog()
+    changed: set[int] | None = None  # not tracked until the first snapshot
+    appended: list[int] | None = None
+    popped = 0
+    for op in ops:
+        if op[0] == "set":
+            d[op[1]] = op[2]
+        elif op[0] == "del":
+            d.pop(op[1], None)
+        elif op[0] == "push":
+            q.append(op[1])
+        elif op[0] == "pop" and q:
+            q.popleft()
+            popped += 1
+        if op[0] in ("set", "del") and changed is not None:
+            changed.add(op[1])
+        if op[0] == "push" and appended is not None:
+            appended.append(op[1])
+        if op[0] == "stage" and changed is not None and appended is not None:
+            if dlog.stage(len(d), {k: d.get(k) for k in changed}):
+                changed = set()
+            if qlog.stage(appended):
+                appended = []
+        if op[0] == "snap":
+            delta = None if changed is None else {k: d.get(k) for k in changed}
+            blobs, entries = dlog.snapshot(
+                len(d), None if delta is None else (lambda: delta), lambda: d)  # noqa: B023
+            qblobs, dropped = qlog.snapshot(q, appended, popped)
+            changed, appended, popped = set(), [], 0
+            # what a restore gets back, from these blobs alone (and their files)
+            blobs, qblobs = pickle.loads(pickle.dumps((blobs, qblobs)))
+            assert ChangeLog.replay(ChangeLog(blobs, entries).blobs) == d
+            assert list(QueueLog.replay(QueueLog(qblobs, dropped).blobs, dropped)) \
+                == list(q)
+            # the blobs stay within a constant of the state
+            assert entries <= 2 * len(d) + engine._LOG_SLACK
+            assert len([b for b in blobs if b[:1] != blobstore.LOG_ID]) \
+                <= engine._LOG_BLOBS_MAX
+            assert dropped <= len(q) + engine._LOG_SLACK
 
 
 def test_a_growing_dict_is_never_rewritten_whole_and_merges_stay_small() -> None:
