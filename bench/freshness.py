@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 from _common import (
     PY,
     ROOT,
@@ -123,6 +124,7 @@ class Retimer:
         self.sent_text: dict[str, str] = {}  # eventId -> text as first sent
         self.year_now = int(_sh_text(int(time.time() * 1000))[:4])
         self.sent = 0
+        self._now_ms, self._now_text = -1, ""  # the last send's wall clock, and as text
 
     def _archive_no(self, no: Any, case_no: Any) -> Any:
         m = ARCHIVE_NO.match(no) if isinstance(no, str) else None
@@ -142,12 +144,14 @@ class Retimer:
                 yield again
                 continue
             now = int(time.time() * 1000)
+            if now != self._now_ms:  # ≈ 10 events a millisecond at 10,000/s
+                self._now_ms, self._now_text = now, _sh_text(now)
             ev = dict(obj)
-            ev["occurredAt"] = _sh_text(now)
+            ev["occurredAt"] = self._now_text
             case_no = ev.get("caseNo")
             if ev.get("type") == "case.completed" and isinstance(case_no, str):
                 self.completed.setdefault(case_no, now)
-                ev["completedAt"] = _sh_text(now)
+                ev["completedAt"] = self._now_text
             elif ev.get("type") == "archive.received" and isinstance(case_no, str):
                 self.first_receipt.setdefault(case_no, now)
             if "archiveNo" in ev:
@@ -155,7 +159,7 @@ class Retimer:
             meta = ev.get("meta")
             if isinstance(meta, dict) and case_no in self.completed:
                 ev["meta"] = {**meta, "completedAt": _sh_text(self.completed[case_no])}
-            text = json.dumps(ev, ensure_ascii=False)
+            text = orjson.dumps(ev).decode()
             self.sent_text[obj["eventId"]] = text
             yield text
 
