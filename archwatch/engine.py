@@ -524,11 +524,17 @@ def _fold_from(blobs: list[bytes], keep: int) -> int | None:
 class _BlobLog:
     """What :class:`ChangeLog` and :class:`QueueLog` share: their blobs, each blob's
     entries, when they merge (see _LOG_BLOBS), and which of them a snapshot names as files
-    (``files``: with a blob store configured, live with recovery; see archwatch.blobstore)."""
+    (``files``: with a blob store configured, live with recovery; see archwatch.blobstore).
 
-    __slots__ = ("blobs", "sizes", "trigger", "files", "staged")
+    ``bundles``: whether a fold bundles its blobs as they are (a log whose keys are set
+    once: the event ids, a queue) or merges their entries (a key set again in each of
+    them, as a case touched every second is staged every second, is then written once);
+    see :meth:`_fold`."""
 
-    def __init__(self, blobs: list[bytes] | None) -> None:
+    __slots__ = ("blobs", "sizes", "trigger", "files", "staged", "bundles")
+
+    def __init__(self, blobs: list[bytes] | None, bundles: bool) -> None:
+        self.bundles = bundles
         self.files = LogFiles()
         self.blobs: list[bytes] = self.files.restored(blobs) if blobs else []
         # entries of each blob; None: restored from a snapshot, counted when first needed
@@ -540,36 +546,47 @@ class _BlobLog:
         self._sizes().append(len(entries))
         self.blobs.append(_blob(entries))
 
-    def _stage(self, entries: Any, keep: int) -> None:
+    def _stage(self, entries: Any, keep: int, merge: Callable[[Any, Any], Any]) -> int:
         """What ChangeLog.stage and QueueLog.stage do once they take the changes: a blob
-        of them now, folded with the newest small ones."""
+        of them now, folded with the newest small ones; returns the entries the fold took
+        away."""
         self._append(entries)
         self.staged = True
-        self._fold(keep)
+        return self._fold(keep, merge)
 
     def _sizes(self) -> list[int]:
         if self.sizes is None:
             self.sizes = [len(_unblob(b)) for b in self.blobs]
         return self.sizes
 
-    def _fold(self, keep: int) -> None:
+    def _fold(self, keep: int, merge: Callable[[Any, Any], Any]) -> int:
         """With a blob store: the newest blobs too small to be files (after the first
         ``keep``) become one once they hold the store's ``min_bytes`` together, which is
         then written as a file. What stays inside the snapshot is so at most about that
         much a log, and a file is written per ``min_bytes`` of changes, not per epoch (a
         file costs 1–2 ms of the dataflow thread in `archwatch up`: one per log and epoch
-        was ≈ 230 an epoch's close at 10,000 events/s).
+        was ≈ 230 an epoch's close at 10,000 events/s). Returns the entries the merge
+        took away.
 
-        The one blob is a bundle of them as they are (_BUNDLE), not their entries merged
-        and compressed again: that uncompressed and compressed each staged blob a second
-        time, ≈ 1 s of the dataflow thread's CPU a 30 s run at 10,000 events/s (session
-        21). A key set in two of them is so counted twice (``sizes``) until a merge
-        (_merge_run) or a rewrite takes the bundle in."""
+        With ``bundles`` the one blob is a bundle of them as they are (_BUNDLE): none is
+        uncompressed and compressed again, which was ≈ 1 s of the dataflow thread's CPU a
+        30 s run at 10,000 events/s, mostly the event-id shards' many small blobs
+        (session 21). Not for a log whose keys come again: bundled, the case shards'
+        logs wrote 2.3x the bytes into files over 420 s (each case once a second it was
+        touched, not once a fold)."""
         i = _fold_from(self.blobs, keep)
         if i is None:
-            return
+            return 0
         blobs, sizes = self.blobs, self._sizes()
-        blobs[i:], sizes[i:] = [_BUNDLE + marshal.dumps(blobs[i:])], [sum(sizes[i:])]
+        if self.bundles:
+            blobs[i:], sizes[i:] = [_BUNDLE + marshal.dumps(blobs[i:])], [sum(sizes[i:])]
+            return 0
+        merged = _unblob(blobs[i])
+        for blob in blobs[i + 1:]:
+            merged = merge(merged, _unblob(blob))
+        before = sum(sizes[i:])
+        blobs[i:], sizes[i:] = [_blob(merged)], [len(merged)]
+        return before - len(merged)
 
     def _compact(self, keep: int, live: int, merge: Callable[[Any, Any], Any]) -> int | None:
         """After a blob was appended: None when the log is to be rewritten whole (a small
@@ -593,8 +610,9 @@ class ChangeLog(_BlobLog):
 
     __slots__ = ("entries",)
 
-    def __init__(self, blobs: list[bytes] | None = None, entries: int = 0) -> None:
-        super().__init__(blobs)
+    def __init__(self, blobs: list[bytes] | None = None, entries: int = 0,
+                 bundles: bool = False) -> None:
+        super().__init__(blobs, bundles)
         self.entries = entries  # entries written in the blobs
 
     def snapshot(self, live: int, changes: Callable[[], dict[Any, Any]] | None,
@@ -611,7 +629,7 @@ class ChangeLog(_BlobLog):
             whole = gone is None
             self.entries -= gone or 0
             if not whole:
-                self._fold(1)
+                self.entries -= self._fold(1, _dict_merge)
         if whole:
             self.blobs, self.entries, self.sizes = [_blob(everything())], live, [live]
         self.staged = False
@@ -626,8 +644,7 @@ class ChangeLog(_BlobLog):
         caller then keeps the changes for it."""
         if not delta or self._whole(live, len(delta)):
             return False
-        self.entries += len(delta)
-        self._stage(delta, 1)
+        self.entries += len(delta) - self._stage(delta, 1, _dict_merge)
         return True
 
     def _whole(self, live: int, changed: int) -> bool:
@@ -657,7 +674,7 @@ class QueueLog(_BlobLog):
     __slots__ = ("dropped",)
 
     def __init__(self, blobs: list[bytes] | None = None, dropped: int = 0) -> None:
-        super().__init__(blobs)
+        super().__init__(blobs, bundles=True)  # entries are appended once
         self.dropped = dropped
 
     def snapshot(self, q: deque[Any], appended: list[Any] | None,
@@ -675,7 +692,7 @@ class QueueLog(_BlobLog):
                     self._append(appended)
                 whole = self._compact(0, len(q), _list_merge) is None
                 if not whole:
-                    self._fold(0)
+                    self._fold(0, _list_merge)
         if whole:
             self.blobs, self.dropped, self.sizes = [_blob(list(q))], 0, [len(q)]
         self.staged = False
@@ -688,7 +705,7 @@ class QueueLog(_BlobLog):
         caller knows.)"""
         if not appended:
             return False
-        self._stage(appended, 0)
+        self._stage(appended, 0, _list_merge)
         return True
 
     @staticmethod
@@ -767,7 +784,8 @@ class DedupShard(_Snapshottable):
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
         (seen_blobs, entries), (queue_blobs, dropped) = values
-        seen_log, queue_log = ChangeLog(seen_blobs, entries), QueueLog(queue_blobs, dropped)
+        seen_log = ChangeLog(seen_blobs, entries, bundles=True)  # an id is set once
+        queue_log = QueueLog(queue_blobs, dropped)
         return {"seen": ChangeLog.replay(seen_log.blobs), "_seen_log": seen_log,
                 "queue": QueueLog.replay(queue_log.blobs, dropped), "_queue_log": queue_log,
                 "_new": [], "_gone": [], "_queued": [], "_popped": 0}
@@ -775,7 +793,7 @@ class DedupShard(_Snapshottable):
     def _untracked(self) -> None:
         # changes are tracked from the first snapshot on (None: not yet; the first writes
         # everything): without recovery there is none, and the lists would only grow
-        self._seen_log, self._queue_log = ChangeLog(), QueueLog()
+        self._seen_log, self._queue_log = ChangeLog(bundles=True), QueueLog()
         self._new: list[str] | None = None
         self._gone: list[str] | None = None
         self._queued: list[tuple[int, int, str]] | None = None

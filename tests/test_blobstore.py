@@ -263,22 +263,26 @@ def test_small_blobs_fold_into_a_file_once_they_hold_min_bytes(tmp_path: Path) -
     assert 0 < puts < 300  # both logs: far fewer files than snapshots
 
 
-def test_staged_blobs_fold_into_a_bundle_as_they_are(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Between snapshots a log's staged blobs fold into one file once they hold min_bytes:
-    a bundle of the blobs as they were made, none of them read back (uncompressed) or
-    compressed again, which is what a fold used to cost; restored, the bundle is its
-    blobs' changes in order, deletions and keys set twice included."""
+@pytest.mark.parametrize("bundles", [True, False])
+def test_staged_blobs_fold_into_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         bundles: bool) -> None:
+    """Between snapshots a log's staged blobs fold into one file once they hold min_bytes.
+    A log of ids set once (``bundles``) folds them into a bundle of the blobs as they were
+    made, none read back (uncompressed) or compressed again, which is what a fold used to
+    cost; a log whose keys come again merges them, each key written once. Restored, either
+    is the changes in order, deletions and keys set twice included."""
     from archwatch import engine
 
     store = BlobStore(tmp_path / "b", min_bytes=8192)
     with blobstore.using(store):
         # more than a merge takes (engine._LOG_MERGE_MAX), or the snapshot rewrites it whole
-        log, state = ChangeLog(), {f"HZ{i:012d}": f"v0-{i}" for i in range(20_000)}
+        log = ChangeLog(bundles=bundles)
+        state = {f"HZ{i:012d}": f"v0-{i}" for i in range(20_000)}
         log.snapshot(len(state), None, lambda: state)
         read: list[bytes] = []
         real_unblob = engine._unblob
         monkeypatch.setattr(engine, "_unblob", lambda b: read.append(b) or real_unblob(b))
+        staged = 0
         for r in range(1, 40):
             delta: dict[str, str | None] = {f"HZ{(r * 7 + i) % 100:012d}": f"v{r}-{i}" * 20
                                             for i in range(30)}
@@ -289,13 +293,21 @@ def test_staged_blobs_fold_into_a_bundle_as_they_are(tmp_path: Path,
                 else:
                     state[k] = v
             assert log.stage(len(state), delta)
-        bundles = [b for b in log.blobs if b[:1] == engine._BUNDLE]
-        assert bundles and not read
+            staged += len(delta)
+        bundled = [b for b in log.blobs if b[:1] == engine._BUNDLE]
+        if bundles:
+            assert bundled and not read
+            assert log.entries == 20_000 + staged
+        else:
+            assert not bundled and read  # merged: the keys set again are written once
+            assert log.entries < 20_000 + 100 + 39
         monkeypatch.undo()
         assert ChangeLog.replay(log.blobs) == state
         blobs, entries = log.snapshot(len(state), lambda: {}, lambda: state)
-        refs = {b for b in blobs if b[:1] == blobstore.REF}  # the bundles as files
-        assert len(refs) >= len(bundles) + 1
+        inside = [b for b in blobs[2:] if b[:1] != blobstore.REF]
+        assert sum(map(len, inside)) < 2 * 8192
+        # bundled, the folds are files; merged, the keys set again shrink them below one
+        assert any(b[:1] == blobstore.REF for b in blobs[2:]) == bundles
     with blobstore.using(BlobStore(tmp_path / "b", min_bytes=8192)):
         assert ChangeLog.replay(ChangeLog(blobs, entries).blobs) == state
 
@@ -320,6 +332,14 @@ def test_zlib_held_reads_and_writes_zlib_streams() -> None:
     data = marshal.loads(raw)
     assert engine._unblob(engine._blob(data)) == data
     assert engine._unblob(b"z" + zlib.compress(raw, 1)) == data
+    lib, zlib_held._lib = zlib_held._lib, None  # no loadable libz: the module, the same bytes
+    try:
+        assert zlib_held.compress(raw) == zlib.compress(raw, 1)
+        assert zlib_held.uncompress(packed, len(raw)) == raw
+        with pytest.raises(zlib.error):
+            zlib_held.uncompress(packed, len(raw) + 1)
+    finally:
+        zlib_held._lib = lib
 
 
 def test_run_says_in_one_line_when_a_snapshot_names_a_missing_file() -> None:

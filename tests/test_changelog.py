@@ -30,13 +30,14 @@ _ops = st.lists(st.one_of(
 
 
 @settings(max_examples=200, deadline=None)
-@given(_ops, st.booleans(), st.booleans())
+@given(_ops, st.booleans(), st.booleans(), st.booleans())
 def test_the_latest_snapshot_replays_to_the_state_it_was_taken_at(ops: list[tuple[Any, ...]],
-                                                                  small: bool,
-                                                                  files: bool) -> None:
+                                                                  small: bool, files: bool,
+                                                                  bundles: bool) -> None:
     """``files``: with a blob store whose files start at 40 bytes, so that the newest
-    small blobs fold into bundles (_BlobLog._fold) every few stages and snapshots, and the
-    snapshots are restored from their files."""
+    small blobs fold into one every few stages and snapshots (_BlobLog._fold: merged, or
+    for the dict with ``bundles`` and always for the queue, bundled), and the snapshots
+    are restored from their files."""
     before = (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
               engine._LOG_MERGE_MAX)
     if small:  # rewrites and merges often, by entries and by blob count
@@ -45,17 +46,17 @@ def test_the_latest_snapshot_replays_to_the_state_it_was_taken_at(ops: list[tupl
     try:
         with tempfile.TemporaryDirectory() as tmp, blobstore.using(
                 BlobStore(Path(tmp), min_bytes=40) if files else None):
-            _check_ops(ops)
+            _check_ops(ops, bundles)
     finally:
         (engine._LOG_SLACK, engine._LOG_BLOBS, engine._LOG_BLOBS_MAX,
          engine._LOG_MERGE_MAX) = before
 
 
-def _check_ops(ops: list[tuple[Any, ...]]) -> None:
+def _check_ops(ops: list[tuple[Any, ...]], bundles: bool) -> None:
     """Applies ``ops`` to a dict and a queue and their logs; checks every snapshot."""
     d: dict[int, int] = {}
     q: deque[int] = deque()
-    dlog, qlog = ChangeLog(), QueueLog()
+    dlog, qlog = ChangeLog(bundles=bundles), QueueLog()
     changed: set[int] | None = None  # not tracked until the first snapshot
     appended: list[int] | None = None
     popped = 0
