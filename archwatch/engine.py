@@ -459,8 +459,8 @@ def _unblob(blob: bytes) -> Any:
         return marshal.loads(zlib_held.uncompress(blob[6:], int.from_bytes(blob[1:6], "little")))
     if tag == _BUNDLE:
         parts = [_unblob(b) for b in marshal.loads(blob[1:])]
-        merge = _dict_merge if isinstance(parts[0], dict) else _list_merge
-        return functools.reduce(merge, parts)
+        return functools.reduce(_dict_merge if isinstance(parts[0], dict) else _list_merge,
+                                parts)
     if tag == _Z_PLAIN:
         return marshal.loads(zlib.decompress(blob[1:]))
     raise ValueError(f"not a log blob (a snapshot's file ref, unread?): {blob[:40]!r}")
@@ -489,12 +489,15 @@ def _merge_run(blobs: list[bytes], sizes: list[int], keep: int,
     i, j, total = best
     if j - i < 2:
         return None
-    merged = _unblob(blobs[i])
-    for blob in blobs[i + 1:j]:
-        merged = merge(merged, _unblob(blob))
+    merged = _merged(blobs[i:j], merge)
     blobs[i:j] = [_blob(merged)]
     sizes[i:j] = [len(merged)]
     return total - len(merged)
+
+
+def _merged(blobs: list[bytes], merge: Callable[[Any, Any], Any]) -> Any:
+    """The entries of consecutive blobs of a log as one, later ones over earlier ones."""
+    return functools.reduce(merge, map(_unblob, blobs))
 
 
 def _dict_merge(older: dict[Any, Any], newer: dict[Any, Any]) -> dict[Any, Any]:
@@ -581,9 +584,7 @@ class _BlobLog:
         if self.bundles:
             blobs[i:], sizes[i:] = [_BUNDLE + marshal.dumps(blobs[i:])], [sum(sizes[i:])]
             return 0
-        merged = _unblob(blobs[i])
-        for blob in blobs[i + 1:]:
-            merged = merge(merged, _unblob(blob))
+        merged = _merged(blobs[i:], merge)
         before = sum(sizes[i:])
         blobs[i:], sizes[i:] = [_blob(merged)], [len(merged)]
         return before - len(merged)
