@@ -219,6 +219,81 @@ def test_a_put_writes_the_file_whole_under_a_name_of_its_own(
         store.put("log1", b"x" * 2000)
 
 
+class _Recorder:
+    """Stands in for the libc handle (or ``os``): the file calls are noted, with the
+    descriptor or name each was given and what it returned, and made for real; ``fail``
+    makes one fail as a power cut at that point would end it (nothing after it runs)."""
+
+    FILE_CALLS = frozenset({"open", "openat", "write", "fdatasync", "fsync", "close",
+                            "rename", "renameat"})
+
+    def __init__(self, real: Any, fail: str | None = None) -> None:
+        self.real, self.fail = real, fail
+        self.calls: list[tuple[str, Any, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.real, name)
+        if name not in self.FILE_CALLS:
+            return fn
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            arg = args[1] if name in ("openat", "renameat") else args[0]
+            if name == self.fail:
+                self.calls.append((name, arg, None))
+                raise OSError(5, "injected: the power went")
+            ret = fn(*args, **kwargs)
+            self.calls.append((name, arg.decode() if isinstance(arg, bytes) else arg, ret))
+            return ret
+
+        return call
+
+
+@pytest.mark.parametrize("libc", [True, False], ids=["libc-keeping-the-gil", "os"])
+def test_a_put_syncs_the_file_before_naming_it_and_the_folder_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, libc: bool) -> None:
+    """A ref is returned (and Bytewax's commit may name it) only once the file is synced
+    under its final name: written to a temporary, its data synced, renamed, the folder
+    synced. A failure on the way leaves no file under the name a snapshot would hold,
+    only the temporary, which the folder's listing shows (a restore deletes such files:
+    test_a_restore_takes_the_files_of_a_lost_future_for_deletion)."""
+    def recorded(fail: str | None = None) -> _Recorder:
+        monkeypatch.undo()
+        if libc:
+            assert blobstore._libc is not None  # (Linux: the path archwatch run takes)
+            rec = _Recorder(blobstore._libc, fail)
+            monkeypatch.setattr(blobstore, "_libc", rec)
+        else:
+            rec = _Recorder(blobstore.os, fail)
+            monkeypatch.setattr(blobstore, "_libc", None)
+            monkeypatch.setattr(blobstore, "os", rec)
+        return rec
+
+    store = BlobStore(tmp_path / "b")
+    blob = b"x" * 5000
+    rec = recorded()
+    ref = store.put("log1", blob)
+    name = blobstore.name_of(ref)
+    sync, rename = ("fdatasync", "renameat") if libc else ("fsync", "rename")
+    (op1, folder, dfd), (op2, tmp, fd) = rec.calls[:2]
+    assert (folder, tmp) == (str(tmp_path / "b" / "log1"), f".{name}.tmp")
+    writes = [c for c in rec.calls if c[0] == "write"]
+    assert writes and all(arg == fd for _, arg, _ in writes)
+    assert rec.calls[2:2 + len(writes)] == writes  # the data, then nothing else, then:
+    assert [(op, arg) for op, arg, _ in rec.calls[2 + len(writes):]] == [
+        (sync, fd), ("close", fd), (rename, tmp), ("fsync", dfd), ("close", dfd)]
+    assert store.get(ref) == blob
+
+    for point in (sync, rename):
+        before = store.names("log1")
+        recorded(fail=point)
+        with pytest.raises(OSError, match="the power went"):
+            store.put("log1", b"y" * 5000)
+        left = store.names("log1") - before
+        assert len(left) == 1 and next(iter(left)).endswith(".tmp"), (point, left)
+    monkeypatch.undo()
+    assert store.get(ref) == blob
+
+
 def test_small_blobs_fold_into_a_file_once_they_hold_min_bytes(tmp_path: Path) -> None:
     """A log's newest blobs too small to be files stay inside the snapshot until together
     they hold min_bytes; then they become one blob, written as one file. Every snapshot
