@@ -34,6 +34,7 @@ from archwatch.notify import (
     DEAD,
     DELIVERED,
     FAILED,
+    READY,
     SENDING,
     Deliverer,
     Deliveries,
@@ -404,6 +405,49 @@ def test_history_before_the_first_subscription_is_not_sent(
     d.cycle()
     got = sorted((r["body"]["webhookId"], r["body"]["alert"]["caseNo"]) for r in rx.requests)
     assert got == [("late", "CASE0041"), ("ops", "CASE0040"), ("ops", "CASE0041")]
+
+
+def test_intake_reads_only_the_rows_a_subscription_or_the_grouping_wants(
+        store: Any, receiver: Callable[..., Receiver]) -> None:
+    """The store picks the feed rows (Deliverer._wanted) the filters would pick: the
+    grouping's RECEIVER_DOWN always, each enabled subscription's codes/qyms; none when
+    nobody wants any; and the cursor passes the rows nobody wants, as after reading them."""
+    migrate(store)
+    url = receiver().url
+    hooks = Webhooks(store)
+    d = Deliverer(store, NotifySettings(settle_ms=0))
+    assert d.intake(hooks.all()) == (0, 0)  # an empty feed: the cursor starts at its head
+    kinds = [(qym, code) for qym in ("330106", "330108")
+             for code in ("MISSING_ARCHIVE", "LATE_ARCHIVE")]
+
+    def write(base: int) -> int:
+        write_feed(store, [case_anomaly(base + i, qym, code)
+                           for i, (qym, code) in enumerate(kinds)])
+        write_feed(store, [down(base + i, "330106", 1_700_000_000_000 + i) for i in range(2)])
+        return int(store.query("SELECT max(seq) AS m FROM anomaly_feed")[0]["m"])
+
+    write(0)
+    assert d.intake(hooks.all()) == (2, 2)  # nobody subscribed: the grouping's two
+    time.sleep(0.01)
+    hooks.put("late", url, codes=["LATE_ARCHIVE"], qyms=["330108"])
+    hooks.put("missing", url, codes=["MISSING_ARCHIVE"], qyms=["330106"])
+    hooks.put("off", url, enabled=False)  # takes everything, but is disabled
+    write(10)
+    made = Outbox(store).by_state(READY, 100)
+    assert d.intake(hooks.all()) == (4, 4)  # 2 transitions subscribed to, 2 held downs
+    got = {(n.code, n.qym) for n in Outbox(store).by_state(READY, 100)} - \
+        {(n.code, n.qym) for n in made}
+    assert got == {("LATE_ARCHIVE", "330108"), ("MISSING_ARCHIVE", "330106")}
+
+    quiet = Deliverer(store, NotifySettings(settle_ms=0, group=GroupRule(window_ms=0)))
+    for w in ("late", "missing"):
+        hooks.put(w, url, enabled=False)
+    top = write(20)
+    assert quiet.intake(hooks.all()) == (0, 0)  # nobody wants a row: none is read
+    assert quiet.cursor() == top  # and they are behind the cursor, as if read
+    hooks.put("all", url)
+    write(30)
+    assert quiet.intake(hooks.all()) == (6, 6)  # a subscription without filters: all
 
 
 def test_grouped_region_through_the_store(store: Any, receiver: Callable[..., Receiver]
