@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                          " and a snapshot per epoch), not --no-recovery")
     ap.add_argument("--epoch-interval", dest="epoch_interval", type=float,
                     help="`archwatch up --epoch-interval` (default: the product's)")
+    ap.add_argument("--shards", type=int,
+                    help="`archwatch up --shards` (default: the product's)")
     ap.add_argument("--poll", choices=["case", "list"], default="case",
                     help="how the poller looks for the probes: one request per due probe "
                          "by caseNo (default), or one anomaly-list request for all due "
@@ -360,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
          BROKERS, "--topic-prefix", prefix, "--archive-sla", args.archive_sla, "--lateness",
          args.lateness, *([] if args.recovery else ["--no-recovery"]), "-w", str(args.workers),
          "--metrics-port", str(mport),
-         *(["--epoch-interval", str(args.epoch_interval)] if args.epoch_interval else [])],
+         *(["--epoch-interval", str(args.epoch_interval)] if args.epoch_interval else []),
+         *(["--shards", str(args.shards)] if args.shards else [])],
         cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT,
         env={**os.environ, **UNLIMITED_ENV})
     poller = None
@@ -435,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"archiveSla {args.archive_sla}, lateness {args.lateness}, `archwatch up` "
                 f"-w {args.workers}"
                 + (f" --epoch-interval {args.epoch_interval}" if args.epoch_interval else "")
+                + (f" --shards {args.shards}" if args.shards else "")
                 + f"; poller: --poll {args.poll}")
     on_time = [c for c in probes if c in retimer.completed and poller.on_time(c)]
     missing = len(probes) - len(lat) - len(on_time)
@@ -465,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": produced,
         "cases": cases, "probes": len(probes), "seen": len(lat), "on_time": len(on_time),
         "never_seen": missing, "epoch_interval": args.epoch_interval, "poll": args.poll,
+        "shards": args.shards,
         "freshness_ms": {"p50": p50, "p99": p99, "max": max(lat) if lat else None},
         "freshness_lower_bound_ms": {"p50": l50, "p99": l99},
         "computed_ms": {"p50": c50, "p99": c99},

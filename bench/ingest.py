@@ -161,10 +161,11 @@ def _until_written(procs: list[subprocess.Popen[Any]], logs: list[Path], ports: 
 
 def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: Path,
                   timeout: float = 600, recovery: bool = False,
-                  epoch_interval: float | None = None) -> dict[str, Any]:
+                  epoch_interval: float | None = None, shards: int | None = None,
+                  ) -> dict[str, Any]:
     port = free_port()
     name = f"w{workers}" + ("-recovery" if recovery else "") + (
-        f"-e{epoch_interval:g}" if epoch_interval else "")
+        f"-e{epoch_interval:g}" if epoch_interval else "") + (f"-s{shards}" if shards else "")
     log = tmp / f"run-{name}.log"
     # a fresh store (and recovery directory) each round: one left by the round before
     # would resume at the end of the topics and read nothing
@@ -173,13 +174,14 @@ def archwatch_run(tmp: Path, prefix: str, workers: int, total: int, receivers: P
             "--brokers", BROKERS, "--topic-prefix", prefix, "--metrics-port", str(port),
             "-w", str(workers), *([] if recovery else ["--no-recovery"]),
             "--partitions", str(PARTITIONS), "--receivers", str(receivers),
-            *(["--epoch-interval", str(epoch_interval)] if epoch_interval else [])]
+            *(["--epoch-interval", str(epoch_interval)] if epoch_interval else []),
+            *(["--shards", str(shards)] if shards else [])]
     t_spawn = time.perf_counter()
     proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     got = _until_written([proc], [log], [port], total, timeout, f"archwatch run -w {workers}",
                          t_spawn)
     return {"workers": workers, "recovery": recovery, "epoch_interval": epoch_interval,
-            "events": total, **got}
+            "shards": shards, "events": total, **got}
 
 
 def _store_server(tmp: Path, name: str, password: str) -> tuple[subprocess.Popen[Any], str]:
@@ -364,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                     default=f"{EPOCH_WITH_RECOVERY:g}",
                     help="with --recovery: the `--epoch-interval`s to run it with, in seconds"
                          f" (default {EPOCH_WITH_RECOVERY:g}, the product's with recovery)")
+    ap.add_argument("--shards", default="",
+                    help="`archwatch run --shards` of every run, or several (e.g. 32,8: each"
+                         " run once with each, the fewest-shards-first order alternating by"
+                         " round); default: the product's")
     ap.add_argument("--processes", type=int, default=0,
                     help="also a Bytewax cluster of this many `archwatch run` processes "
                          "(one worker each, `-a/-i`) writing through `archwatch "
@@ -380,6 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--receivers", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", dest="profile_out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    try:
+        shard_counts: list[int | None] = [int(x) for x in args.shards.split(",") if x] or [None]
+    except ValueError:
+        ap.error(f"--shards: whole numbers separated by commas, not {args.shards!r}")
+    if any(x is not None and x < 1 for x in shard_counts):
+        ap.error("--shards: at least 1")
     if args.processes == 1:
         ap.error("--processes: a cluster needs 2 or more (one process is `--workers 1`)")
     if args.worker == "replay":
@@ -424,13 +436,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) bare consumer{tag} ...", flush=True)
         bare = bare_consumer(ks.topics, n)
         runs = []
-        for w in (int(x) for x in args.workers.split(",") if x):
-            print(f"(b) archwatch run -w {w} ...", flush=True)
-            runs.append(archwatch_run(tmp, prefix, w, n, receivers))
-        for epoch in (float(x) for x in args.recovery_epochs.split(",") if args.recovery):
-            print(f"(b) archwatch run -w 1, recovery on, {epoch:g} s epochs ...", flush=True)
-            runs.append(archwatch_run(tmp, prefix, 1, n, receivers, recovery=True,
-                                      epoch_interval=epoch))
+        # with several shard counts, their order alternates round by round (the machine's
+        # speed drifts; a fixed order would favour one)
+        for sh in shard_counts if rnd % 2 == 0 else shard_counts[::-1]:
+            said = f", {sh} shards" if sh else ""
+            for w in (int(x) for x in args.workers.split(",") if x):
+                print(f"(b) archwatch run -w {w}{said} ...", flush=True)
+                runs.append(archwatch_run(tmp, prefix, w, n, receivers, shards=sh))
+            for epoch in (float(x) for x in args.recovery_epochs.split(",") if args.recovery):
+                print(f"(b) archwatch run -w 1, recovery on, {epoch:g} s epochs{said} ...",
+                      flush=True)
+                runs.append(archwatch_run(tmp, prefix, 1, n, receivers, recovery=True,
+                                          epoch_interval=epoch, shards=sh))
         if args.processes > 1:
             print(f"(b) archwatch run, a cluster of {args.processes} processes ...",
                   flush=True)
@@ -440,10 +457,17 @@ def main(argv: list[str] | None = None) -> int:
                                        "--db", str(tmp / f"db-replay-{rnd}"), "--as-of",
                                        truth["asOf"], "--receivers", str(receivers)])
         rounds.append({"bare": bare, "runs": runs, "replay": rep})
-    # The round reported in the table: the median one by `run -w 1`'s ratio to its bare
+    def same_run(rnd: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+        """The run of round ``rnd`` set up as ``r`` (the rounds' orders differ)."""
+        ident = ("workers", "processes", "recovery", "epoch_interval", "shards")
+        return next(q for q in rnd["runs"]
+                    if all(q.get(k) == r.get(k) for k in ident))
+
+    # The round reported in the table: the median one by the first run's ratio to its bare
     # consumer (else the replay's); every round's ratios are listed beside it.
     def key_ratio(r: dict[str, Any]) -> float:
-        first = r["runs"][0]["steady_s"] if r["runs"] else r["replay"]["elapsed_s"]
+        first = (same_run(r, rounds[0]["runs"][0])["steady_s"] if r["runs"]
+                 else r["replay"]["elapsed_s"])
         return r["bare"]["steady_s"] / first
     chosen = sorted(rounds, key=key_ratio)[(len(rounds) - 1) // 2]
     bare, runs, rep = chosen["bare"], chosen["runs"], chosen["replay"]
@@ -463,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[Any]] = [["(a) bare consumer + json.loads", 1, n / bare["steady_s"],
                               n / bare["total_s"], base_rate, 1.0, "", "", ""]]
     measured = []
-    for i, r in enumerate(runs):
+    for r in runs:
         rate = n / r["steady_s"]
         per = rate / r["workers"]
         ok_w, ok_r = per >= TARGET_PER_WORKER, rate / base_rate >= TARGET_RATIO
@@ -472,10 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         label = (f"(b) archwatch run, {r['processes']} processes (-a/-i, store-server)"
                  if r.get("processes") else f"(b) archwatch run -w {r['workers']}"
                  + (f", recovery on, {r['epoch_interval']:g} s epochs"
-                    if r["recovery"] else ""))
+                    if r["recovery"] else "")
+                 + (f", {r['shards']} shards" if r.get("shards") else ""))
         rows.append([label, r["workers"], rate,
                      n / r["total_s"], per, rate / base_rate,
-                     spread(lambda x, i=i: x["bare"]["steady_s"] / x["runs"][i]["steady_s"]),
+                     spread(lambda x, r=r: x["bare"]["steady_s"] / same_run(x, r)["steady_s"]),
                      target(ok_w), target(ok_r)])
     rrate = n / rep["elapsed_s"]
     ok_w, ok_r = rrate >= TARGET_PER_WORKER, rrate / base_rate >= TARGET_RATIO
