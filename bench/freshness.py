@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="how the poller looks for the probes: one request per due probe "
                          "by caseNo (default), or one anomaly-list request for all due "
                          "(openedFrom the earliest deadline: fewer requests, each slower)")
+    ap.add_argument("--no-capacity", dest="capacity", action="store_false",
+                    help="skip timing the engine's shards alone over the workload first "
+                         "(the in-run baseline the load is given against)")
     ap.add_argument("--worker", choices=["prepare", "versions"], help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--cases", help=argparse.SUPPRESS)
@@ -346,6 +349,16 @@ def main(argv: list[str] | None = None) -> int:
     probes = sorted({a["caseNo"] for a in truth["anomalies"]
                      if a["code"] == "MISSING_ARCHIVE" and a["caseNo"]})
     retimer = Retimer(lines)
+    capacity = None
+    if args.capacity:
+        # How fast this machine runs the product's Python this hour: the same rate is an
+        # easy load on a quiet machine and more than the engine can take on one three
+        # times slower (bench/RESULTS.md section 2, session 22). Alone, before the run.
+        print("timing the engine's shards alone over the workload (the machine's speed "
+              "this hour) ...", flush=True)
+        alone = run_worker("ingest.py", ["--worker", "engine", "--events",
+                                         str(tmp / "w" / "events.jsonl")])
+        capacity = alone["events"] / alone["engine_s"]
     wait_for_broker(BROKERS, timeout=30)
     prefix = f"bench-fresh-{time.time_ns() % 10**9}."
     # `up` creates them; deleted when this script ends (they pile up in the broker else)
@@ -440,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
                 + (f" --epoch-interval {args.epoch_interval}" if args.epoch_interval else "")
                 + (f" --shards {args.shards}" if args.shards else "")
                 + f"; poller: --poll {args.poll}")
+    if capacity:
+        print(f"load: {args.rate:,.0f} events/s is {args.rate / capacity:.2f} of the engine's "
+              f"shards alone on this machine now ({capacity:,.0f}/s; no Bytewax, broker, "
+              "store or API: `archwatch up` does less)")
     on_time = [c for c in probes if c in retimer.completed and poller.on_time(c)]
     missing = len(probes) - len(lat) - len(on_time)
     print(f"probes seen {len(lat)}/{len(probes) - len(on_time)} ({len(on_time)} planted late "
@@ -469,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         "events": produced,
         "cases": cases, "probes": len(probes), "seen": len(lat), "on_time": len(on_time),
         "never_seen": missing, "epoch_interval": args.epoch_interval, "poll": args.poll,
-        "shards": args.shards,
+        "shards": args.shards, "engine_alone_rate": capacity,
+        "load_vs_engine_alone": args.rate / capacity if capacity else None,
         "freshness_ms": {"p50": p50, "p99": p99, "max": max(lat) if lat else None},
         "freshness_lower_bound_ms": {"p50": l50, "p99": l99},
         "computed_ms": {"p50": c50, "p99": c99},

@@ -270,6 +270,35 @@ def worker_replay(events: Path, db: Path, as_of: str, receivers: Path,
     return {"elapsed_s": elapsed, "total_s": total, "counts": res.report()}
 
 
+def engine_alone(lines: list[str]) -> float:
+    """Seconds the engine's shards take over ``lines`` (archwatch.harness.Engine: parse,
+    dedup, cases, archive numbers, receivers; rows dropped, no Bytewax, no store), in
+    batches of 2,000: the machine's speed for the product's own Python, the baseline that
+    tells one hour's machine from another's (freshness.py reports its load against it)."""
+    from archwatch.harness import Engine
+    from archwatch.settings import EngineSettings
+
+    class _NoRows(Engine):
+        def _write(self, out: Any) -> None:
+            return None
+
+    eng = _NoRows(EngineSettings())
+    t0 = time.perf_counter()
+    for i in range(0, len(lines), 2000):
+        eng.feed(lines[i:i + 2000])
+    eng.finish()
+    return time.perf_counter() - t0
+
+
+def worker_engine(events: Path) -> dict[str, Any]:
+    """:func:`engine_alone` over an events file, in this fresh interpreter."""
+    from archwatch.dataflows.reconcile import engine_gc
+
+    lines = [x for x in events.read_text(encoding="utf-8").splitlines() if x.strip()]
+    with engine_gc():
+        return {"events": len(lines), "engine_s": engine_alone(lines)}
+
+
 def worker_floor(events: Path) -> dict[str, Any]:
     """What the dataflow's shape costs without its work, and what the work costs without
     the dataflow, over the same events file (each in this fresh interpreter):
@@ -284,14 +313,13 @@ def worker_floor(events: Path) -> dict[str, Any]:
     """
     import bytewax.operators as op
     from archwatch.connectors.files import JsonlFiles
-    from archwatch.dataflows.reconcile import _ShardLogic, engine_gc
+    from archwatch.dataflows.reconcile import _ShardLogic, build_flow, engine_gc
     from bytewax.dataflow import Dataflow
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
     from bytewax.testing import run_main
 
-    from archwatch.harness import Engine
     from archwatch.models import parse_record
-    from archwatch.settings import shard_of
+    from archwatch.settings import EngineSettings, shard_of
 
     class _Pass:
         def on_batch(self, values: list[Any]) -> list[Any]:
@@ -330,21 +358,7 @@ def worker_floor(events: Path) -> dict[str, Any]:
             parse_record(line, str(i))
         parse_s = time.perf_counter() - t0
 
-        class _NoRows(Engine):
-            def _write(self, out: Any) -> None:
-                return None
-
-        from archwatch.settings import EngineSettings
-
-        eng = _NoRows(EngineSettings())
-        t0 = time.perf_counter()
-        for i in range(0, n, 2000):
-            eng.feed(lines[i:i + 2000])
-        eng.finish()
-        engine_s = time.perf_counter() - t0
-
-        from archwatch.dataflows.reconcile import build_flow
-
+        engine_s = engine_alone(lines)
         t0 = time.perf_counter()  # the replay's real dataflow, rows dropped at the sink
         run_main(build_flow(JsonlFiles([events]), _Null(), EngineSettings()))
         nostore_s = time.perf_counter() - t0
@@ -379,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                          " (by run -w 1's ratio) and every round's ratios")
     ap.add_argument("--profile", action="store_true",
                     help="also run one replay under cProfile and list the hot spots")
-    ap.add_argument("--worker", choices=["replay", "floor"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["replay", "floor", "engine"], help=argparse.SUPPRESS)
     ap.add_argument("--events", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--db", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--as-of", dest="as_of", help=argparse.SUPPRESS)
@@ -396,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--processes: a cluster needs 2 or more (one process is `--workers 1`)")
     if args.worker == "replay":
         emit(worker_replay(args.events, args.db, args.as_of, args.receivers, args.profile_out))
+        return 0
+    if args.worker == "engine":
+        emit(worker_engine(args.events))
         return 0
     if args.worker == "floor":
         emit(worker_floor(args.events))
