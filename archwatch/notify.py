@@ -759,12 +759,14 @@ class Deliverer:
         a core beside `archwatch up` at 3,500 events/s: bench/RESULTS.md section 2)."""
         s = self.settings
         start = cur = self.cursor(hooks)
-        # the feed's last row now: once the wanted rows are read to the end, the cursor
-        # may pass every row up to it, as it would had it read them all
-        top = int(self.store.query("SELECT max(seq) AS m FROM anomaly_feed WHERE seq >"
-                                   " {c:UInt64}", {"c": start})[0]["m"])
         enabled = [w for w in hooks if w.enabled]
         wanted = self._wanted(enabled)
+        top = start
+        if wanted is None or wanted[0]:
+            # some rows are passed over: the feed's last row now, up to which the cursor
+            # may go once the wanted rows are read to the end, as after reading them all
+            top = int(self.store.query("SELECT max(seq) AS m FROM anomaly_feed WHERE seq >"
+                                       " {c:UInt64}", {"c": start})[0]["m"])
         if wanted is None:  # nothing to read
             self._moved(start, max(start, top))
             return 0, 0
