@@ -431,16 +431,18 @@ def test_intake_reads_only_the_rows_a_subscription_or_the_grouping_wants(
     time.sleep(0.01)
     hooks.put("late", url, codes=["LATE_ARCHIVE"], qyms=["330108"])
     hooks.put("missing", url, codes=["MISSING_ARCHIVE"], qyms=["330106"])
+    hooks.put("cls", url, classes=["漏"], qyms=["330108"])  # 漏: MISSING_ and LATE_ARCHIVE
     hooks.put("off", url, enabled=False)  # takes everything, but is disabled
     write(10)
     made = Outbox(store).by_state(READY, 100)
-    assert d.intake(hooks.all()) == (4, 4)  # 2 transitions subscribed to, 2 held downs
+    assert d.intake(hooks.all()) == (5, 5)  # 3 transitions subscribed to, 2 held downs
     got = {(n.code, n.qym) for n in Outbox(store).by_state(READY, 100)} - \
         {(n.code, n.qym) for n in made}
-    assert got == {("LATE_ARCHIVE", "330108"), ("MISSING_ARCHIVE", "330106")}
+    assert got == {("LATE_ARCHIVE", "330108"), ("MISSING_ARCHIVE", "330106"),
+                   ("MISSING_ARCHIVE", "330108")}
 
     quiet = Deliverer(store, NotifySettings(settle_ms=0, group=GroupRule(window_ms=0)))
-    for w in ("late", "missing"):
+    for w in ("late", "missing", "cls"):
         hooks.put(w, url, enabled=False)
     top = write(20)
     assert quiet.intake(hooks.all()) == (0, 0)  # nobody wants a row: none is read
