@@ -382,15 +382,15 @@ def main(argv: list[str] | None = None) -> int:
                          f" (default {EPOCH_WITH_RECOVERY:g}, the product's with recovery)")
     ap.add_argument("--shards", default="",
                     help="`archwatch run --shards` of every run, or several (e.g. 32,8: each"
-                         " run once with each, the fewest-shards-first order alternating by"
-                         " round); default: the product's")
+                         " run once with each count, in the order given in odd rounds and"
+                         " reversed in even ones); default: the product's")
     ap.add_argument("--processes", type=int, default=0,
                     help="also a Bytewax cluster of this many `archwatch run` processes "
                          "(one worker each, `-a/-i`) writing through `archwatch "
                          "store-server`, recovery off (2 or more; default: none)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of (a)-(c), interleaved; the table shows the median round"
-                         " (by run -w 1's ratio) and every round's ratios")
+                         " (by the first run's ratio) and every round's ratios")
     ap.add_argument("--profile", action="store_true",
                     help="also run one replay under cProfile and list the hot spots")
     ap.add_argument("--worker", choices=["replay", "floor", "engine"], help=argparse.SUPPRESS)
