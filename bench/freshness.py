@@ -455,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
                 + f"; poller: --poll {args.poll}")
     if capacity:
         print(f"load: {args.rate:,.0f} events/s is {args.rate / capacity:.2f} of the engine's "
-              f"shards alone on this machine now ({capacity:,.0f}/s; no Bytewax, broker, "
-              "store or API: `archwatch up` does less)")
+              f"shards alone on this machine now ({capacity:,.0f}/s without Bytewax, the "
+              "broker, the store or the API, which `archwatch up` adds: its ceiling is lower)")
     on_time = [c for c in probes if c in retimer.completed and poller.on_time(c)]
     missing = len(probes) - len(lat) - len(on_time)
     print(f"probes seen {len(lat)}/{len(probes) - len(on_time)} ({len(on_time)} planted late "
