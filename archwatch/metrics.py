@@ -56,6 +56,13 @@ SINK_DELAY = Histogram("archwatch_sink_delay_seconds",
                        "From a write's oldest row entering the sink's buffer to the write's "
                        "end (its rows queryable)",
                        buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30))
+# With recovery (connectors.store_sink.EpochStoreSink): how long each epoch's close waited
+# for the sink's writer to finish the epoch's rows. Bytewax reads no input meanwhile, so a
+# long wait here is a stall of everything behind it, deadlines included.
+SINK_DRAIN = Histogram("archwatch_sink_epoch_drain_seconds",
+                       "How long an epoch's close waited for the sink's writes (recovery on: "
+                       "no input is read meanwhile)",
+                       buckets=(0.005, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30))
 # Webhook delivery (archwatch/notify.py): every POST's outcome (failed: it will be retried
 # unless it was the last attempt), deliveries that gave up, and the queue by status
 # (failed = waiting for a retry).

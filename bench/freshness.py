@@ -277,7 +277,11 @@ def sink_breakdown(m: dict[str, float]) -> dict[str, Any]:
 
     out: dict[str, Any] = {"sink_delay_mean_ms": mean("archwatch_sink_delay_seconds"),
                            "writes": int(m.get("archwatch_sink_delay_seconds_count", 0)),
-                           "insert_mean_ms": {}}
+                           "insert_mean_ms": {},
+                           # with recovery: epochs' closes waiting for the writer
+                           "epoch_drains": int(m.get(
+                               "archwatch_sink_epoch_drain_seconds_count", 0)),
+                           "epoch_drain_s": m.get("archwatch_sink_epoch_drain_seconds_sum", 0.0)}
     for key, n in m.items():
         hit = re.fullmatch(r'archwatch_store_write_seconds_count\{table="([^"]+)"\}', key)
         if hit and n:
@@ -475,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the sink: {sink['writes']:,} writes, each {sink['sink_delay_mean_ms']:.0f} ms "
               f"on average from its oldest row entering the buffer to its end; mean INSERT "
               f"ms by table: {inserts}")
+    if sink.get("epoch_drains"):
+        print(f"epochs' closes waited for the sink's writes {sink['epoch_drains']} times, "
+              f"{sink['epoch_drain_s']:.2f} s in all (no input is read meanwhile)")
     files = sink.get("snapshot_files", {})
     if files.get("written"):
         print(f"recovery's blob files: {files['written']:,} written, "

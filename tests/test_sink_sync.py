@@ -37,6 +37,15 @@ def _batch() -> list[Any]:
     return [*envs, *(x for x in out if hasattr(x, "table"))]
 
 
+def _drained() -> tuple[float, float]:
+    """archwatch_sink_epoch_drain_seconds so far: (count, sum)."""
+    from prometheus_client import REGISTRY
+
+    name = "archwatch_sink_epoch_drain_seconds"
+    return (REGISTRY.get_sample_value(f"{name}_count") or 0.0,
+            REGISTRY.get_sample_value(f"{name}_sum") or 0.0)
+
+
 def _counts(store: ChdbStore) -> dict[str, int]:
     return {t: store.query(f"SELECT count() AS n FROM {t}")[0]["n"]
             for t in ("event_log", "case_state", "kpi_task", "anomaly")}
@@ -107,8 +116,12 @@ def test_the_epoch_sink_waits_at_the_epoch_close_not_per_batch(tmp_path) -> None
         part = sink.build_part("s", "001", None)
         part.write_batch([Chunk(items[:10]), *items[10:]])  # the flow's chunks, or values
         assert _counts(store) != want  # not waited for (five INSERTs take 1.5 s)
+        waits, waited = _drained()
         assert part.snapshot() is None  # nothing to resume from: the rows are the state
         assert _counts(store) == want
+        # the wait is on /metrics: the dataflow reads nothing while an epoch closes
+        after = _drained()
+        assert after[0] == waits + 1 and after[1] - waited >= 0.3
         part.close()
     finally:
         store.close()
