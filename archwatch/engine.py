@@ -101,11 +101,14 @@ class Progress:
     still None), the parse step fills in the largest ``occurredAt`` it has parsed from
     that partition, and the clock step holds the watermark at what the partitions with a
     backlog have delivered (:class:`~archwatch.dataflows.reconcile._Clock`).
-    ``caught_up``: the partition was read to its end as the broker last reported it."""
+    ``caught_up``: the partition was read to its end as the broker last reported it.
+    ``taken_at``: the wall clock (ms) when the epoch ended, against which ``max_at``
+    tells live traffic from a backlog (None: the clock step's latest tick stands in)."""
 
     part: str
     caught_up: bool
     max_at: int | None = None
+    taken_at: int | None = None
 
 
 class Write(NamedTuple):

@@ -19,6 +19,7 @@ from archwatch import metrics
 from archwatch.engine import Progress
 from archwatch.models import TOPIC_OF_TYPE, Reject
 from archwatch.settings import INPUT_WAKE
+from archwatch.timeutil import now_ms
 
 log = logging.getLogger("archwatch.kafka")
 
@@ -376,7 +377,7 @@ class _KafkaPartition(StatefulSourcePartition[tuple[Any, Any], int]):
     def snapshot(self) -> int:
         """Called by Bytewax as each epoch ends (with or without recovery): the offset to
         resume from, and the progress mark to send first in the next epoch."""
-        self.mark = Progress(self.name, self._caught_up())
+        self.mark = Progress(self.name, self._caught_up(), taken_at=now_ms())
         return self.offset
 
     def close(self) -> None:

@@ -303,11 +303,18 @@ class _Dedup:
 # the watermark: a stalled consumer or an unreachable broker must not stop deadlines
 # from firing (contract §3: in live mode they fire even when nothing arrives).
 PROGRESS_STALL_MS = 30_000
-# A partition that has delivered events this recent (against the wall clock) is live, not
-# catching up: it does not hold the watermark. The marks describe the epoch before, so a
-# hold under steady load would keep the watermark an epoch or more behind the events
-# (measured at 10,000 events/s: deadline -> computed p50 85 -> 296 ms, p99 0.55 -> 1.9 s);
-# what a recent partition still has in flight is what the lateness is for.
+# A partition whose mark showed events this recent (against the wall clock when the mark
+# was taken) is live, not catching up: it does not hold the watermark. The marks describe
+# the epoch before, so a hold under steady load would keep the watermark an epoch or more
+# behind the events (measured at 10,000 events/s: deadline -> computed p50 85 -> 296 ms,
+# p99 0.55 -> 1.9 s); what a recent partition still has in flight is what the lateness is
+# for. Against the wall clock when the mark was taken, not now: a mark stands until the
+# next one, an epoch (5 s with recovery) and a round of the dataflow later (it is sent
+# with the partition's next read, after the dataflow has worked through the last one),
+# and against the clock now, a partition live at its mark "fell behind" as the epoch went
+# on and held the watermark until the next mark (measured at 3,500 events/s on a slow
+# machine: held 6-8 s behind the wall clock at every epoch's end, deadlines fired 8-10 s
+# late).
 LIVE_WINDOW_MS = 5_000
 
 
@@ -321,16 +328,17 @@ class _Clock:
     Live on Kafka (``parts``: the source's partitions, each sending a :class:`Progress`
     after every epoch, see connectors.kafka.KafkaRecords) the watermark is held, while
     any partition has a backlog, at the event time that partition has delivered so far
-    (less the lateness), the lowest of them: a deadline fires only once every partition still catching up has been read
-    past it. Without it, catching up on a backlog (a first start, a restart after an
-    outage) fires deadlines by the wall clock, or by the event time of the topics read
-    fastest, while the events that prevent them are still unread in another topic: one
-    false alert opened and then withdrawn per such case (measured: 80,000 on a backlog of
-    350,000 events, each in the live feed and its webhooks). Contract §3 allows any lower
+    (less the lateness), the lowest of them: a deadline fires only once every partition
+    still catching up has been read past it. Without it, catching up on a backlog (a
+    first start, a restart after an outage) fires deadlines by the wall clock, or by the
+    event time of the topics read fastest, while the events that prevent them are still
+    unread in another topic: one false alert opened and then withdrawn per such case
+    (measured: 80,000 on a backlog of 350,000 events, each in the live feed and its
+    webhooks). Contract §3 allows any lower
     watermark: it only delays firing. A partition never heard from, or silent for
     :data:`PROGRESS_STALL_MS` (or reporting a backlog it does not deliver from), stops
-    holding it; so does one whose events are within :data:`LIVE_WINDOW_MS` of the wall
-    clock (live traffic, not a backlog)."""
+    holding it; so does one whose events were within :data:`LIVE_WINDOW_MS` of the wall
+    clock when its last mark was taken (live traffic, not a backlog)."""
 
     def __init__(self, settings: EngineSettings, parts: frozenset[str] = frozenset()) -> None:
         self.settings = settings
@@ -338,21 +346,24 @@ class _Clock:
         self.sent: int | None = None
         self.parts = parts
         # part -> (caught up, largest occurredAt delivered so far, wall ms when it last
-        # moved: None before the first tick)
-        self.progress: dict[str, tuple[bool, int | None, int | None]] = {}
+        # moved, wall ms when its last mark was taken: None before the first tick)
+        self.progress: dict[str, tuple[bool, int | None, int | None, int | None]] = {}
         self.wall: int | None = None  # the last tick
         self.started: int | None = None  # the first tick
 
     def on_batch(self, values: list[tuple[str, Any]]) -> list[Watermark]:
+        reports = []
         for kind, at in values:
             if kind == "event":
                 self.max_seen = at if self.max_seen is None else max(self.max_seen, at)
             elif kind == "part":
-                self._report(at)
+                reports.append(at)
             else:
                 self.wall = at
                 if self.started is None:
                     self.started = at
+        for p in reports:  # after the batch's tick: a mark is timed by the latest one
+            self._report(p)
         if not self.settings.live:
             return []
         lateness = self.settings.sla.lateness
@@ -378,15 +389,16 @@ class _Clock:
         """Note a partition's progress; its time is when it last moved (delivered later
         events, or caught up or fell behind), so one that reports a backlog without
         delivering from it goes stale (PROGRESS_STALL_MS) and stops holding."""
+        taken = self.wall if p.taken_at is None else p.taken_at
         old = self.progress.get(p.part)
         if old is None:
-            self.progress[p.part] = (p.caught_up, p.max_at, self.wall)
+            self.progress[p.part] = (p.caught_up, p.max_at, self.wall, taken)
             return
-        caught_up, top, at = old
+        caught_up, top, at, _taken = old
         moved = caught_up != p.caught_up or at is None
         if p.max_at is not None and (top is None or p.max_at > top):
             top, moved = p.max_at, True
-        self.progress[p.part] = (p.caught_up, top, self.wall if moved else at)
+        self.progress[p.part] = (p.caught_up, top, self.wall if moved else at, taken)
 
     def held(self) -> int | None:
         """Where the partitions with a backlog hold the watermark: the least event time
@@ -401,12 +413,12 @@ class _Clock:
                         and wall - self.started >= PROGRESS_STALL_MS:
                     continue
                 return MIN_TIME
-            caught_up, top, at = rep
+            caught_up, top, at, taken = rep
             if caught_up or (wall is not None and at is not None
                              and wall - at >= PROGRESS_STALL_MS):
                 continue
-            if top is not None and wall is not None and top >= wall - LIVE_WINDOW_MS:
-                continue  # live, not catching up
+            if top is not None and taken is not None and top >= taken - LIVE_WINDOW_MS:
+                continue  # live when its mark was taken, not catching up
             if top is None:
                 return MIN_TIME
             if low is None or top < low:
@@ -494,7 +506,7 @@ def build_flow(
                 if type(pos) is Progress:  # a partition's progress at the last epoch's end:
                     # what it had delivered is all parsed before this mark, which comes
                     # first in its batch
-                    pos = Progress(pos.part, pos.caught_up, tops.get(pos.part))
+                    pos = Progress(pos.part, pos.caught_up, tops.get(pos.part), pos.taken_at)
                 out.append((CLOCK_KEY, pos))  # a side item (through dedup, as rejects go)
                 continue
             rec = parse_record(raw, pos)

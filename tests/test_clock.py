@@ -101,3 +101,44 @@ def test_a_partition_with_recent_events_is_live_not_catching_up() -> None:
     c = clock(("t/0",))
     older = recent - 1
     assert marks(c, ("wall", T0), ("part", Progress("t/0", False, older))) == [older - LATE]
+
+
+def test_a_live_partition_stays_live_until_its_next_mark() -> None:
+    """A mark stands for an epoch and more (5 s with recovery): a partition whose events
+    were recent when its mark came does not start holding the watermark as the wall
+    clock moves on, past LIVE_WINDOW_MS, before the next mark; its next mark decides."""
+    c = clock(("t/0", "t/1"))
+    assert marks(c, ("wall", T0), ("part", Progress("t/0", False, T0 - 100)),
+                 ("part", Progress("t/1", True, None))) == [T0 - LATE]
+    later = T0 + LIVE_WINDOW_MS + 2_000
+    assert marks(c, ("wall", later)) == [later - LATE]  # held at T0 - 100 before
+    # the next mark: t/0 delivered nothing newer, and has more: catching up, it holds
+    assert marks(c, ("part", Progress("t/0", False, None)), ("wall", later + 100)) == []
+    # a later mark with recent events releases it
+    assert marks(c, ("part", Progress("t/0", False, later)), ("wall", later + 200)) == [
+        later + 200 - LATE]
+
+
+def test_a_mark_is_judged_by_the_tick_of_its_own_batch() -> None:
+    """A batch carries its tick and marks in any order: the mark is judged by the latest
+    wall time, whichever came first."""
+    c = clock(("t/0",))
+    assert marks(c, ("wall", T0)) == []  # not heard from yet
+    late = T0 + 60_000  # a round that took a minute (a stalled process, a slow machine)
+    top = late - LIVE_WINDOW_MS - 1  # read 5 s behind when the mark came: a backlog
+    assert marks(c, ("part", Progress("t/0", False, top)), ("wall", late)) == [top - LATE]
+
+
+def test_a_mark_is_judged_by_the_wall_clock_when_it_was_taken() -> None:
+    """A mark is taken as an epoch ends and reaches the clock a round of the dataflow
+    later, with that round's tick: the partition was live if its events were recent
+    when the mark was taken, however long the round took."""
+    c = clock(("t/0",))
+    taken = T0 + 10_000
+    arrives = taken + LIVE_WINDOW_MS + 3_000  # a round of 8 s on a loaded machine
+    assert marks(c, ("wall", arrives),
+                 ("part", Progress("t/0", False, taken - 200, taken))) == [arrives - LATE]
+    c = clock(("t/0",))
+    behind = taken - LIVE_WINDOW_MS - 1  # 5 s behind already when the epoch ended
+    assert marks(c, ("wall", arrives),
+                 ("part", Progress("t/0", False, behind, taken))) == [behind - LATE]
