@@ -26,6 +26,15 @@ WATERMARK_WRITTEN = Gauge(
     "archwatch_watermark_written_seconds",
     "The watermark (epoch seconds) that every shard holding rows has applied, the rows it "
     "emitted with it written: the stored answer describes this moment (contract §3)")
+# The clock step's hold while an input partition reads a backlog (dataflows/reconcile.py
+# _Clock): deadlines wait for it, by design; a hold under live traffic is a fault.
+WATERMARK_HELD = Gauge(
+    "archwatch_watermark_held_seconds",
+    "How far the watermark is held behind event time and the wall clock while an input "
+    "partition reads a backlog (0: not held; deadlines wait for the backlog meanwhile)")
+WATERMARK_HELD_TIME = PCounter(
+    "archwatch_watermark_held_time_seconds",
+    "Wall time in all that the watermark was held by a partition's backlog")
 LAST_FLUSH = Gauge("archwatch_last_flush_timestamp_seconds", "When the sink last wrote")
 # Live with recovery, the case shards pack what was touched between epoch closes
 # (dataflows/reconcile.py:PRECOOL_MS); the close packs the rest. Zero while a backlog is

@@ -281,7 +281,10 @@ def sink_breakdown(m: dict[str, float]) -> dict[str, Any]:
                            # with recovery: epochs' closes waiting for the writer
                            "epoch_drains": int(m.get(
                                "archwatch_sink_epoch_drain_seconds_count", 0)),
-                           "epoch_drain_s": m.get("archwatch_sink_epoch_drain_seconds_sum", 0.0)}
+                           "epoch_drain_s": m.get("archwatch_sink_epoch_drain_seconds_sum", 0.0),
+                           # the clock step's backlog hold: under live load it should be 0
+                           "watermark_held_s": m.get(
+                               "archwatch_watermark_held_time_seconds_total", 0.0)}
     for key, n in m.items():
         hit = re.fullmatch(r'archwatch_store_write_seconds_count\{table="([^"]+)"\}', key)
         if hit and n:
@@ -482,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     if sink.get("epoch_drains"):
         print(f"epochs' closes waited for the sink's writes {sink['epoch_drains']} times, "
               f"{sink['epoch_drain_s']:.2f} s in all (no input is read meanwhile)")
+    if "watermark_held_s" in sink:
+        print(f"the watermark was held by a partition's backlog {sink['watermark_held_s']:.1f} s "
+              "in all (deadlines wait meanwhile; under live load it should not be)")
     files = sink.get("snapshot_files", {})
     if files.get("written"):
         print(f"recovery's blob files: {files['written']:,} written, "

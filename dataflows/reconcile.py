@@ -60,7 +60,12 @@ from archwatch.engine import (
     passes_at,
 )
 from archwatch.eventlog import RECEIVER_TYPES
-from archwatch.metrics import CASES_PACKED_BETWEEN, IDS_STAGED_BETWEEN
+from archwatch.metrics import (
+    CASES_PACKED_BETWEEN,
+    IDS_STAGED_BETWEEN,
+    WATERMARK_HELD,
+    WATERMARK_HELD_TIME,
+)
 from archwatch.models import Envelope, Reject, parse_record
 from archwatch.rules import ReceiptFact
 from archwatch.settings import EngineSettings, all_shards, shard_of
@@ -350,8 +355,15 @@ class _Clock:
         self.progress: dict[str, tuple[bool, int | None, int | None, int | None]] = {}
         self.wall: int | None = None  # the last tick
         self.started: int | None = None  # the first tick
+        # how far the watermark sent is behind where event time and the wall clock alone
+        # would have it (the backlog hold), and the wall ms it has been behind in all:
+        # what _ClockLogic reports. From the first watermark on: the wait for every
+        # partition's first mark as a run starts (an epoch) is not counted
+        self.behind_ms = 0
+        self.held_ms = 0
 
     def on_batch(self, values: list[tuple[str, Any]]) -> list[Watermark]:
+        wall_before, was_behind = self.wall, self.behind_ms > 0
         reports = []
         for kind, at in values:
             if kind == "event":
@@ -370,14 +382,19 @@ class _Clock:
         candidates = [t - lateness for t in (self.max_seen, self.wall) if t]
         if not candidates:
             return []
-        wm = max(candidates)
+        wm = unheld = max(candidates)
         if self.parts:
             held = self.held()
             if held == MIN_TIME:
-                return []  # a backlog whose event time is not known yet: nothing fires
-            if held is not None:
+                wm = MIN_TIME  # a backlog whose event time is not known yet: nothing fires
+            elif held is not None:
                 wm = min(wm, held - lateness)
-        if self.sent is not None and wm <= self.sent:
+        if was_behind and wall_before is not None and self.wall is not None:
+            self.held_ms += self.wall - wall_before
+        moves = wm != MIN_TIME and (self.sent is None or wm > self.sent)
+        now_at = wm if moves else self.sent
+        self.behind_ms = 0 if now_at is None else max(0, unheld - now_at)
+        if not moves:
             return []
         self.sent = wm
         # one that follows the wall clock says so: the shards may take it on with the
@@ -430,10 +447,30 @@ class _Clock:
         before the restart may have a backlog now), and this run's partitions count."""
         self.parts = fresh.parts
         self.progress, self.wall, self.started = {}, None, None
+        self.behind_ms, self.held_ms = 0, getattr(self, "held_ms", 0)  # (older snapshots)
 
     def end(self) -> list[Watermark]:
         final = self.settings.as_of if self.settings.as_of is not None else self.max_seen
         return [] if final is None else [Watermark(final)]
+
+
+class _ClockLogic(_ShardLogic):
+    """The clock step's adapter: it also reports the backlog hold, so an operator sees
+    why no deadline fires while a backlog is read, and a hold under live traffic shows
+    (archwatch_watermark_held_seconds, ..._held_time_seconds_total)."""
+
+    def __init__(self, shard: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(shard, *args, **kwargs)
+        self._held_reported = shard.held_ms  # a restored clock's total is not this run's
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        out = super().on_batch(values)
+        clock = self.shard
+        WATERMARK_HELD.set(clock.behind_ms / 1000)
+        if clock.held_ms > self._held_reported:
+            WATERMARK_HELD_TIME.inc((clock.held_ms - self._held_reported) / 1000)
+            self._held_reported = clock.held_ms
+        return out
 
 
 def _chunk(batch: list[tuple[str, Any]]) -> list[Chunk]:
@@ -548,7 +585,7 @@ def build_flow(
     maxima = op.flat_map_batch("batch_max", deduped, batch_max)
     marks = op.key_rm("clock_out", op.stateful_batch(
         "clock", maxima,
-        _ShardLogic.builder(lambda: _Clock(settings, parts), eof=lambda c: c.end(),
+        _ClockLogic.builder(lambda: _Clock(settings, parts), eof=lambda c: c.end(),
                             recovery=rec),
     ))
     broadcast = op.flat_map("broadcast", marks, lambda w: [(k, w) for k in shard_keys])

@@ -51,6 +51,35 @@ def test_a_partition_with_a_backlog_holds_the_watermark_at_what_it_delivered() -
     assert c.sent == T0 + 100 - LATE
 
 
+def test_the_hold_is_measured_how_far_and_how_long() -> None:
+    """behind_ms: how far the watermark sent is behind event time and the wall clock;
+    held_ms: the wall time it stayed behind (what archwatch_watermark_held_* report)."""
+    c = clock(("t/0",))
+    assert marks(c, ("wall", T0), ("part", Progress("t/0", True, None))) == [T0 - LATE]
+    assert (c.behind_ms, c.held_ms) == (0, 0)
+    # a backlog of day-old events: held where it was (it never goes back) as the wall
+    # clock goes on
+    assert marks(c, ("wall", T0 + 1_000), ("part", Progress("t/0", False, T0 - DAY))) == []
+    assert (c.behind_ms, c.held_ms) == (1_000, 0)
+    assert marks(c, ("wall", T0 + 3_000)) == []
+    assert (c.behind_ms, c.held_ms) == (3_000, 2_000)
+    # read to its end: the wall clock again, the hold over
+    assert marks(c, ("wall", T0 + 4_000), ("part", Progress("t/0", True, T0))) == [
+        T0 + 4_000 - LATE]
+    assert (c.behind_ms, c.held_ms) == (0, 3_000)
+    assert marks(c, ("wall", T0 + 9_000)) == [T0 + 9_000 - LATE]
+    assert (c.behind_ms, c.held_ms) == (0, 3_000)
+    # held from the start: as far as the backlog's event time is behind
+    c = clock(("t/0",))
+    assert marks(c, ("wall", T0), ("part", Progress("t/0", False, T0 - DAY))) == [
+        T0 - DAY - LATE]
+    assert (c.behind_ms, c.held_ms) == (DAY, 0)
+    # without partitions (a replay, or no marks) never held
+    r = clock()
+    assert marks(r, ("event", T0 - DAY), ("wall", T0)) == [T0 - LATE]
+    assert (r.behind_ms, r.held_ms) == (0, 0)
+
+
 def test_a_backlog_not_yet_read_fires_nothing() -> None:
     c = clock(("t/0",))
     assert marks(c, ("wall", T0), ("part", Progress("t/0", False, None))) == []
