@@ -43,10 +43,14 @@ CASES_PACKED_BETWEEN = PCounter(
     "archwatch_cases_packed_between_closes_total",
     "Cases packed for recovery snapshots between epoch closes (live input, recovery on)")
 # ... and the event-id shards write the ids added between closes into their logs' blobs
-# (engine.DedupShard.precool), so that a close marshals and compresses only the rest.
+# (engine.DedupShard.precool), so that a close marshals and compresses only the rest;
+# the archive-number shards the archive numbers changed (engine.ArchiveNoShard.precool).
 IDS_STAGED_BETWEEN = PCounter(
     "archwatch_ids_staged_between_closes_total",
     "Event ids written into recovery snapshot blobs between epoch closes (recovery on)")
+ARCHIVE_NOS_STAGED_BETWEEN = PCounter(
+    "archwatch_archive_nos_staged_between_closes_total",
+    "Archive numbers written into recovery snapshot blobs between epoch closes (recovery on)")
 # Recovery's large blobs, written once as files beside the partitions (archwatch/blobstore.py)
 SNAPSHOT_FILES = PCounter("archwatch_snapshot_files_total",
                           "Recovery snapshot blob files written and deleted", ["op"])

@@ -61,6 +61,7 @@ from archwatch.engine import (
 )
 from archwatch.eventlog import RECEIVER_TYPES
 from archwatch.metrics import (
+    ARCHIVE_NOS_STAGED_BETWEEN,
     CASES_PACKED_BETWEEN,
     IDS_STAGED_BETWEEN,
     WATERMARK_HELD,
@@ -117,10 +118,12 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         self._precool = getattr(shard, "precool", None) if recovery and wall_ms else None
         self._precooled = 0  # wall ms of the last precool
         # a shard with deadlines (cases) packs between closes only while its input is
-        # live; one without (event ids: staging costs no more in all) while reading a
-        # backlog too
+        # live; one without (event ids, archive numbers: staging costs no more in all, an
+        # id or a number rarely changing twice in an epoch) while reading a backlog too
         self._precool_always = self._next_deadline is None
-        self._precool_count = CASES_PACKED_BETWEEN if self._next_deadline else IDS_STAGED_BETWEEN
+        self._precool_count = (CASES_PACKED_BETWEEN if self._next_deadline else
+                               ARCHIVE_NOS_STAGED_BETWEEN if type(shard) is ArchiveNoShard
+                               else IDS_STAGED_BETWEEN)
 
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
@@ -173,7 +176,8 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def _spread_packing(self) -> None:
         """Live with recovery: pack the cases touched so far every PRECOOL_MS, and write
-        what changed into the change logs' blobs (the event-id shards: their ids).
+        what changed into the change logs' blobs (the event-id shards: their ids; the
+        archive-number shards: the archive numbers changed).
 
         Why: a case shard's snapshot packs every case touched since the last one (≈ 13
         µs each), and Bytewax takes the snapshots of every shard one after the other as
@@ -616,7 +620,8 @@ def build_flow(
     archive_out = op.stateful_batch(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
-                            fresh_reconcile=settings.live, stage="archive_nos"),
+                            fresh_reconcile=settings.live, stage="archive_nos",
+                            wall_ms=wall_ms if settings.live else None),  # (precool)
     )
     archive_rows = op.flat_map_batch("archive_nos_out", archive_out, sink_items)
 

@@ -183,8 +183,8 @@ def test_sigkill_while_live_with_packing_between_closes_gives_identical_tables(
         broker: str, workload: Any, tmp_path: Path) -> None:
     """Live with recovery the case shards pack touched cases between epoch closes, and the
     shards write what changed into their change logs' blobs (the event-id shards their
-    ids; the next close's snapshots name them): killed while events come in live, a
-    restart still gives the batch answer."""
+    ids, the archive-number shards their numbers; the next close's snapshots name them):
+    killed while events come in live, a restart still gives the batch answer."""
     out, truth = workload
     prefix = prefix_for("livecrash")
     lines = [x for x in (out / "events.jsonl").read_text().splitlines() if x.strip()]
@@ -208,6 +208,8 @@ def test_sigkill_while_live_with_packing_between_closes_gives_identical_tables(
          60, what="cases packed between closes")
     poll(lambda: aw.metrics().get("archwatch_ids_staged_between_closes_total", 0) > 0,
          60, what="event ids staged between closes")
+    poll(lambda: aw.metrics().get("archwatch_archive_nos_staged_between_closes_total", 0) > 0,
+         60, what="archive numbers staged between closes")
     aw.kill()  # mid-stream, between closes
     for chunk in chunks[5:]:
         produce_lines(chunk, ks)
