@@ -1752,7 +1752,7 @@ class ArchiveNoShard(_Snapshottable):
         return len(delta)
 
     def _unplain(self, values: list[Any]) -> dict[str, Any]:
-        log = ChangeLog(*values[0])
+        log = ChangeLog(*values[0], bundles=True)
         plain = ChangeLog.replay(log.blobs)
         return {
             "facts": {a: {t[0]: ReceiptFact(a, *t) for t in v[0]} for a, v in plain.items()},
@@ -1762,7 +1762,9 @@ class ArchiveNoShard(_Snapshottable):
         }
 
     def _untracked(self) -> None:
-        self._log = ChangeLog()
+        # bundled folds, as the event ids': an archive number mostly gets its receipt
+        # once, so its blobs are bundled as they are, not uncompressed and merged
+        self._log = ChangeLog(bundles=True)
         # archive numbers changed since the last snapshot (None: not tracked before the
         # first, and never without recovery)
         self._touched: set[str] | None = None
