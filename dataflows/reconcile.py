@@ -343,11 +343,11 @@ class _Clock:
     event time of the topics read fastest, while the events that prevent them are still
     unread in another topic: one false alert opened and then withdrawn per such case
     (measured: 80,000 on a backlog of 350,000 events, each in the live feed and its
-    webhooks). Contract §3 allows any lower
-    watermark: it only delays firing. A partition never heard from, or silent for
-    :data:`PROGRESS_STALL_MS` (or reporting a backlog it does not deliver from), stops
-    holding it; so does one whose events were within :data:`LIVE_WINDOW_MS` of the wall
-    clock when its last mark was taken (live traffic, not a backlog)."""
+    webhooks). Contract §3 allows any lower watermark: it only delays firing. A partition
+    never heard from, or silent for :data:`PROGRESS_STALL_MS` (or reporting a backlog it
+    does not deliver from), stops holding it; so does one whose events were within
+    :data:`LIVE_WINDOW_MS` of the wall clock when its last mark was taken (live traffic,
+    not a backlog)."""
 
     def __init__(self, settings: EngineSettings, parts: frozenset[str] = frozenset()) -> None:
         self.settings = settings
