@@ -36,6 +36,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import FixedPartitionedSink, Sink
+from prometheus_client import Counter as PCounter
 
 from archwatch.engine import (
     MIN_TIME,
@@ -100,7 +101,8 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
 
     def __init__(self, shard: Any, eof: Callable[[Any], list[Any]] | None = None,
                  recovery: bool = False, reconcile: bool = False,
-                 stage: str | None = None, wall_ms: Callable[[], int] | None = None) -> None:
+                 stage: str | None = None, wall_ms: Callable[[], int] | None = None,
+                 precool_counter: PCounter | None = None) -> None:
         self.shard = shard
         self._stage = stage
         self._eof = eof
@@ -121,20 +123,20 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         # live; one without (event ids, archive numbers: staging costs no more in all, an
         # id or a number rarely changing twice in an epoch) while reading a backlog too
         self._precool_always = self._next_deadline is None
-        self._precool_count = (CASES_PACKED_BETWEEN if self._next_deadline else
-                               ARCHIVE_NOS_STAGED_BETWEEN if type(shard) is ArchiveNoShard
-                               else IDS_STAGED_BETWEEN)
+        self._precool_count = precool_counter  # what precool's returns add up in
 
     @classmethod
     def builder(cls, make: Callable[[], Any], eof: Callable[[Any], list[Any]] | None = None,
                 recovery: bool = False, fresh_reconcile: bool = False,
                 stage: str | None = None, wall_ms: Callable[[], int] | None = None,
+                precool_counter: PCounter | None = None,
                 ) -> Callable[[bytes | None], _ShardLogic]:
         """``fresh_reconcile``: a shard built without a snapshot reconciles too (live: the
         store outlives the run, and may hold rows of this shard from an earlier one).
         ``stage``: count the events and receipt facts each batch processed (``Count``).
         ``wall_ms``: live, fire deadlines by the wall clock while no watermark comes (see
-        :meth:`notify_at`)."""
+        :meth:`notify_at`), and pack between closes with recovery (``precool_counter``:
+        the metric that counts what is packed or staged)."""
 
         def build(resume: bytes | None) -> _ShardLogic:
             shard = make()
@@ -144,7 +146,7 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
                     restored.adopt(shard)
                 shard = restored
             return cls(shard, eof, recovery, reconcile=resume is not None or fresh_reconcile,
-                       stage=stage, wall_ms=wall_ms)
+                       stage=stage, wall_ms=wall_ms, precool_counter=precool_counter)
 
         return build
 
@@ -192,7 +194,9 @@ class _ShardLogic(StatefulBatchLogic[Any, Any, Any]):
         now = self._wall_ms()
         if now - self._precooled >= PRECOOL_MS:
             self._precooled = now
-            self._precool_count.inc(self._precool())
+            n = self._precool()
+            if self._precool_count is not None:
+                self._precool_count.inc(n)
 
     def notify_at(self) -> datetime | None:
         """Live, when the next deadline is due by the wall clock (plus NOTIFY_GRACE_MS).
@@ -568,7 +572,8 @@ def build_flow(
     as_of = settings.as_of
     deduped = op.stateful_batch(
         "dedup", by_eid, _ShardLogic.builder(lambda: _Dedup(as_of, retirement), recovery=rec,
-                                             wall_ms=wall_ms if settings.live else None))
+                                             wall_ms=wall_ms if settings.live else None,
+                                             precool_counter=IDS_STAGED_BETWEEN))
     # A FixedPartitionedSink routes by key: its items keep the key of the shard that made
     # them (its partition then gets a shard's items in order); any other sink gets values.
     sink_items = _chunks_by_key if isinstance(sink, FixedPartitionedSink) else _chunk
@@ -606,7 +611,8 @@ def build_flow(
         _ShardLogic.builder(lambda: CaseShard(n, settings.sla, versions, wall_ms, eviction,
                                               own_time=not parts),
                             recovery=rec, fresh_reconcile=settings.live, stage="cases",
-                            wall_ms=wall_ms if settings.live else None),
+                            wall_ms=wall_ms if settings.live else None,
+                            precool_counter=CASES_PACKED_BETWEEN),
     )
     case_rows = op.flat_map_batch(
         "cases_sink", case_out,
@@ -621,7 +627,8 @@ def build_flow(
         "archive_nos", archive_in,
         _ShardLogic.builder(lambda: ArchiveNoShard(n, versions), recovery=rec,
                             fresh_reconcile=settings.live, stage="archive_nos",
-                            wall_ms=wall_ms if settings.live else None),  # (precool)
+                            wall_ms=wall_ms if settings.live else None,
+                            precool_counter=ARCHIVE_NOS_STAGED_BETWEEN),
     )
     archive_rows = op.flat_map_batch("archive_nos_out", archive_out, sink_items)
 
